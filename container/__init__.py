@@ -1,0 +1,1 @@
+"""Serving and packaging: SageMaker inference contract, model.tar.gz, Marketplace requests."""

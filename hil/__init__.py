@@ -1,0 +1,1 @@
+"""Label Studio side of hilt: templates, import, export to datasets, quality."""

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny local model and a temporary /opt/ml tree.
+
+Nothing here touches the network: the model and tokenizer are built locally once per
+test session and loaded with the real ``from_pretrained`` code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Hub access is off for every test: a test that tries to download fails loudly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def hilt_exe() -> Path:
+    """The installed ``hilt`` console script of the environment running the tests."""
+    exe = Path(sys.executable).parent / "hilt"
+    assert exe.exists(), f"{exe} missing: run ./scripts/setup"
+    return exe
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama model + tokenizer, built once per session with the default spec."""
+    from training.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture()
+def opt_ml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh /opt/ml tree under a temp dir, with SAGEMAKER_BASE_DIR pointing at it."""
+    from training.opt_ml import BASE_DIR_ENV, OptML
+
+    base = tmp_path / "opt" / "ml"
+    monkeypatch.setenv(BASE_DIR_ENV, str(base))
+    return OptML(base).create()

@@ -1,0 +1,1 @@
+"""Training side of hilt: recipes, the SageMaker training contract, trainers, artifacts."""
