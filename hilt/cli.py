@@ -8,6 +8,7 @@ Heavy libraries (torch, transformers, trl) are imported inside the handlers, so
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,7 +46,50 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
             "pick a kv-head count that divides the head count."
         )
     out = build_tiny_model(args.out, spec)
+    if args.warmup_steps:
+        from training.tiny_model import warm_up
+
+        loss = warm_up(out, steps=args.warmup_steps, seed=args.seed)
+        print(f"warm-up: {args.warmup_steps} full fine-tuning steps on a copy task, final loss {loss:.4f}")
     print(f"tiny model written to {out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.entry import prepare_local_tree, run_job
+    from training.recipe import load_recipe, parse_set_option
+
+    overrides = dict(parse_set_option(item) for item in args.set)
+    load_recipe(args.recipe, overrides)  # every recipe problem, before any file is written
+    opt_ml = prepare_local_tree(
+        Path(args.output), args.recipe, Path(args.data), Path(args.model) if args.model else None,
+        {k: v if isinstance(v, str) else json.dumps(v) for k, v in overrides.items()},
+    )
+    print(f"[hilt] /opt/ml tree: {opt_ml.base}")
+    return run_job(opt_ml)
+
+
+def _cmd_recipe_schema(args: argparse.Namespace) -> int:
+    from training.recipe import recipe_json_schema
+
+    print(json.dumps(recipe_json_schema(), indent=2))
+    return 0
+
+
+def _cmd_recipe_check(args: argparse.Namespace) -> int:
+    from training.recipe import load_recipe, parse_set_option
+
+    recipe = load_recipe(args.recipe, dict(parse_set_option(item) for item in args.set))
+    print(json.dumps(recipe.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _cmd_inspect_data(args: argparse.Namespace) -> int:
+    from training.inspect_data import inspect_data
+    from training.recipe import load_recipe, parse_set_option
+
+    recipe = load_recipe(args.recipe, dict(parse_set_option(item) for item in args.set))
+    inspect_data(recipe, Path(args.data), Path(args.model) if args.model else None, args.samples)
     return 0
 
 
@@ -95,7 +139,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-positions", type=_positive_int, default=512, help="context length (512)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed for weights and corpus (0)")
+    p.add_argument(
+        "--warmup-steps", type=int, default=0,
+        help="full fine-tuning steps on a copy task so LoRA can learn on top (0 = random init)",
+    )
     p.set_defaults(func=_cmd_model_tiny)
+
+    set_help = "override a recipe key, e.g. --set train.learning_rate=1e-4 (repeatable)"
+    p = sub.add_parser(
+        "train",
+        help="run a recipe as a SageMaker training job over a local /opt/ml tree",
+        description="Lay out --output as the /opt/ml tree SageMaker gives a training job "
+        "(hyperparameters, channels) and run the training container's own entry point on it. "
+        "The model ends up in OUTPUT/model; rerunning with the same flags resumes from the "
+        "newest checkpoint in OUTPUT/checkpoints.",
+    )
+    p.add_argument("recipe", help="recipe name (see recipes/) or path to a recipe YAML")
+    p.add_argument("--data", required=True, help="dataset dir from `hilt export` (train/, validation/)")
+    p.add_argument("--output", required=True, help="job dir: becomes the /opt/ml tree")
+    p.add_argument("--model", help="base model dir, mounted as the `model` channel")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=_cmd_train)
+
+    recipe = sub.add_parser("recipe", help="recipe schema and validation")
+    recipe_sub = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
+    p = recipe_sub.add_parser("schema", help="print the recipe JSON schema")
+    p.set_defaults(func=_cmd_recipe_schema)
+    p = recipe_sub.add_parser("check", help="validate a recipe (+ overrides), print it resolved")
+    p.add_argument("recipe", help="recipe name or YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=_cmd_recipe_check)
+
+    p = sub.add_parser(
+        "inspect-data",
+        help="print tokenized samples with the tokens that count toward the loss marked",
+    )
+    p.add_argument("recipe", help="recipe name or YAML path")
+    p.add_argument("--data", required=True, help="dataset dir (train/data.jsonl)")
+    p.add_argument("--model", help="model dir whose tokenizer to use (else model.name_or_path)")
+    p.add_argument("--samples", type=_positive_int, default=2, help="records to show (2)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.set_defaults(func=_cmd_inspect_data)
 
     p = sub.add_parser(
         "demo",

@@ -163,3 +163,61 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def copy_task_example(rng: random.Random, length: int = 4) -> list[dict]:
+    """One chat turn of the warm-up task: repeat a random mixed-case word."""
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(length))
+    return [{"role": "user", "content": f"copy: {word}"}, {"role": "assistant", "content": word}]
+
+
+def warm_up(model_dir: str | Path, steps: int, batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> float:
+    """Give a random-init tiny model a little full fine-tuning on a copy task, in place.
+
+    LoRA on a randomly initialised base does not learn: frozen random embeddings and
+    head cap the logits. A short full fine-tune on copying words makes the base a
+    "pretrained" model that adapters can then teach new tasks (uppercase, reverse),
+    the way LoRA is used on real models.
+
+    Returns:
+        The final training loss.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
+    loss_value = float("nan")
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(steps), desc="warm-up (copy task)", unit="step"):
+        batch = [
+            tokenizer.apply_chat_template(
+                copy_task_example(rng), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
+            for _ in range(batch_size)
+        ]
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, width), -100)
+        attention = torch.zeros((batch_size, width), dtype=torch.long)
+        for row, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[row, :n] = torch.tensor(b["input_ids"])
+            attention[row, :n] = 1
+            mask = torch.tensor(b["assistant_masks"], dtype=torch.bool)
+            labels[row, :n] = torch.where(mask, ids[row, :n], torch.tensor(-100))
+        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss.item()
+    model.save_pretrained(model_dir)
+    return loss_value

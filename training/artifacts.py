@@ -1,0 +1,197 @@
+"""Finish /opt/ml/model after training: merged weights, hilt.json, model card, loss plot.
+
+Runs once, in the launching process after every worker has exited (a fresh process
+for the weights: after ZeRO-3, loading in the training process crashes in gloo).
+
+Layout written (what the serving container and ``from_pretrained`` read):
+
+    /opt/ml/model/
+      config.json, model.safetensors, tokenizer files   merged weights at the root
+      adapter/                                          the PEFT adapter (LoRA runs)
+      hilt.json                                         recipe, dataset hash, metrics, versions
+      README.md, loss_curve.png                         model card with the loss curve
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from training.data import dataset_fingerprint, read_records
+from training.job import Job
+from training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
+
+MANIFEST_FILE = "hilt.json"
+CARD_FILE = "README.md"
+PLOT_FILE = "loss_curve.png"
+_VERSIONED = ("hilt", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def summarize_history(history: list[dict]) -> dict[str, Any]:
+    """Loss at the start and end, eval loss, throughput: the numbers a reader wants."""
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    final = next((h for h in reversed(history) if "train_runtime" in h), {})
+    metrics: dict[str, Any] = {}
+    if train:
+        metrics.update(
+            train_loss_first=train[0][1], train_loss_last=train[-1][1], train_loss_min=min(v for _, v in train)
+        )
+    if evals:
+        metrics["eval_loss"] = evals[-1][1]
+    for key in ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"):
+        if key in final:
+            metrics[key] = final[key]
+    if "num_input_tokens_seen" in final and final.get("train_runtime"):
+        metrics["train_tokens_per_second"] = final["num_input_tokens_seen"] / final["train_runtime"]
+    metrics["global_step"] = max((h.get("step", 0) for h in history), default=0)
+    return metrics
+
+
+def plot_loss(history: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if train:
+        ax.plot(*zip(*train), label="train loss", marker=".")
+    if evals:
+        ax.plot(*zip(*evals), label="eval loss", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    # Fixed metadata keeps the PNG byte-stable for the same history.
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+
+
+def merge_adapter(job: Job) -> None:
+    """Merge the LoRA adapter into a fresh copy of the base and save it at the root."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.build import resolve_dtype
+
+    adapter = job.opt_ml.model_dir / ADAPTER_DIR
+    dtype = torch.bfloat16 if job.recipe.peft.method == "qlora" else resolve_dtype(job)
+    base = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    merged.config.use_cache = True
+    merged.save_pretrained(job.opt_ml.model_dir)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(job.opt_ml.model_dir)
+
+
+def write_model_card(job: Job, manifest: dict, out: Path) -> None:
+    r, m = job.recipe, manifest["metrics"]
+    adapter = r.peft.method != "full"
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items())
+    data = manifest["dataset"]
+    counts = ", ".join(f"{k}: {v['records']} records" for k, v in data.items())
+    card = f"""---
+library_name: transformers
+base_model: {manifest['base_model']}
+tags: [hilt, {r.method}, {r.peft.method}]
+---
+
+# {r.name}
+
+{r.description or 'Fine-tuned with hilt.'}
+
+Fine-tuned from `{manifest['base_model']}` with **{r.method.upper()}**
+({'LoRA r=%d, alpha=%d' % (r.peft.r, r.peft.alpha) if adapter else 'all weights'}) on
+human-labelled data collected in Label Studio and exported by `hilt export`.
+
+## Data
+
+{counts}. Dataset sha256 (train): `{data['train'].get('manifest_sha256') or data['train']['sha256']}`.
+
+## Training
+
+| setting | value |
+| --- | --- |
+| learning rate | {r.train.learning_rate} |
+| schedule | {r.train.lr_scheduler}, warm-up {r.train.warmup_ratio} |
+| batch | {r.train.per_device_batch_size} x {r.train.gradient_accumulation_steps} accumulation x {manifest['world_size']} processes |
+| max length | {r.data.max_length} (packing: {r.data.packing}) |
+| precision | {manifest['precision']} |
+| seed | {r.train.seed} |
+
+![loss curve]({PLOT_FILE})
+
+## Metrics
+
+| metric | value |
+| --- | --- |
+{rows}
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("path/to/this/dir")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/dir")
+```
+{"The LoRA adapter alone is in `adapter/` (load it with `peft.PeftModel.from_pretrained`)." if adapter else ""}
+
+Full provenance (resolved recipe, library versions) is in `{MANIFEST_FILE}`.
+"""
+    out.write_text(card)
+
+
+def finish_model_dir(job: Job) -> dict:
+    """Write merged weights, hilt.json, model card and loss plot. Returns the manifest."""
+    from training.build import resolve_precision
+
+    model_dir = job.opt_ml.model_dir
+    if job.recipe.peft.method != "full":
+        merge_adapter(job)
+    # A pickle of the TrainingArguments does not belong in a shipped artifact.
+    for stray in model_dir.rglob("training_args.bin"):
+        stray.unlink()
+
+    history_file = job.opt_ml.output_data_dir / LOG_HISTORY_FILE
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    method = "sft" if job.recipe.method == "sft" else "dpo"
+    dataset = {}
+    for channel in ("train", "validation"):
+        if channel in job.channels:
+            dataset[channel] = dataset_fingerprint(job.channels[channel])
+            dataset[channel]["records"] = len(read_records(job.channels[channel], method))
+    manifest = {
+        "recipe": job.recipe.model_dump(mode="json"),
+        "hyperparameters": job.hyperparameters,
+        "base_model": job.recipe.model.name_or_path or job.model_path,
+        "dataset": dataset,
+        "metrics": summarize_history(history),
+        "seed": job.recipe.train.seed,
+        "precision": resolve_precision(job),
+        "world_size": job.world_size,
+        "hosts": job.hosts.hosts,
+        "versions": library_versions(),
+    }
+    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    plot_loss(history, model_dir / PLOT_FILE)
+    write_model_card(job, manifest, model_dir / CARD_FILE)
+    return manifest

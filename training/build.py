@@ -1,0 +1,161 @@
+"""Plain functions the SFT and DPO trainers share: hardware choices, model, adapter, args.
+
+Hardware decides precision, attention kernel and the distributed backend; the recipe
+says "auto" and this module turns "auto" into what the machine has (bf16 and flash
+attention on GPUs that support them, fp32 + sdpa + gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from training.job import Job
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_precision(job: Job) -> str:
+    """``bf16``, ``fp16`` or ``fp32`` for mixed precision."""
+    wanted = job.recipe.train.precision
+    if wanted != "auto":
+        return wanted
+    import torch
+
+    return "bf16" if has_cuda() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def resolve_dtype(job: Job):
+    import torch
+
+    wanted = job.recipe.model.dtype
+    if wanted == "auto":
+        return torch.bfloat16 if resolve_precision(job) == "bf16" else torch.float32
+    return getattr(torch, wanted)
+
+
+def resolve_attention(job: Job) -> str:
+    wanted = job.recipe.model.attn_implementation
+    if wanted != "auto":
+        return wanted
+    if has_cuda() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def is_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def prepare_distributed(job: Job) -> dict[str, Any]:
+    """Set up the process group before the TrainingArguments exist.
+
+    On CPU, DeepSpeed and DDP both need gloo and accelerate's state built first;
+    otherwise Trainer counts one process and DeepSpeed's batch-size check fails
+    (train_batch_size 8 != 8 * 1 * 2). Returns extra TrainingArguments kwargs.
+    """
+    extra: dict[str, Any] = {}
+    cpu = not has_cuda()
+    if cpu:
+        extra["use_cpu"] = True
+    ds_config = job.recipe.deepspeed_config_path()
+    if ds_config is not None and is_distributed():
+        extra["deepspeed"] = str(ds_config)
+        if cpu:
+            from accelerate import PartialState
+
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+            PartialState(backend="gloo")
+            extra["accelerator_config"] = {"use_configured_state": True}
+    elif is_distributed() and cpu:
+        extra["ddp_backend"] = "gloo"
+    return extra
+
+
+def training_arguments(job: Job) -> dict[str, Any]:
+    """Keyword arguments common to SFTConfig and DPOConfig, from the recipe."""
+    t = job.recipe.train
+    precision = resolve_precision(job)
+    has_validation = "validation" in job.channels
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(job.opt_ml.checkpoint_dir),
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.checkpoint_steps,
+        save_total_limit=t.checkpoint_limit,
+        eval_strategy="steps" if has_validation and t.eval_steps else "no",
+        eval_steps=t.eval_steps or None,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=job.recipe.model.gradient_checkpointing,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        save_only_model=False,
+    )
+    kwargs.update(prepare_distributed(job))
+    return kwargs
+
+
+def load_model(job: Job):
+    """The base model, loaded after the TrainingArguments (ZeRO-3 shards it while loading)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = dict(dtype=resolve_dtype(job), attn_implementation=resolve_attention(job))
+    if job.recipe.peft.method == "qlora":
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
+        )
+    model = AutoModelForCausalLM.from_pretrained(job.model_path, **kwargs)
+    model.config.use_cache = False  # the KV cache is useless (and warns) while training
+    return model
+
+
+def lora_config(job: Job):
+    """A PEFT LoraConfig for lora/qlora recipes; None for full fine-tuning."""
+    p = job.recipe.peft
+    if p.method == "full":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=p.r,
+        lora_alpha=p.alpha,
+        lora_dropout=p.dropout,
+        target_modules=p.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_tokenizer(job: Job):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(job.model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

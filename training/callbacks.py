@@ -1,0 +1,123 @@
+"""Trainer callbacks: SageMaker-readable metric lines, and spot-safe stopping.
+
+Metric lines look like ``[hilt] step=20 train_loss=1.2345 learning_rate=2.000e-04
+tokens_per_second=812.3``. SageMaker reads metrics out of the job's log with regexes
+(MetricDefinitions); ``METRIC_DEFINITIONS`` below are those regexes, kept next to the
+code that prints the lines so the two cannot drift apart. The Algorithm and launch
+requests import them from here.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+METRIC_DEFINITIONS = [
+    {"Name": "train_loss", "Regex": rf"train_loss={_NUMBER}"},
+    {"Name": "eval_loss", "Regex": rf"eval_loss={_NUMBER}"},
+    {"Name": "learning_rate", "Regex": rf"learning_rate={_NUMBER}"},
+    {"Name": "tokens_per_second", "Regex": rf"tokens_per_second={_NUMBER}"},
+    {"Name": "epoch", "Regex": rf"epoch={_NUMBER}"},
+]
+# Metrics a tuning job may optimise, with their direction.
+TUNING_OBJECTIVES = [
+    {"Type": "Minimize", "MetricName": "eval_loss"},
+    {"Type": "Minimize", "MetricName": "train_loss"},
+]
+
+
+def format_metrics(step: int, values: dict[str, float]) -> str:
+    """One log line of ``name=value`` pairs that METRIC_DEFINITIONS parse back."""
+    parts = [f"step={step}"]
+    for name, value in values.items():
+        parts.append(f"{name}={value:.6g}" if name != "learning_rate" else f"{name}={value:.3e}")
+    return "[hilt] " + " ".join(parts)
+
+
+class MetricsLogger(TrainerCallback):
+    """Print train/eval metrics in the MetricDefinitions format, on the main process only."""
+
+    def __init__(self) -> None:
+        self._last_time: float | None = None
+        self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+        self._last_tokens = state.num_input_tokens_seen
+        if state.is_world_process_zero and state.global_step:
+            print(f"[hilt] resumed at step={state.global_step} of max_steps={state.max_steps}", flush=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        values: dict[str, float] = {}
+        if "loss" in logs:
+            values["train_loss"] = float(logs["loss"])
+            if "learning_rate" in logs:
+                values["learning_rate"] = float(logs["learning_rate"])
+            now = time.perf_counter()
+            tokens = state.num_input_tokens_seen
+            if self._last_time is not None and now > self._last_time and tokens > self._last_tokens:
+                values["tokens_per_second"] = (tokens - self._last_tokens) / (now - self._last_time)
+            self._last_time, self._last_tokens = now, tokens
+        if "eval_loss" in logs:
+            values["eval_loss"] = float(logs["eval_loss"])
+        if values:
+            values["epoch"] = float(state.epoch or 0.0)
+            print(format_metrics(state.global_step, values), flush=True)
+
+
+class StopOnSigterm(TrainerCallback):
+    """On SIGTERM (spot interruption, StopTrainingJob): checkpoint at the next step and stop.
+
+    SageMaker sends SIGTERM and kills the container 120 s later. The handler only sets
+    a flag; the checkpoint is written at the end of the current step, by every rank
+    together (a rank saving alone would hang the others in a collective).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True
+
+    def _any_rank_requested(self) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.requested
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([1 if self.requested else 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._any_rank_requested():
+            self.requested = True
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest *complete* ``checkpoint-N`` under the dir, or None.
+
+    A checkpoint counts as complete once ``trainer_state.json`` exists in it: the Trainer
+    writes that file after the weights and optimizer state, so a job killed while saving
+    leaves a directory without it, which is skipped.
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = []
+    for path in checkpoint_dir.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            complete.append((int(suffix), path))
+    return max(complete)[1] if complete else None

@@ -1,0 +1,110 @@
+"""Records on disk -> checked in-memory datasets for TRL.
+
+A channel directory holds JSON Lines files (``data.jsonl`` from ``hilt export``, or any
+``*.jsonl``) in TRL's conversational formats:
+
+- SFT: ``{"messages": [{"role": ..., "content": ...}, ...], "meta": {...}}``
+- preference: ``{"prompt": [messages], "chosen": [assistant msg], "rejected": [...]}``
+
+Each record is checked, and a bad one is a user error naming file and line. ``meta``
+(Label Studio ids, annotators) stays on disk: it is provenance, not model input.
+Tokenization happens later, in the trainer, with the model's chat template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from hilt.errors import UserError
+
+ROLES = ("system", "user", "assistant")
+
+
+def channel_files(channel: Path) -> list[Path]:
+    """The record files of a channel, in a stable order."""
+    files = sorted(p for p in channel.rglob("*.jsonl") if p.is_file())
+    if not files:
+        raise UserError(f"{channel}: no *.jsonl files; a dataset channel holds data.jsonl from `hilt export`")
+    return files
+
+
+def _check_messages(messages, where: str, field: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: '{field}' must be a non-empty list of {{role, content}} messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) - {"role", "content"} or "content" not in message:
+            raise UserError(f"{where}: {field}[{i}] must be {{\"role\": ..., \"content\": ...}}")
+        if message.get("role") not in ROLES:
+            raise UserError(f"{where}: {field}[{i}].role is {message.get('role')!r}; use one of {', '.join(ROLES)}")
+        if not isinstance(message["content"], str):
+            raise UserError(f"{where}: {field}[{i}].content must be a string")
+
+
+def check_record(record: dict, method: str, where: str) -> dict:
+    """Validate one record for ``method`` and return it without ``meta``."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: each line must be a JSON object")
+    if method == "sft":
+        if "messages" not in record:
+            hint = " (this looks like a preference record: use a dpo recipe)" if "chosen" in record else ""
+            raise UserError(f"{where}: SFT record has no 'messages'{hint}")
+        _check_messages(record["messages"], where, "messages")
+        if not any(m["role"] == "assistant" for m in record["messages"]):
+            raise UserError(f"{where}: SFT record has no assistant message to learn from")
+        return {"messages": record["messages"]}
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in record:
+            hint = " (this looks like an SFT record: use an sft recipe)" if "messages" in record else ""
+            raise UserError(f"{where}: preference record has no '{key}'{hint}")
+        _check_messages(record[key], where, key)
+    return {k: record[k] for k in ("prompt", "chosen", "rejected")}
+
+
+def read_records(channel: Path, method: str) -> list[dict]:
+    """All checked records of a channel, ``meta`` dropped.
+
+    Raises:
+        UserError: on the first malformed line, naming file and line number.
+    """
+    records = []
+    for path in channel_files(channel):
+        with path.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{line_no}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
+                records.append(check_record(record, method, where))
+    if not records:
+        raise UserError(f"{channel}: the dataset is empty")
+    return records
+
+
+def load_dataset(channel: Path, method: str):
+    """Records of a channel as a ``datasets.Dataset``."""
+    from datasets import Dataset
+
+    return Dataset.from_list(read_records(channel, method))
+
+
+def dataset_fingerprint(channel: Path) -> dict:
+    """Provenance for hilt.json: the export manifest's hash when there is one, else file hashes."""
+    files = channel_files(channel)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    info = {"files": [str(p.relative_to(channel)) for p in files], "sha256": digest.hexdigest()}
+    for manifest in (channel / "manifest.json", channel.parent / "manifest.json"):
+        if manifest.is_file():
+            try:
+                info["manifest_sha256"] = json.loads(manifest.read_text()).get("dataset_sha256")
+            except json.JSONDecodeError:
+                pass
+            break
+    return info

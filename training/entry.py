@@ -1,0 +1,186 @@
+"""The training container's ``train`` entry point, and ``hilt train`` over a local tree.
+
+SageMaker starts the training image with ``train``; it reads /opt/ml (under
+``SAGEMAKER_BASE_DIR``), trains, and leaves the model in /opt/ml/model. With more than
+one process (GPUs per host, or hosts in resourceconfig.json) it launches the workers
+itself with torchrun, each running ``python -m training.worker``; the model directory is
+finished afterwards in this process, on the first host only.
+
+``hilt train`` writes the same /opt/ml files SageMaker would (hyperparameters as
+strings, channels as directories) under ``--output`` and calls the same ``run_job``:
+one code path, locally and in the cloud.
+
+Exit codes: 0 done; 2 user error (reason in /opt/ml/output/failure); 143 stopped by
+SIGTERM after saving a checkpoint (a rerun resumes); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+from hilt.errors import EXIT_USER_ERROR, UserError
+from training.job import Job, read_job, write_failure
+from training.opt_ml import BASE_DIR_ENV, OptML
+
+EXIT_STOPPED = 128 + signal.SIGTERM
+DEFAULT_MASTER_PORT = 29500
+
+
+def run_worker(job: Job) -> int:
+    """Train in this process (one worker of possibly many). Returns the exit code."""
+    if job.recipe.method == "sft":
+        from training.sft import train_sft as train
+    else:
+        from training.dpo import train_dpo as train
+    outcome = train(job)
+    return EXIT_STOPPED if outcome.stopped_early else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_workers(job: Job) -> int:
+    """Start ``processes_per_host`` workers on this host with torchrun; wait for them."""
+    single_host = len(job.hosts.hosts) == 1
+    master = "127.0.0.1" if single_host else job.hosts.master
+    port = int(os.environ.get("HILT_MASTER_PORT") or (_free_port() if single_host else DEFAULT_MASTER_PORT))
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc_per_node={job.processes_per_host}",
+        f"--nnodes={len(job.hosts.hosts)}",
+        f"--node_rank={job.hosts.node_rank}",
+        f"--master_addr={master}",
+        f"--master_port={port}",
+        "-m", "training.worker",
+    ]
+    env = dict(os.environ)
+    env[BASE_DIR_ENV] = str(job.opt_ml.base)
+    if job.gpus_per_host == 0 and "OMP_NUM_THREADS" not in env:
+        # CPU workers share the cores; more threads than cores each only thrash.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // job.processes_per_host))
+    print(f"[hilt] launching {job.world_size} workers: {' '.join(command[2:])}", flush=True)
+    child = subprocess.Popen(command, env=env)
+    stopping = False
+
+    def forward(signum, frame):
+        nonlocal stopping
+        stopping = True
+        child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        rc = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stopping:
+        return EXIT_STOPPED
+    return rc
+
+
+def run_job(opt_ml: OptML) -> int:
+    """Read, validate and run one training job over an /opt/ml tree. Returns the exit code."""
+    try:
+        job = read_job(opt_ml)
+        print(
+            f"[hilt] recipe={job.recipe.name} method={job.recipe.method} peft={job.recipe.peft.method} "
+            f"model={job.model_path} world_size={job.world_size} gpus_per_host={job.gpus_per_host}",
+            flush=True,
+        )
+        if job.world_size > 1:
+            rc = launch_workers(job)
+            if rc not in (0, EXIT_STOPPED) and not opt_ml.failure_file.exists():
+                write_failure(opt_ml, f"a training worker exited with code {rc}; see the job log for its traceback")
+        else:
+            rc = run_worker(job)
+        if rc == 0 and job.hosts.node_rank == 0:
+            from training.artifacts import finish_model_dir
+
+            manifest = finish_model_dir(job)
+            print(f"[hilt] model written to {opt_ml.model_dir} (steps={manifest['metrics'].get('global_step')})")
+        return rc
+    except UserError as err:
+        write_failure(opt_ml, str(err))
+        print(f"hilt: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as err:
+        # A bug: keep the traceback in the log, and give SageMaker a FailureReason.
+        write_failure(opt_ml, f"internal error: {type(err).__name__}: {err}")
+        traceback.print_exc()
+        return 1
+
+
+def main() -> int:
+    """``train``: what SageMaker runs in the training image."""
+    return run_job(OptML.from_env())
+
+
+def _link(target: Path, link: Path) -> None:
+    if link.is_symlink() or link.exists():
+        if link.is_symlink() and link.resolve() == target.resolve():
+            return
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        else:
+            shutil.rmtree(link)
+    link.symlink_to(target.resolve(), target_is_directory=True)
+
+
+def prepare_local_tree(
+    output: Path, recipe: str, data: Path, model: Path | None, overrides: dict[str, str]
+) -> OptML:
+    """Lay out ``output`` as the /opt/ml tree SageMaker would give the job.
+
+    Channels are symlinks to the dataset's ``train/`` and ``validation/`` and to the
+    model directory; hyperparameters are written as strings, as SageMaker writes them.
+    Rerunning with the same settings reuses the tree, so training resumes from its
+    newest checkpoint.
+
+    Raises:
+        UserError: when a path is missing or ``output`` holds a run with other settings.
+    """
+    from training.recipe import resolve_recipe_path
+
+    if not data.is_dir():
+        raise UserError(f"--data {data}: no such directory; pass the folder `hilt export` wrote")
+    if model is not None and not (model / "config.json").is_file():
+        raise UserError(f"--model {model}: no config.json there; pass a save_pretrained model directory")
+    recipe_path = resolve_recipe_path(recipe)
+    opt_ml = OptML(output.resolve())
+    hyperparameters = {"recipe": str(recipe_path.resolve()), **{k: str(v) for k, v in overrides.items()}}
+    if opt_ml.hyperparameters_file.is_file():
+        before = json.loads(opt_ml.hyperparameters_file.read_text())
+        if before != hyperparameters:
+            raise UserError(
+                f"--output {output} holds a run with other settings ({opt_ml.hyperparameters_file}); "
+                "use a new --output, or delete it to start over"
+            )
+    opt_ml.create()
+    opt_ml.hyperparameters_file.write_text(json.dumps(hyperparameters, indent=2, sort_keys=True))
+    train = data / "train" if (data / "train").is_dir() else data
+    channels = {"train": train}
+    if (data / "validation").is_dir() and any((data / "validation").glob("*.jsonl")):
+        channels["validation"] = data / "validation"
+    if model is not None:
+        channels["model"] = model
+    for name, target in channels.items():
+        _link(target, opt_ml.channel_dir(name))
+    data_config = {name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for name in channels}
+    opt_ml.input_data_config_file.write_text(json.dumps(data_config, indent=2, sort_keys=True))
+    if opt_ml.failure_file.exists():
+        opt_ml.failure_file.unlink()
+    return opt_ml
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Read a SageMaker training job's inputs from /opt/ml into one typed ``Job``.
+
+SageMaker writes ``input/config/hyperparameters.json`` (every value a string),
+``resourceconfig.json`` (hosts, current host) and ``inputdataconfig.json`` (channels),
+and mounts each channel at ``input/data/<channel>``. Everything is checked here, before
+a model is loaded: a bad recipe key or a missing channel fails in the first second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hilt.errors import UserError
+from training.opt_ml import OptML
+from training.recipe import Recipe, load_recipe
+
+KNOWN_CHANNELS = ("train", "validation", "model")
+# Keys SageMaker or its SDK add to the hyperparameters on their own.
+_RESERVED_PREFIXES = ("sagemaker_", "_tuning_objective_metric", "_")
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """Where this process runs in the cluster (resourceconfig.json)."""
+
+    hosts: list[str]
+    current_host: str
+
+    @property
+    def node_rank(self) -> int:
+        return self.hosts.index(self.current_host)
+
+    @property
+    def master(self) -> str:
+        # SageMaker's convention: the first host in sorted order leads.
+        return self.hosts[0]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated training job: recipe, channels, hosts, hardware."""
+
+    opt_ml: OptML
+    recipe: Recipe
+    hyperparameters: dict[str, str]
+    channels: dict[str, Path]
+    hosts: Hosts
+    gpus_per_host: int
+    model_path: str = field(default="")
+
+    @property
+    def processes_per_host(self) -> int:
+        wanted = self.recipe.distributed.processes_per_host
+        if wanted == "auto":
+            return max(self.gpus_per_host, 1)
+        return wanted
+
+    @property
+    def world_size(self) -> int:
+        return self.processes_per_host * len(self.hosts.hosts)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: {what} is not valid JSON ({err.msg} at line {err.lineno}); fix the file") from None
+
+
+def read_hyperparameters(opt_ml: OptML) -> tuple[str, dict[str, str]]:
+    """Split hyperparameters.json into the recipe name and the dotted overrides."""
+    raw = _read_json(opt_ml.hyperparameters_file, "hyperparameters.json") or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{opt_ml.hyperparameters_file}: expected a JSON object of name -> string")
+    overrides = {k: v for k, v in raw.items() if not k.startswith(_RESERVED_PREFIXES) and k != "recipe"}
+    recipe = raw.get("recipe")
+    if recipe is None:
+        raise UserError(
+            f"{opt_ml.hyperparameters_file}: hyperparameter 'recipe' is missing; "
+            "set it to a recipe name such as quickstart-tiny-sft"
+        )
+    return str(recipe), overrides
+
+
+def read_hosts(opt_ml: OptML) -> Hosts:
+    """Hosts from resourceconfig.json; a single local host when the file is absent."""
+    raw = _read_json(opt_ml.resource_config_file, "resourceconfig.json")
+    if raw is None:
+        return Hosts(hosts=["algo-1"], current_host="algo-1")
+    try:
+        hosts = sorted(raw["hosts"])
+        current = raw["current_host"]
+    except (KeyError, TypeError):
+        raise UserError(
+            f"{opt_ml.resource_config_file}: needs 'hosts' (list) and 'current_host'"
+        ) from None
+    if current not in hosts:
+        raise UserError(f"{opt_ml.resource_config_file}: current_host '{current}' is not in hosts {hosts}")
+    return Hosts(hosts=hosts, current_host=current)
+
+
+def read_channels(opt_ml: OptML) -> dict[str, Path]:
+    """Channels present on disk, cross-checked with inputdataconfig.json when present."""
+    declared = _read_json(opt_ml.input_data_config_file, "inputdataconfig.json")
+    on_disk = {p.name: p for p in sorted(opt_ml.input_data_dir.glob("*")) if p.is_dir()}
+    if declared is not None:
+        for name, spec in declared.items():
+            if name not in on_disk:
+                raise UserError(
+                    f"{opt_ml.input_data_config_file}: channel '{name}' is declared but "
+                    f"{opt_ml.channel_dir(name)} does not exist"
+                )
+            mode = (spec or {}).get("TrainingInputMode", "File")
+            if mode not in ("File", "FastFile"):
+                raise UserError(
+                    f"channel '{name}': TrainingInputMode {mode} is not supported; use File or FastFile"
+                )
+    unknown = sorted(set(on_disk) - set(KNOWN_CHANNELS))
+    if unknown:
+        raise UserError(
+            f"unknown channel(s) {', '.join(unknown)} in {opt_ml.input_data_dir}; "
+            f"hilt reads {', '.join(KNOWN_CHANNELS)}"
+        )
+    if "train" not in on_disk:
+        raise UserError(
+            f"no 'train' channel: {opt_ml.channel_dir('train')} is missing; pass --data DIR "
+            "(a dataset from `hilt export`) or give the training job a train channel"
+        )
+    return on_disk
+
+
+def detect_gpus() -> int:
+    """GPUs on this host: ``SM_NUM_GPUS`` when SageMaker's toolkit set it, else CUDA's count."""
+    if os.environ.get("SM_NUM_GPUS"):
+        return int(os.environ["SM_NUM_GPUS"])
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def read_job(opt_ml: OptML | None = None) -> Job:
+    """Read and validate everything a training job needs, without loading a model.
+
+    Raises:
+        UserError: with every problem found, each naming the file or key and the fix.
+    """
+    opt_ml = opt_ml or OptML.from_env()
+    recipe_name, overrides = read_hyperparameters(opt_ml)
+    recipe = load_recipe(recipe_name, overrides)
+    channels = read_channels(opt_ml)
+    hosts = read_hosts(opt_ml)
+    gpus = detect_gpus()
+
+    if "model" in channels:
+        model_path = str(channels["model"])
+    elif recipe.model.name_or_path:
+        model_path = recipe.model.name_or_path
+    else:
+        raise UserError(
+            "no base model: mount a 'model' channel (hilt train --model DIR) or set model.name_or_path"
+        )
+    if Path(model_path).exists() and not (Path(model_path) / "config.json").is_file():
+        raise UserError(f"{model_path}: no config.json; the model channel must hold a save_pretrained directory")
+    if recipe.peft.method == "qlora" and gpus == 0:
+        raise UserError(
+            "peft.method=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU set peft.method=lora"
+        )
+    if recipe.train.precision in ("bf16", "fp16") and gpus == 0:
+        raise UserError(
+            f"train.precision={recipe.train.precision} needs a GPU; on CPU set train.precision=auto or fp32"
+        )
+    return Job(
+        opt_ml=opt_ml,
+        recipe=recipe,
+        hyperparameters={"recipe": recipe_name, **{k: str(v) for k, v in overrides.items()}},
+        channels=channels,
+        hosts=hosts,
+        gpus_per_host=gpus,
+        model_path=model_path,
+    )
+
+
+def write_failure(opt_ml: OptML, message: str) -> None:
+    """Write the reason to /opt/ml/output/failure, which SageMaker shows as FailureReason."""
+    opt_ml.failure_file.parent.mkdir(parents=True, exist_ok=True)
+    opt_ml.failure_file.write_text(message.rstrip() + "\n")

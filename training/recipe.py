@@ -1,0 +1,274 @@
+"""Recipe schema: one YAML file per run shape, validated strictly.
+
+Every field is documented once, here, in ``Field(description=...)``; the JSON schema
+(``hilt recipe schema``), the SageMaker Algorithm's hyperparameter list and the error
+messages are generated from it. Unknown keys are errors (``extra="forbid"``), and all
+problems of a recipe and its overrides are reported together, each naming the key.
+
+Overrides (``hilt train --set train.learning_rate=1e-4`` or SageMaker hyperparameters,
+which always arrive as strings) go through the same schema, so ``"1e-4"`` becomes a float
+and ``"lora"`` is checked against the allowed methods.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hilt.errors import UserError
+
+RECIPES_DIR_ENV = "HILT_RECIPES_DIR"
+# Bundled recipes sit beside the packages in the source tree (and in the images).
+BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    name_or_path: str | None = Field(
+        None,
+        description="Base model: a local directory or hub id. Ignored when a `model` channel "
+        "is mounted (/opt/ml/input/data/model), which is how jobs run without network.",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weight dtype when loading; auto = bfloat16 on GPUs that have it, else float32."
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; auto = flash_attention_2 where installed on a GPU, else sdpa."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass to save memory (~30% slower)."
+    )
+
+
+class PeftSection(_Section):
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="lora = LoRA adapters; qlora = LoRA on a 4-bit base (CUDA only); full = all weights."
+    )
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters: a list of names, or all-linear."
+    )
+
+
+class DataSection(_Section):
+    max_length: int = Field(1024, ge=8, description="Tokens per sequence (per packed row when packing).")
+    packing: bool = Field(
+        True,
+        description="Pack sequences padding-free (best-fit decreasing); attention stays within each "
+        "sequence through reset position ids.",
+    )
+    assistant_only_loss: bool = Field(
+        True, description="SFT: train only on assistant tokens (needs {% generation %} in the chat template)."
+    )
+
+
+class TrainSection(_Section):
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.")
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps to run; -1 = use epochs.")
+    per_device_batch_size: int = Field(4, ge=1, description="Sequences (packed rows) per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps of linear warm-up.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm; 0 = off.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Mixed precision; auto = bf16 where the GPU supports it, else fp32."
+    )
+    seed: int = Field(42, description="Seed for data order, dropout and adapter init.")
+    logging_steps: int = Field(10, ge=1, description="Log train_loss every N steps.")
+    eval_steps: int = Field(0, ge=0, description="Evaluate on the validation channel every N steps; 0 = at the end only.")
+    checkpoint_steps: int = Field(
+        200, ge=1, description="Save a resumable checkpoint to /opt/ml/checkpoints every N steps."
+    )
+    checkpoint_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
+
+
+class DpoSection(_Section):
+    beta: float = Field(0.1, gt=0.0, description="DPO temperature: how far the policy may move from the reference.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss variant.")
+
+
+class DistributedSection(_Section):
+    deepspeed: str | None = Field(
+        None,
+        description="DeepSpeed JSON config, relative to recipes/ (e.g. deepspeed/zero3.json) or absolute; "
+        "null = plain DDP when more than one process runs.",
+    )
+    processes_per_host: int | Literal["auto"] = Field(
+        "auto", description="Worker processes per host; auto = one per GPU (SM_NUM_GPUS), 1 without GPUs."
+    )
+
+
+class Recipe(_Section):
+    """One training run shape: model x method x hardware."""
+
+    name: str = Field(description="Recipe name, recorded in hilt.json and the model card.")
+    description: str = Field("", description="One line on what this recipe is for.")
+    method: Literal["sft", "dpo"] = Field("sft", description="sft on messages records; dpo on preference records.")
+    model: ModelSection = Field(default_factory=ModelSection, description="Base model and how to load it.")
+    peft: PeftSection = Field(default_factory=PeftSection, description="Adapter or full fine-tuning.")
+    data: DataSection = Field(default_factory=DataSection, description="Tokenization and packing.")
+    train: TrainSection = Field(default_factory=TrainSection, description="Optimizer and schedule.")
+    dpo: DpoSection = Field(default_factory=DpoSection, description="DPO settings (method: dpo only).")
+    distributed: DistributedSection = Field(
+        default_factory=DistributedSection, description="Multi-process and DeepSpeed."
+    )
+
+    def deepspeed_config_path(self) -> Path | None:
+        """The resolved DeepSpeed config file, or None when not used."""
+        if self.distributed.deepspeed is None:
+            return None
+        path = Path(self.distributed.deepspeed)
+        return path if path.is_absolute() else recipes_dir() / path
+
+
+def recipes_dir() -> Path:
+    """Where recipe names are looked up: ``$HILT_RECIPES_DIR`` or the bundled ``recipes/``."""
+    return Path(os.environ.get(RECIPES_DIR_ENV) or BUNDLED_RECIPES_DIR)
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """Turn ``quickstart-tiny-sft`` or ``path/to/x.yaml`` into an existing file.
+
+    Raises:
+        UserError: when neither a file nor a bundled recipe of that name exists.
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = recipes_dir() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+    hint = difflib.get_close_matches(name_or_path, known, n=1)
+    suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+    raise UserError(
+        f"recipe '{name_or_path}' not found: not a .yaml file and not in {recipes_dir()}; "
+        f"{suggestion}known recipes: {', '.join(known) or 'none'}"
+    )
+
+
+def decode_hyperparameter(value: Any) -> Any:
+    """SageMaker passes hyperparameter values as strings; decode JSON where it parses.
+
+    Same rule as sagemaker-training-toolkit: ``"1e-4"`` -> 1e-4, ``"true"`` -> True,
+    ``'["q_proj"]'`` -> list, and anything that is not JSON (``lora``) stays a string.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def parse_set_option(text: str) -> tuple[str, Any]:
+    """``train.learning_rate=1e-4`` -> (``train.learning_rate``, 1e-4)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set '{text}' is not KEY=VALUE; write e.g. --set train.learning_rate=1e-4")
+    return key.strip(), decode_hyperparameter(value)
+
+
+def _apply_override(data: dict, key: str, value: Any, problems: list[str]) -> None:
+    node = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            problems.append(f"{'.'.join(parts[: depth + 1])}: is a value, not a section; cannot set '{key}'")
+            return
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        # Suggest the nearest real key of the same section.
+        section: Any = model
+        for part in error["loc"][:-1]:
+            field = section.model_fields.get(part) if isinstance(section, type) else None
+            section = field.annotation if field is not None else None
+        known = list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+        hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        fix = f"did you mean '{'.'.join([*map(str, error['loc'][:-1]), hint[0]])}'?" if hint else (
+            f"allowed here: {', '.join(known)}" if known else "remove it"
+        )
+        return f"{loc}: unknown key; {fix}"
+    if error["type"] == "missing":
+        return f"{loc}: required; add it to the recipe"
+    return f"{loc}: {error['msg']} (got {error.get('input')!r})"
+
+
+def load_recipe(source: str | Path | dict, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load a recipe from a name, a YAML file or a dict, apply dotted overrides, validate.
+
+    Args:
+        source: bundled recipe name, path to a YAML file, or an already-parsed dict.
+        overrides: dotted keys to values (``{"train.learning_rate": "1e-4"}``); string
+            values are decoded like SageMaker hyperparameters.
+
+    Returns:
+        The validated recipe.
+
+    Raises:
+        UserError: listing every problem, each with its key and the fix.
+    """
+    if isinstance(source, dict):
+        data, where = json.loads(json.dumps(source)), "recipe"
+    else:
+        path = resolve_recipe_path(str(source))
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
+    problems: list[str] = []
+    for key, value in (overrides or {}).items():
+        _apply_override(data, key, decode_hyperparameter(value), problems)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        problems += [_describe(e, Recipe) for e in err.errors()]
+        recipe = None
+    if recipe is not None and recipe.distributed.deepspeed is not None:
+        ds_path = recipe.deepspeed_config_path()
+        if not ds_path.is_file():
+            problems.append(f"distributed.deepspeed: {ds_path} does not exist; name a file under {recipes_dir()}")
+    if problems:
+        raise UserError(f"{where}: {len(problems)} problem(s): " + "; ".join(problems))
+    return recipe
+
+
+def recipe_json_schema() -> dict:
+    """The recipe's JSON schema, generated from the field descriptions."""
+    return Recipe.model_json_schema()
+
+
+def flat_fields() -> list[tuple[str, Any]]:
+    """Every leaf setting as (dotted key, pydantic FieldInfo): the hyperparameter names."""
+    out = []
+    for section_name, section_field in Recipe.model_fields.items():
+        annotation = section_field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out += [(f"{section_name}.{name}", f) for name, f in annotation.model_fields.items()]
+        else:
+            out.append((section_name, section_field))
+    return out

@@ -1,0 +1,51 @@
+"""What a worker leaves behind after ``trainer.train()``: weights and the log history."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.job import Job
+
+LOG_HISTORY_FILE = "log_history.json"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """How training ended, as the launcher and the artifact writer need to know."""
+
+    stopped_early: bool
+    global_step: int
+    resumed_from: Path | None
+
+
+def save_trained(job: Job, trainer, tokenizer, stopper, resumed_from: Path | None) -> TrainOutcome:
+    """Save the trained weights (every rank must take part) and the log history.
+
+    LoRA runs save the adapter to ``/opt/ml/model/adapter``; full fine-tuning saves the
+    weights at the root of ``/opt/ml/model``. After a SIGTERM nothing is saved here: the
+    checkpoint written at the interrupted step is what the next run resumes from.
+    """
+    if stopper.stopped_at is not None:
+        if trainer.is_world_process_zero():
+            print(
+                f"[hilt] stopped by SIGTERM at step={stopper.stopped_at}; checkpoint saved in "
+                f"{job.opt_ml.checkpoint_dir}; run again to resume",
+                flush=True,
+            )
+        return TrainOutcome(True, stopper.stopped_at, resumed_from)
+
+    if "validation" in job.channels:
+        trainer.evaluate()
+    target = job.opt_ml.model_dir
+    if job.recipe.peft.method != "full":
+        target = target / ADAPTER_DIR
+    trainer.save_model(str(target))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(target))
+        job.opt_ml.output_data_dir.mkdir(parents=True, exist_ok=True)
+        history = job.opt_ml.output_data_dir / LOG_HISTORY_FILE
+        history.write_text(json.dumps(trainer.state.log_history, indent=1))
+    return TrainOutcome(False, trainer.state.global_step, resumed_from)

@@ -1,0 +1,30 @@
+"""One training worker, as torchrun starts it: ``python -m training.worker``.
+
+Every worker reads the same /opt/ml files (``SAGEMAKER_BASE_DIR`` is passed down) and
+trains its share; the launching process finishes the model directory afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from hilt.errors import EXIT_USER_ERROR, UserError
+from training.entry import run_worker
+from training.job import read_job, write_failure
+from training.opt_ml import OptML
+
+
+def main() -> int:
+    opt_ml = OptML.from_env()
+    try:
+        return run_worker(read_job(opt_ml))
+    except UserError as err:
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_failure(opt_ml, str(err))
+        print(f"hilt: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
