@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 # Hub access is off for every test: a test that tries to download fails loudly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -44,3 +46,26 @@ def opt_ml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     base = tmp_path / "opt" / "ml"
     monkeypatch.setenv(BASE_DIR_ENV, str(base))
     return OptML(base).create()
+
+
+@pytest.fixture(scope="session")
+def warm_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with a short full fine-tune on a copy task: a base LoRA can learn on.
+
+    (LoRA on a random-init base does not learn; see training.tiny_model.warm_up.)
+    """
+    from training.tiny_model import build_tiny_model, warm_up
+
+    directory = build_tiny_model(tmp_path_factory.mktemp("warm-base"))
+    warm_up(directory, steps=300)
+    return directory
+
+
+def run_hilt(hilt_exe: Path, *args: str, timeout: int = 600, env: dict | None = None):
+    """Run ``hilt`` in a subprocess; return the CompletedProcess (text, both streams)."""
+    import subprocess
+
+    return subprocess.run(
+        [str(hilt_exe), *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

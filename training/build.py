@@ -159,3 +159,16 @@ def load_tokenizer(job: Job):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def describe_backend(trainer) -> str:
+    """One line naming how this run is distributed, for the job log."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    backend = dist.get_backend() if world > 1 else "none"
+    if trainer.is_deepspeed_enabled:
+        stage = trainer.accelerator.state.deepspeed_plugin.zero_stage
+        return f"[hilt] engine=deepspeed zero_stage={stage} world_size={world} backend={backend}"
+    engine = "ddp" if world > 1 else "single"
+    return f"[hilt] engine={engine} world_size={world} backend={backend}"

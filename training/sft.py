@@ -48,6 +48,8 @@ def train_sft(job: Job) -> TrainOutcome:
         peft_config=build.lora_config(job),
         callbacks=[MetricsLogger(), stopper],
     )
+    if trainer.is_world_process_zero():
+        print(build.describe_backend(trainer), flush=True)
     resume = latest_checkpoint(job.opt_ml.checkpoint_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return save_trained(job, trainer, tokenizer, stopper, resumed_from=resume)

@@ -1,0 +1,109 @@
+"""The SageMaker training contract: /opt/ml inputs, failure file, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hilt.errors import UserError
+from training.job import read_hosts, read_job
+from training.opt_ml import OptML
+from tasks import write_uppercase_dataset
+
+
+def write_config(opt_ml: OptML, hyperparameters: dict, resource: dict | None = None, data: dict | None = None):
+    opt_ml.hyperparameters_file.write_text(json.dumps(hyperparameters))
+    if resource is not None:
+        opt_ml.resource_config_file.write_text(json.dumps(resource))
+    if data is not None:
+        opt_ml.input_data_config_file.write_text(json.dumps(data))
+
+
+def run_train_entry(opt_ml: OptML) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "train"
+    return subprocess.run(
+        [str(exe)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SAGEMAKER_BASE_DIR": str(opt_ml.base)},
+    )
+
+
+def test_reads_the_job_as_sagemaker_writes_it(opt_ml, tiny_model_dir):
+    write_uppercase_dataset(opt_ml.input_data_dir, n_train=4, n_validation=2)
+    (opt_ml.channel_dir("model")).symlink_to(tiny_model_dir, target_is_directory=True)
+    # SageMaker gives every hyperparameter value as a string.
+    write_config(
+        opt_ml,
+        {"recipe": "quickstart-tiny-sft", "train.learning_rate": "0.0001", "train.max_steps": "5",
+         "sagemaker_program": "ignored", "_tuning_objective_metric": "eval_loss"},
+        resource={"current_host": "algo-2", "hosts": ["algo-2", "algo-1"], "network_interface_name": "eth0"},
+        data={"train": {"TrainingInputMode": "File"}, "validation": {"TrainingInputMode": "File"},
+              "model": {"TrainingInputMode": "File"}},
+    )
+    job = read_job(opt_ml)
+    assert job.recipe.train.learning_rate == 1e-4 and job.recipe.train.max_steps == 5
+    assert set(job.channels) == {"train", "validation", "model"}
+    assert job.model_path == str(opt_ml.channel_dir("model"))
+    assert job.hosts.master == "algo-1" and job.hosts.node_rank == 1
+    assert job.world_size == 2  # one process per host without GPUs
+    assert "sagemaker_program" not in job.hyperparameters
+
+
+@pytest.mark.parametrize(
+    "hyperparameters, setup, expected",
+    [
+        ({}, None, "hyperparameter 'recipe' is missing"),
+        ({"recipe": "quickstart-tiny-sft", "train.lr": "1"}, "data", "train.lr: unknown key"),
+        ({"recipe": "quickstart-tiny-sft"}, None, "no 'train' channel"),
+        ({"recipe": "quickstart-tiny-sft"}, "data", "no base model"),
+        ({"recipe": "quickstart-tiny-sft", "peft.method": "qlora"}, "data+model", "qlora needs a CUDA GPU"),
+    ],
+)
+def test_user_errors_write_the_failure_file(opt_ml, tiny_model_dir, hyperparameters, setup, expected):
+    if setup and "data" in setup:
+        write_uppercase_dataset(opt_ml.input_data_dir, n_train=4, n_validation=2)
+    if setup and "model" in setup:
+        opt_ml.channel_dir("model").symlink_to(tiny_model_dir, target_is_directory=True)
+    write_config(opt_ml, hyperparameters)
+    result = run_train_entry(opt_ml)
+    assert result.returncode == 2, result.stderr
+    failure = opt_ml.failure_file.read_text()
+    assert expected in failure
+    assert failure.count("\n") == 1  # one readable line
+    assert "Traceback" not in result.stderr
+    assert not any(opt_ml.model_dir.iterdir())
+
+
+def test_declared_channel_missing_and_unknown_channel(opt_ml):
+    write_uppercase_dataset(opt_ml.input_data_dir, n_train=2, n_validation=1)
+    write_config(opt_ml, {"recipe": "quickstart-tiny-sft"}, data={"train": {}, "extra": {}})
+    with pytest.raises(UserError, match="channel 'extra' is declared"):
+        read_job(opt_ml)
+    (opt_ml.channel_dir("extra")).mkdir()
+    with pytest.raises(UserError, match="unknown channel"):
+        read_job(opt_ml)
+
+
+def test_bad_records_name_file_and_line(opt_ml, tiny_model_dir):
+    from training.data import read_records
+
+    channel = opt_ml.channel_dir("train")
+    channel.mkdir()
+    (channel / "data.jsonl").write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+        + "\n" + json.dumps({"messages": [{"role": "robot", "content": "x"}]}) + "\n"
+    )
+    with pytest.raises(UserError, match=r"data.jsonl:2: messages\[0\].role is 'robot'"):
+        read_records(channel, "sft")
+    (channel / "data.jsonl").write_text(json.dumps({"prompt": [], "chosen": [], "rejected": []}) + "\n")
+    with pytest.raises(UserError, match="preference record"):
+        read_records(channel, "sft")
+
+
+def test_local_host_when_no_resource_config(opt_ml):
+    hosts = read_hosts(opt_ml)
+    assert hosts.hosts == ["algo-1"] and hosts.node_rank == 0
