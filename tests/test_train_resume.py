@@ -1,0 +1,94 @@
+"""Spot safety: a killed job resumes from its newest checkpoint; SIGTERM saves one first."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_hilt
+from tasks import write_uppercase_dataset
+from training.callbacks import latest_checkpoint
+
+pytestmark = pytest.mark.slow
+
+ARGS = ("--set", "train.max_steps=60", "--set", "train.checkpoint_steps=10", "--set", "train.logging_steps=5",
+        "--set", "train.checkpoint_limit=3")
+
+
+def start(hilt_exe, model, data, out) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(hilt_exe), "train", "quickstart-tiny-sft", "--model", str(model), "--data", str(data),
+         "--output", str(out), *ARGS],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
+    )
+
+
+def wait_for_checkpoint(out: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ckpt = latest_checkpoint(out / "checkpoints")
+        if ckpt is not None and int(ckpt.name.split("-")[1]) >= step:
+            return
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint >= {step} within {timeout}s")
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return write_uppercase_dataset(tmp_path / "data", n_train=64, n_validation=8)
+
+
+def test_killed_run_resumes_from_newest_checkpoint(hilt_exe, warm_base_dir, data, tmp_path):
+    out = tmp_path / "job"
+    proc = start(hilt_exe, warm_base_dir, data, out)
+    wait_for_checkpoint(out, 20, proc)
+    proc.kill()  # SIGKILL: no chance to save anything more
+    proc.wait()
+    saved = int(latest_checkpoint(out / "checkpoints").name.split("-")[1])
+    assert 20 <= saved < 60
+    assert not (out / "model" / "hilt.json").exists()
+
+    result = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data",
+                      str(data), "--output", str(out), *ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed at step={saved} of max_steps=60" in result.stdout
+    steps = [int(s) for s in re.findall(r"\[hilt\] step=(\d+) train_loss", result.stdout)]
+    assert steps and min(steps) > saved  # nothing before the checkpoint was trained again
+    assert json.loads((out / "model" / "hilt.json").read_text())["metrics"]["global_step"] == 60
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(hilt_exe, warm_base_dir, data, tmp_path):
+    out = tmp_path / "job"
+    proc = start(hilt_exe, warm_base_dir, data, out)
+    wait_for_checkpoint(out, 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, log[-3000:]
+    stopped = int(re.search(r"stopped by SIGTERM at step=(\d+)", log).group(1))
+    assert latest_checkpoint(out / "checkpoints").name == f"checkpoint-{stopped}"
+    assert not (out / "output" / "failure").exists()
+    assert not (out / "model" / "hilt.json").exists()
+
+    result = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data",
+                      str(data), "--output", str(out), *ARGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed at step={stopped}" in result.stdout
+
+
+def test_output_with_other_settings_is_refused(hilt_exe, warm_base_dir, data, tmp_path):
+    out = tmp_path / "job"
+    first = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data", str(data),
+                     "--output", str(out), "--set", "train.max_steps=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data", str(data),
+                      "--output", str(out), "--set", "train.max_steps=3")
+    assert second.returncode == 2
+    assert "holds a run with other settings" in second.stderr
