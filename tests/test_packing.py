@@ -44,3 +44,36 @@ def test_packed_sequences_do_not_attend_across_boundaries(tiny_model_dir):
         leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True).logits[0]
         first = packed[0]["seq_lengths"][0]
         assert not torch.allclose(leaky[first:], packed_logits[first:], atol=1e-3)
+
+
+def test_packed_rows_keep_sequences_apart_and_mask_the_loss(tiny_model_dir):
+    """The path sdpa/CPU training takes: [batch, row] packs, per-row position ids, no mask."""
+    from training.packing import IGNORE, PackedRowCollator, pack_rows, tokenize_conversations
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    records = [
+        {"messages": [{"role": "user", "content": "w " * n}, {"role": "assistant", "content": f"answer {n}"}]}
+        for n in (3, 40, 7, 25, 12, 60)
+    ]
+    tokenized = tokenize_conversations(Dataset.from_list(records), tokenizer, max_length=80, assistant_only=True)
+    rows = pack_rows(tokenized, max_length=80)
+    assert len(rows) < len(records) and all(len(r["input_ids"]) <= 80 for r in rows)
+    batch = PackedRowCollator(tokenizer.pad_token_id)([dict(r) for r in rows])
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == len(rows)
+
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+        for i, row in enumerate(rows):
+            offset = 0
+            for length in row["seq_lengths"]:
+                segment = batch["input_ids"][i, offset : offset + length]
+                alone = model(input_ids=segment[None]).logits[0]
+                torch.testing.assert_close(logits[i, offset : offset + length], alone, atol=1e-4, rtol=1e-4)
+                # Only assistant tokens are learned; a sequence's first token never is.
+                labels = batch["labels"][i, offset : offset + length]
+                assert labels[0] == IGNORE
+                learned = tokenizer.decode(labels[labels != IGNORE])
+                assert learned.startswith("answer") and learned.endswith("<|im_end|>")
+                offset += length
+            assert (batch["labels"][i, offset:] == IGNORE).all()  # padding tail carries no loss

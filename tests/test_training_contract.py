@@ -107,3 +107,33 @@ def test_bad_records_name_file_and_line(opt_ml, tiny_model_dir):
 def test_local_host_when_no_resource_config(opt_ml):
     hosts = read_hosts(opt_ml)
     assert hosts.hosts == ["algo-1"] and hosts.node_rank == 0
+
+
+def test_local_tree_reads_the_same_in_sagemaker_training_toolkit(tmp_path, tiny_model_dir, monkeypatch):
+    """`hilt train`'s /opt/ml tree, read by the sagemaker-training toolkit itself, agrees with ours."""
+    from training.entry import prepare_local_tree
+    from training.recipe import decode_hyperparameter
+
+    data = write_uppercase_dataset(tmp_path / "data", n_train=4, n_validation=2)
+    opt_ml = prepare_local_tree(
+        tmp_path / "job", "quickstart-tiny-sft", data, tiny_model_dir,
+        {"train.learning_rate": "0.0001", "peft.target_modules": '["q_proj", "v_proj"]', "data.packing": "false"},
+    )
+    opt_ml.resource_config_file.write_text(json.dumps({"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}))
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(opt_ml.base))
+    monkeypatch.setenv("SM_STUDIO_LOCAL_MODE", "true")  # else the toolkit waits on DNS for algo-1
+    monkeypatch.setenv("SM_NUM_GPUS", "0")
+    toolkit_dir = Path(sys.executable).parent.parent / "sagemaker-training-toolkit"
+    assert toolkit_dir.is_dir(), f"{toolkit_dir} missing: run ./scripts/setup"
+    monkeypatch.syspath_prepend(str(toolkit_dir))
+    from sagemaker_training import environment
+
+    toolkit = environment.Environment()
+    ours = read_job(opt_ml)
+    assert toolkit.hyperparameters == {k: decode_hyperparameter(v) for k, v in ours.hyperparameters.items()}
+    assert {k: Path(v) for k, v in toolkit.channel_input_dirs.items()} == ours.channels
+    assert Path(toolkit.model_dir) == opt_ml.model_dir
+    assert Path(toolkit.output_data_dir) == opt_ml.output_data_dir
+    assert toolkit.hosts == ours.hosts.hosts and toolkit.current_host == ours.hosts.current_host
+    assert toolkit.master_hostname == ours.hosts.master
+    assert ours.recipe.peft.target_modules == ["q_proj", "v_proj"] and ours.recipe.data.packing is False

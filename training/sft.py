@@ -13,7 +13,12 @@ from training.job import Job
 from training.trained import TrainOutcome, save_trained
 
 
-def train_sft(job: Job) -> TrainOutcome:
+def build_sft_trainer(job: Job):
+    """The SFTTrainer hilt runs for a job (also used by scripts/bench_train.py).
+
+    Returns:
+        (trainer, tokenizer, stopper): the stopper turns SIGTERM into a checkpoint.
+    """
     from trl import SFTConfig, SFTTrainer
 
     recipe = job.recipe
@@ -22,20 +27,42 @@ def train_sft(job: Job) -> TrainOutcome:
     train_ds = load_dataset(job.channels["train"], "sft")
     eval_ds = load_dataset(job.channels["validation"], "sft") if "validation" in job.channels else None
 
+    # Packing: flash attention reads sequence boundaries from cu_seq_lens, so TRL's
+    # padding-free batches suit it; kernels without varlen support (sdpa, eager) get
+    # packed rows with per-row block-diagonal masks instead (see training/packing.py).
+    packing = recipe.data.packing
+    varlen = build.resolve_attention(job) == "flash_attention_2"
+    rows = packing and not varlen
+    tokenizer = build.load_tokenizer(job)
+    collator = None
+    if rows:
+        from training.packing import PackedRowCollator, pack_rows, tokenize_conversations
+
+        def prepare(dataset):
+            tokenized = tokenize_conversations(dataset, tokenizer, recipe.data.max_length, recipe.data.assistant_only_loss)
+            return pack_rows(tokenized, recipe.data.max_length)
+
+        train_ds = prepare(train_ds)
+        eval_ds = prepare(eval_ds) if eval_ds is not None else None
+        collator = PackedRowCollator(tokenizer.pad_token_id)
+
     # Arguments before the model: with ZeRO-3 they decide how the weights are loaded.
     args = SFTConfig(
         **build.training_arguments(job),
         max_length=recipe.data.max_length,
-        packing=recipe.data.packing,
-        # Best-fit-decreasing packing is padding-free: one row per pack, position ids
-        # restart at each sequence so attention never crosses a boundary.
+        packing=packing and varlen,
         packing_strategy="bfd",
-        padding_free=recipe.data.packing,
-        assistant_only_loss=recipe.data.assistant_only_loss,
-        eval_packing=False,
+        padding_free=packing and varlen,
+        assistant_only_loss=recipe.data.assistant_only_loss and not rows,
+        eval_packing=packing and varlen,
         dataset_num_proc=None,
+        # Packed rows arrive tokenized, with columns the model does not take by name.
+        dataset_kwargs={"skip_prepare_dataset": True} if rows else None,
+        remove_unused_columns=not rows,
+        # Rows of similar length share a batch, so the few short rows BFD leaves over
+        # do not pad full ones.
+        train_sampling_strategy="group_by_length" if rows else "random",
     )
-    tokenizer = build.load_tokenizer(job)
     model = build.load_model(job)
 
     stopper = StopOnSigterm()
@@ -45,9 +72,20 @@ def train_sft(job: Job) -> TrainOutcome:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
+        data_collator=collator,
         peft_config=build.lora_config(job),
         callbacks=[MetricsLogger(), stopper],
     )
+    if trainer.is_world_process_zero():
+        mode = "rows (per-row block-diagonal masks)" if rows else ("padding-free (varlen)" if packing else "off")
+        print(f"[hilt] packing={mode} attention={build.resolve_attention(job)} "
+              f"train_rows={len(train_ds)}", flush=True)
+    return trainer, tokenizer, stopper
+
+
+def train_sft(job: Job) -> TrainOutcome:
+    """Train, resuming from the newest complete checkpoint, and save the result."""
+    trainer, tokenizer, stopper = build_sft_trainer(job)
     if trainer.is_world_process_zero():
         print(build.describe_backend(trainer), flush=True)
     resume = latest_checkpoint(job.opt_ml.checkpoint_dir)
