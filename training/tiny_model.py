@@ -50,7 +50,11 @@ _WORDS = (
     "submit open close date time week day today tomorrow monday friday team it service "
     "portal system password reset travel expense report payment invoice question answer "
     "yes no not how what when where why which who upper lower reverse copy word letter "
-    "text short long polite accurate internal external compliance document send email"
+    "text short long polite accurate internal external compliance document send email "
+    "happy course problem use self-service sign again get calendar invite request room desk "
+    "keyboard monitor docking station headset phone board called asked about follow-up up "
+    "fees new insurance HR CRM trading app tool Ana Ben Chen Dara Eli Farah Gus Hana Lee Park "
+    "Diaz Khan Novak Mrs. Mr. Ms. Dr. Of No Happy Open Book Use Please Can I"
 ).split()
 _ROLES = ("system", "user", "assistant")
 
@@ -166,9 +170,17 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec())
 
 
 def copy_task_example(rng: random.Random, length: int = 4) -> list[dict]:
-    """One chat turn of the warm-up task: repeat a random mixed-case word."""
-    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(length))
-    return [{"role": "user", "content": f"copy: {word}"}, {"role": "assistant", "content": word}]
+    """One chat turn of the warm-up task: repeat a random mixed-case word or a phrase.
+
+    Letters teach character-level copying; phrases of corpus words make every common
+    token something the model has learned to emit, so adapters can teach new tasks.
+    """
+    if rng.random() < 0.5:
+        text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(length))
+    else:
+        text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 8)))
+        text = text[0].upper() + text[1:] + rng.choice([".", ",", ";", "?", ""])
+    return [{"role": "user", "content": f"copy: {text}"}, {"role": "assistant", "content": text}]
 
 
 def warm_up(model_dir: str | Path, steps: int, batch_size: int = 128, lr: float = 3e-3, seed: int = 0) -> float:

@@ -1,0 +1,66 @@
+"""The demo's scenario: an internal-process assistant at a financial firm.
+
+Synthetic, deterministic prompts with reference answers: employees ask how to order a
+laptop, book office space, reset a password or file an expense, and advisors ask for
+short summaries of past client conversations. Answers are polite and accurate, and
+reuse the details of the question, which a small model can learn and a metric can check.
+"""
+
+from __future__ import annotations
+
+import random
+
+ITEMS = ["laptop", "monitor", "docking station", "headset", "keyboard", "phone"]
+NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Farah", "Gus", "Hana"]
+ROOMS = ["room 3A", "room 4B", "the board room", "desk 12", "desk 7", "room 2C"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
+SYSTEMS = ["the HR portal", "the trading desk app", "email", "the expense tool", "the CRM"]
+CLIENTS = ["Mrs. Lee", "Mr. Park", "Ms. Diaz", "Dr. Khan", "Mr. Novak"]
+TOPICS = ["bond fees", "fund risk", "a new account", "portfolio review", "travel insurance"]
+
+SYSTEM_PROMPT = "You are the firm's internal assistant. Answer politely and accurately."
+
+
+def _example(rng: random.Random) -> tuple[str, str, str]:
+    kind = rng.choice(["order", "book", "reset", "summary"])
+    if kind == "order":
+        item, name = rng.choice(ITEMS), rng.choice(NAMES)
+        return kind, f"Please order a {item} for {name}.", f"Happy to help. Open the IT portal, request a {item} for {name}, and your manager approves it."
+    if kind == "book":
+        room, day = rng.choice(ROOMS), rng.choice(DAYS)
+        return kind, f"Can you book {room} on {day}?", f"Of course. Book {room} for {day} in the office portal; you get a calendar invite."
+    if kind == "reset":
+        system = rng.choice(SYSTEMS)
+        return kind, f"I forgot my password for {system}.", f"No problem. Use the self-service reset on {system}, then sign in again."
+    client, topic, day = rng.choice(CLIENTS), rng.choice(TOPICS), rng.choice(DAYS)
+    return (
+        kind,
+        f"Summarize: {client} called about {topic} and asked for a follow-up on {day}.",
+        f"{client} asked about {topic}; follow up on {day}.",
+    )
+
+
+def scenario_prompts(n: int, seed: int = 0) -> list[dict]:
+    """``n`` distinct prompts with reference answers, as ``{id, prompt, system, reference, kind}``."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[dict] = []
+    while len(out) < n:
+        kind, prompt, reference = _example(rng)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        out.append({"id": len(out), "kind": kind, "system": SYSTEM_PROMPT, "prompt": prompt, "reference": reference})
+    return out
+
+
+def as_sft_record(item: dict) -> dict:
+    """A prompt with its reference answer as an SFT record (TRL conversational format)."""
+    return {
+        "messages": [
+            {"role": "system", "content": item["system"]},
+            {"role": "user", "content": item["prompt"]},
+            {"role": "assistant", "content": item["reference"]},
+        ],
+        "meta": {"source": "scenario", "id": item["id"], "kind": item["kind"]},
+    }
