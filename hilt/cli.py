@@ -93,6 +93,138 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_studio(args: argparse.Namespace) -> int:
+    from hil import studio
+
+    if args.studio_command == "start":
+        state = studio.start(port=args.port, data_dir=args.data_dir)
+        how = "already running" if state["already_running"] else f"started in {state['seconds']}s"
+        print(f"Label Studio {how}: {state['url']}")
+        print(f"  user:     {state['user']}")
+        print(f"  password: {state['password']}")
+        print(f"  token:    {state['token']}")
+        print(f"  data:     {state['data_dir']}  (log: {state['log']})")
+        print(f"  export LABEL_STUDIO_URL={state['url']} LABEL_STUDIO_API_KEY={state['token']}")
+        return 0
+    if args.studio_command == "stop":
+        print("stopped" if studio.stop(args.data_dir) else "not running")
+        return 0
+    info = studio.status(args.data_dir)
+    print(json.dumps({k: v for k, v in info.items() if k != "password"}, indent=2))
+    return 0 if info["running"] else 1
+
+
+def _cmd_label_create(args: argparse.Namespace) -> int:
+    from hil.client import connect
+    from hil.importing import build_tasks, drafts_from_model, load_drafts, load_prompts, model_version
+    from hil.templates import parse_label_config, template_xml
+
+    if (args.drafts or args.drafts_from) and args.template != "sft":
+        raise UserError("--drafts/--drafts-from apply to the sft template only; drop them for preference projects")
+    config = template_xml(args.template)
+    spec = parse_label_config(config, where=f"template {args.template}")
+    rows = load_prompts(Path(args.prompts), args.template)
+    drafts, version = None, None
+    if args.drafts:
+        drafts, version = load_drafts(Path(args.drafts)), f"file:{Path(args.drafts).name}"
+    elif args.drafts_from:
+        model_dir = Path(args.drafts_from)
+        if not (model_dir / "config.json").is_file():
+            raise UserError(f"--drafts-from {model_dir}: no config.json; pass a save_pretrained model directory")
+        drafts, version = drafts_from_model(model_dir, rows), model_version(model_dir)
+    tasks = build_tasks(rows, spec, drafts, version)
+    client = connect()
+    title = args.title or f"hilt {args.template}: {Path(args.prompts).stem}"
+    project = client.create_project(title, config, description=f"created by hilt label create ({args.template})")
+    ids = client.import_tasks(project, tasks, batch_size=args.batch_size)
+    with_drafts = sum(1 for t in tasks if t.get("predictions"))
+    print(f"project {project} ({title}): {len(ids)} tasks, {with_drafts} with drafts -> {client.url}/projects/{project}")
+    print(project)
+    return 0
+
+
+def _read_export_source(args: argparse.Namespace):
+    """(tasks, spec, source) from --from-file or --project."""
+    import hashlib
+
+    from hil.templates import default_spec, parse_label_config
+
+    if args.from_file:
+        path = Path(args.from_file)
+        if not args.template:
+            raise UserError("--from-file needs --template sft|preference (the export file has no labeling config)")
+        try:
+            raw = path.read_bytes()
+            tasks = json.loads(raw)
+        except FileNotFoundError:
+            raise UserError(f"--from-file {path}: no such file") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
+                            "pass Label Studio's JSON export (Export > JSON)") from None
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise UserError(f"{path}: expected Label Studio's JSON export, a list of tasks")
+        spec = default_spec(args.template)
+        if args.label_config:
+            spec = parse_label_config(Path(args.label_config).read_text(), where=args.label_config)
+        source = {"type": "file", "name": path.name, "sha256": hashlib.sha256(raw).hexdigest()}
+        return tasks, spec, source, str(path)
+    from hil.client import connect
+
+    client = connect()
+    spec = parse_label_config(client.label_config(args.project), where=f"project {args.project}")
+    if args.template and args.template != spec.kind:
+        raise UserError(f"project {args.project} is a {spec.kind} project, not {args.template}; "
+                        f"use --template {spec.kind} or leave it out")
+    tasks = client.export_tasks(args.project)
+    return tasks, spec, {"type": "project", "project_id": args.project, "url": client.url}, f"project {args.project}"
+
+
+def _export_options(args: argparse.Namespace):
+    from hil.export import ExportOptions
+
+    if not 0.0 <= args.validation_fraction < 1.0:
+        raise UserError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
+    return ExportOptions(policy=args.policy, validation_fraction=args.validation_fraction,
+                         max_chars=args.max_chars, scrub_pii=args.scrub_pii)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hil.dataset import export_to_dataset
+    from hil.export import check_template_matches
+
+    if bool(args.from_file) == bool(args.project):
+        raise UserError("give exactly one of --project ID or --from-file EXPORT.json")
+    if args.since_last and not args.project:
+        raise UserError("--since-last needs --project (it tracks what a project already exported)")
+    options = _export_options(args)
+    tasks, spec, source, where = _read_export_source(args)
+    check_template_matches(tasks, spec, where)
+    out, manifest = export_to_dataset(tasks, spec, options, source, Path(args.out), since_last=args.since_last)
+    if out is None:
+        print(f"nothing new to export from {where} since the last version in {args.out}")
+        return 0
+    c = manifest["counts"]
+    print(f"{out}: {c['records']['train']} train + {c['records']['validation']} validation records, "
+          f"{c['rejects']['total']} rejects {c['rejects']['by_reason'] or ''} "
+          f"from {c['annotations']} annotations on {c['tasks']} tasks; sha256 {manifest['dataset_sha256'][:16]}")
+    return 0
+
+
+def _cmd_quality(args: argparse.Namespace) -> int:
+    from hil.export import check_template_matches, export_annotations
+
+    if bool(args.from_file) == bool(args.project):
+        raise UserError("give exactly one of --project ID or --from-file EXPORT.json")
+    tasks, spec, _, where = _read_export_source(args)
+    check_template_matches(tasks, spec, where)
+    result = export_annotations(tasks, spec, _export_options(args))
+    report = {"counts": result.counts, "quality": result.quality}
+    if args.scrub_pii:
+        report["pii"] = result.pii
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hilt.demo import run_demo
 
@@ -144,6 +276,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="full fine-tuning steps on a copy task so LoRA can learn on top (0 = random init)",
     )
     p.set_defaults(func=_cmd_model_tiny)
+
+    studio = sub.add_parser("studio", help="run a local Label Studio server (SQLite, 127.0.0.1)")
+    studio_sub = studio.add_subparsers(dest="studio_command", metavar="ACTION", required=True)
+    for action, text in (("start", "start it (or find it running); print URL, user and token"),
+                         ("stop", "stop it"), ("status", "print its state; exit 1 if not running")):
+        p = studio_sub.add_parser(action, help=text)
+        p.add_argument("--data-dir", help="server data (SQLite, media); default .hilt/studio or $HILT_STUDIO_DIR")
+        if action == "start":
+            p.add_argument("--port", type=_positive_int, default=8080, help="port on 127.0.0.1 (8080)")
+        p.set_defaults(func=_cmd_studio)
+
+    label = sub.add_parser("label", help="set up Label Studio projects for annotators")
+    label_sub = label.add_subparsers(dest="label_command", metavar="ACTION", required=True)
+    p = label_sub.add_parser(
+        "create", help="create a project from a template and import prompts (with model drafts)",
+        description="Create a Label Studio project from hilt's sft or preference template and import "
+        "prompts from JSONL, CSV or a saved HF dataset in batches. Drafts (from a file or generated by "
+        "a local model) become predictions the annotator edits. Prints the project id last. The server "
+        "is $LABEL_STUDIO_URL/$LABEL_STUDIO_API_KEY, else the one `hilt studio start` runs.",
+    )
+    p.add_argument("--template", choices=["sft", "preference"], required=True)
+    p.add_argument("--prompts", required=True, help="JSONL / CSV / saved HF dataset with a prompt column")
+    p.add_argument("--title", help="project title")
+    drafts = p.add_mutually_exclusive_group()
+    drafts.add_argument("--drafts", help="JSONL of {id|prompt, draft}")
+    drafts.add_argument("--drafts-from", help="model dir that writes the drafts (greedy)")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="tasks per import call (500)")
+    p.set_defaults(func=_cmd_label_create)
+
+    def add_source_flags(p):
+        p.add_argument("--project", type=int, help="Label Studio project id (live server)")
+        p.add_argument("--from-file", help="a Label Studio JSON export file instead of a live project")
+        p.add_argument("--template", choices=["sft", "preference"],
+                       help="the project's template (required with --from-file; checked with --project)")
+        p.add_argument("--label-config", help="with --from-file: the project's labeling config XML, to "
+                       "check every result's control against it")
+        p.add_argument("--policy", choices=["distinct", "all", "latest", "ground-truth-first"], default="distinct",
+                       help="SFT tasks with several answers: keep each distinct one (default), all, the latest, "
+                       "or the ground-truth one first")
+        p.add_argument("--validation-fraction", type=float, default=0.1, help="share of tasks held out (0.1)")
+        p.add_argument("--max-chars", type=_positive_int, default=20000, help="longer answers are rejected (20000)")
+        p.add_argument("--scrub-pii", action="store_true", help="replace emails and phone numbers; count them")
+
+    p = sub.add_parser(
+        "export", help="Label Studio annotations -> versioned SFT / preference dataset",
+        description="Export annotations to DIR/{train,validation}/data.jsonl, rejects.jsonl, manifest.json "
+        "and README.md, atomically and deterministically. Every annotation lands in a record or in "
+        "rejects.jsonl with its reason.",
+    )
+    add_source_flags(p)
+    p.add_argument("--out", required=True, help="dataset dir (with --since-last: the folder of versions)")
+    p.add_argument("--since-last", action="store_true",
+                   help="only annotations not in an earlier version under --out; writes OUT/vNNNN")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("quality", help="annotator counts, lead times, agreement, kappa, gold accuracy")
+    add_source_flags(p)
+    p.set_defaults(func=_cmd_quality)
 
     set_help = "override a recipe key, e.g. --set train.learning_rate=1e-4 (repeatable)"
     p = sub.add_parser(

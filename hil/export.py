@@ -1,0 +1,441 @@
+"""Label Studio's JSON export -> SFT / preference records, with every annotation accounted for.
+
+Pure functions over the parsed export (a list of tasks, each with ``annotations``), so the
+same code reads a live project and an export file. Each annotation ends up either in a
+record or in the rejects with a machine-readable reason; ``ExportResult.counts`` adds up.
+
+Records use TRL's conversational formats:
+
+- SFT: ``{"messages": [system?, user, assistant], "meta": {...}}``
+- preference: ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant], "meta": {...}}``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hil.templates import LabelingSpec
+
+SftPolicy = Literal["distinct", "all", "latest", "ground-truth-first"]
+SFT_POLICIES = ("distinct", "all", "latest", "ground-truth-first")
+
+# Reject reasons (machine-readable, stable: downstream tools filter on them).
+CANCELLED = "cancelled"
+MISSING_PROMPT = "missing_prompt"
+MISSING_ANSWERS = "missing_answers"
+NO_ANSWER = "no_answer"
+EMPTY_ANSWER = "empty_answer"
+TOO_LONG = "too_long"
+DUPLICATE = "duplicate"
+SUPERSEDED = "superseded"
+UNKNOWN_CONTROL = "unknown_control"
+NO_SELECTION = "no_selection"
+IDENTICAL_ANSWERS = "identical_answers"
+CONFLICTING_PREFERENCE = "conflicting_preference"
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_PHONE = re.compile(r"(?<!\w)(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}(?!\w)")
+
+
+@dataclass
+class ExportOptions:
+    """How annotations become records."""
+
+    policy: SftPolicy = "distinct"
+    validation_fraction: float = 0.1
+    max_chars: int = 20_000
+    scrub_pii: bool = False
+
+
+@dataclass
+class ExportResult:
+    """Records per split, rejects, counts and quality figures of one export."""
+
+    kind: str
+    records: dict[str, list[dict]]
+    rejects: list[dict]
+    counts: dict[str, Any]
+    quality: dict[str, Any]
+    pii: dict[str, int] = field(default_factory=dict)
+    annotation_ids: list[int] = field(default_factory=list)
+
+
+def split_of(task_id: Any, validation_fraction: float) -> str:
+    """``validation`` or ``train``, from a hash of the task id: stable as data grows."""
+    digest = hashlib.sha256(str(task_id).encode()).digest()
+    return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < validation_fraction else "train"
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+class _Scrubber:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.counts = Counter()
+
+    def __call__(self, text: str) -> str:
+        if not self.enabled or not text:
+            return text
+        text, emails = _EMAIL.subn("[EMAIL]", text)
+        text, phones = _PHONE.subn("[PHONE]", text)
+        self.counts["emails"] += emails
+        self.counts["phones"] += phones
+        return text
+
+
+def _annotator(annotation: dict) -> Any:
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):  # some exports expand the user
+        return who.get("email") or who.get("id")
+    return who
+
+
+def _base_meta(task: dict, annotation: dict) -> dict:
+    meta = {
+        "task_id": task.get("id"),
+        "annotation_id": annotation.get("id"),
+        "annotator": _annotator(annotation),
+        "created_at": annotation.get("created_at"),
+        "updated_at": annotation.get("updated_at"),
+        "lead_time": annotation.get("lead_time"),
+        "ground_truth": bool(annotation.get("ground_truth")),
+    }
+    return meta
+
+
+def _reject(task: dict, annotation: dict, reason: str, detail: str = "") -> dict:
+    return {"reason": reason, "detail": detail, **_base_meta(task, annotation)}
+
+
+def _results(annotation: dict, spec: LabelingSpec) -> tuple[list[dict], list[str]]:
+    """The annotation's results, and the from_names the config does not know (when known)."""
+    results = annotation.get("result") or []
+    unknown = sorted({r.get("from_name") for r in results if spec.controls and r.get("from_name") not in spec.controls})
+    return results, unknown
+
+
+def _textarea(results: list[dict], spec: LabelingSpec, control: str | None, exclude: str | None = None) -> str | None:
+    for r in results:
+        if r.get("type") != "textarea" or r.get("to_name") != spec.prompt_object:
+            continue
+        if control is not None and r.get("from_name") != control:
+            continue
+        if exclude is not None and r.get("from_name") == exclude:
+            continue
+        text = (r.get("value") or {}).get("text")
+        if isinstance(text, list):
+            return "\n".join(str(t) for t in text)
+        return str(text) if text is not None else None
+    return None
+
+
+def _prompt_messages(task: dict, spec: LabelingSpec, scrub: _Scrubber) -> list[dict] | None:
+    data = task.get("data") or {}
+    prompt = data.get(spec.prompt_key)
+    if not isinstance(prompt, str) or not prompt.strip():
+        return None
+    messages = []
+    if isinstance(data.get("system"), str) and data["system"].strip():
+        messages.append({"role": "system", "content": scrub(data["system"])})
+    messages.append({"role": "user", "content": scrub(prompt)})
+    return messages
+
+
+def _sorted_annotations(task: dict) -> list[dict]:
+    return sorted(task.get("annotations") or [], key=lambda a: (a.get("id") is None, a.get("id") or 0))
+
+
+def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
+    seen_answers: set[tuple[str, str]] = set()
+    for task in tasks:
+        prompt = _prompt_messages(task, spec, scrub)
+        candidates = []
+        for annotation in _sorted_annotations(task):
+            if annotation.get("was_cancelled"):
+                out.rejects.append(_reject(task, annotation, CANCELLED))
+                continue
+            if prompt is None:
+                out.rejects.append(_reject(task, annotation, MISSING_PROMPT, f"task data has no '{spec.prompt_key}'"))
+                continue
+            results, unknown = _results(annotation, spec)
+            if unknown:
+                out.rejects.append(_reject(task, annotation, UNKNOWN_CONTROL, f"from_name not in config: {unknown}"))
+                continue
+            answer = _textarea(results, spec, spec.answer_control)
+            if answer is None:
+                out.rejects.append(_reject(task, annotation, NO_ANSWER, "no TextArea result on the prompt"))
+                continue
+            if not answer.strip():
+                out.rejects.append(_reject(task, annotation, EMPTY_ANSWER))
+                continue
+            if len(answer) > options.max_chars:
+                out.rejects.append(_reject(task, annotation, TOO_LONG, f"{len(answer)} > {options.max_chars} chars"))
+                continue
+            candidates.append((annotation, answer.strip()))
+
+        # Policy: which accepted answers of this task become records.
+        if options.policy == "latest" and candidates:
+            latest = max(candidates, key=lambda c: (c[0].get("updated_at") or "", c[0].get("id") or 0))
+            for c in candidates:
+                if c is not latest:
+                    out.rejects.append(_reject(task, c[0], SUPERSEDED, "policy latest"))
+            candidates = [latest]
+        elif options.policy == "ground-truth-first" and any(c[0].get("ground_truth") for c in candidates):
+            gold = next(c for c in candidates if c[0].get("ground_truth"))
+            for c in candidates:
+                if c is not gold:
+                    out.rejects.append(_reject(task, c[0], SUPERSEDED, "policy ground-truth-first"))
+            candidates = [gold]
+
+        split = split_of(task.get("id"), options.validation_fraction)
+        for annotation, answer in candidates:
+            key = (_normalize(prompt[-1]["content"]), _normalize(answer))
+            if options.policy != "all" and key in seen_answers:
+                out.rejects.append(_reject(task, annotation, DUPLICATE, "same prompt and answer already exported"))
+                continue
+            seen_answers.add(key)
+            meta = _base_meta(task, annotation)
+            draft = annotation.get("prediction") or {}
+            if draft.get("model_version") is not None:
+                meta["draft_model_version"] = draft.get("model_version")
+            out.records[split].append(
+                {"messages": [*prompt, {"role": "assistant", "content": scrub(answer)}], "meta": meta}
+            )
+            out.counts["annotations_in_records"] += 1
+
+
+def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
+    seen: set[tuple[str, str, str]] = set()
+    for task in tasks:
+        prompt = _prompt_messages(task, spec, scrub)
+        data = task.get("data") or {}
+        left, right = data.get(spec.left_key), data.get(spec.right_key)
+        votes: list[tuple[dict, str, str | None]] = []
+        for annotation in _sorted_annotations(task):
+            if annotation.get("was_cancelled"):
+                out.rejects.append(_reject(task, annotation, CANCELLED))
+                continue
+            if prompt is None:
+                out.rejects.append(_reject(task, annotation, MISSING_PROMPT, f"task data has no '{spec.prompt_key}'"))
+                continue
+            if not (isinstance(left, str) and left.strip() and isinstance(right, str) and right.strip()):
+                out.rejects.append(_reject(task, annotation, MISSING_ANSWERS,
+                                           f"task data needs '{spec.left_key}' and '{spec.right_key}'"))
+                continue
+            results, unknown = _results(annotation, spec)
+            if unknown:
+                out.rejects.append(_reject(task, annotation, UNKNOWN_CONTROL, f"from_name not in config: {unknown}"))
+                continue
+            selected = next(
+                ((r.get("value") or {}).get("selected") for r in results
+                 if r.get("type") == "pairwise"
+                 and (spec.comparison_control is None or r.get("from_name") == spec.comparison_control)),
+                None,
+            )
+            if selected not in ("left", "right"):
+                out.rejects.append(_reject(task, annotation, NO_SELECTION, "no Pairwise left/right choice"))
+                continue
+            if _normalize(left) == _normalize(right):
+                out.rejects.append(_reject(task, annotation, IDENTICAL_ANSWERS, "both answers are the same text"))
+                continue
+            rationale = _textarea(results, spec, spec.rationale_control, exclude=None)
+            votes.append((annotation, selected, rationale))
+        if not votes:
+            continue
+        tally = Counter(v[1] for v in votes)
+        if tally["left"] == tally["right"]:
+            for annotation, _, _ in votes:
+                out.rejects.append(_reject(task, annotation, CONFLICTING_PREFERENCE,
+                                           f"tie: {tally['left']} left vs {tally['right']} right"))
+            continue
+        winner = "left" if tally["left"] > tally["right"] else "right"
+        chosen, rejected = (left, right) if winner == "left" else (right, left)
+        key = (_normalize(prompt[-1]["content"]), _normalize(chosen), _normalize(rejected))
+        if key in seen:
+            for annotation, _, _ in votes:
+                out.rejects.append(_reject(task, annotation, DUPLICATE, "same prompt and pair already exported"))
+            continue
+        seen.add(key)
+        first = votes[0][0]
+        meta = _base_meta(task, first)
+        del meta["annotation_id"], meta["annotator"]
+        meta.update(
+            annotation_ids=[v[0].get("id") for v in votes],
+            annotators=[_annotator(v[0]) for v in votes],
+            votes={"left": tally["left"], "right": tally["right"]},
+            chosen_side=winner,
+            rationales=[scrub(v[2]) for v in votes if v[2]],
+            ground_truth=any(v[0].get("ground_truth") for v in votes),
+            created_at=min((v[0].get("created_at") or "") for v in votes) or None,
+            updated_at=max((v[0].get("updated_at") or "") for v in votes) or None,
+        )
+        out.records[split_of(task.get("id"), options.validation_fraction)].append({
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": scrub(chosen)}],
+            "rejected": [{"role": "assistant", "content": scrub(rejected)}],
+            "meta": meta,
+        })
+        out.counts["annotations_in_records"] += len(votes)
+
+
+def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
+    """Per-annotator counts and median lead time, agreement, gold accuracy.
+
+    Agreement is over tasks with at least two non-cancelled annotations: percent
+    agreement (share of agreeing annotation pairs), and for preferences Fleiss' kappa
+    and Cohen's kappa for each annotator pair that shares tasks. Gold accuracy compares
+    each non-gold annotation with the ground-truth annotation of its task.
+    """
+    per_annotator: dict[Any, list[float]] = defaultdict(list)
+    labels_by_task: dict[Any, dict[Any, str]] = {}
+    gold_hits = gold_total = 0
+    for task in tasks:
+        labels: dict[Any, str] = {}
+        gold_label = None
+        for annotation in _sorted_annotations(task):
+            if annotation.get("was_cancelled"):
+                continue
+            who = _annotator(annotation)
+            per_annotator[who].append(float(annotation.get("lead_time") or 0.0))
+            results = annotation.get("result") or []
+            if spec.kind == "preference":
+                label = next(((r.get("value") or {}).get("selected") for r in results if r.get("type") == "pairwise"), None)
+            else:
+                text = _textarea(results, spec, spec.answer_control)
+                label = _normalize(text) if text else None
+            if label is None:
+                continue
+            if annotation.get("ground_truth"):
+                gold_label = label
+            else:
+                labels[who] = label
+        if gold_label is not None:
+            gold_total += len(labels)
+            gold_hits += sum(1 for label in labels.values() if label == gold_label)
+        if labels:
+            labels_by_task[task.get("id")] = labels
+
+    multi = {t: l for t, l in labels_by_task.items() if len(l) >= 2}
+    agree = pairs = 0
+    for labels in multi.values():
+        values = list(labels.values())
+        for i in range(len(values)):
+            for j in range(i + 1, len(values)):
+                pairs += 1
+                agree += values[i] == values[j]
+    report: dict[str, Any] = {
+        "annotators": {
+            str(who): {"annotations": len(times), "median_lead_time_s": round(statistics.median(times), 3)}
+            for who, times in sorted(per_annotator.items(), key=lambda kv: str(kv[0]))
+        },
+        "tasks_with_2plus_annotations": len(multi),
+        "percent_agreement": round(agree / pairs, 4) if pairs else None,
+        "gold_accuracy": round(gold_hits / gold_total, 4) if gold_total else None,
+        "gold_annotations_checked": gold_total,
+    }
+    if spec.kind == "preference" and multi:
+        report["fleiss_kappa"] = _fleiss_kappa([list(l.values()) for l in multi.values()], ("left", "right"))
+        report["cohen_kappa"] = _pairwise_cohen(multi)
+    return report
+
+
+def _fleiss_kappa(items: list[list[str]], categories: tuple[str, ...]) -> float | None:
+    totals = Counter()
+    agreement = []
+    for ratings in items:
+        n = len(ratings)
+        counts = Counter(ratings)
+        totals.update(counts)
+        agreement.append((sum(c * c for c in counts.values()) - n) / (n * (n - 1)))
+    n_ratings = sum(totals.values())
+    p_e = sum((totals[c] / n_ratings) ** 2 for c in categories)
+    p_bar = sum(agreement) / len(agreement)
+    return None if p_e == 1 else round((p_bar - p_e) / (1 - p_e), 4)
+
+
+def _pairwise_cohen(multi: dict[Any, dict[Any, str]]) -> dict[str, float | None]:
+    shared: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for labels in multi.values():
+        people = sorted(labels, key=str)
+        for i in range(len(people)):
+            for j in range(i + 1, len(people)):
+                shared[(str(people[i]), str(people[j]))].append((labels[people[i]], labels[people[j]]))
+    out = {}
+    for (a, b), pairs in sorted(shared.items()):
+        n = len(pairs)
+        p_o = sum(x == y for x, y in pairs) / n
+        ca, cb = Counter(x for x, _ in pairs), Counter(y for _, y in pairs)
+        p_e = sum((ca[k] / n) * (cb[k] / n) for k in set(ca) | set(cb))
+        out[f"{a}~{b}"] = None if p_e == 1 else round((p_o - p_e) / (1 - p_e), 4)
+    return out
+
+
+def export_annotations(tasks: list[dict], spec: LabelingSpec, options: ExportOptions,
+                       skip_annotation_ids: set[int] | None = None) -> ExportResult:
+    """Turn Label Studio export tasks into records and rejects.
+
+    Args:
+        tasks: Label Studio JSON export (list of task dicts with ``annotations``).
+        spec: where prompt, answers and judgements are (from the project's config).
+        options: policy, validation fraction, limits, PII scrubbing.
+        skip_annotation_ids: annotations exported before (``--since-last``); left out.
+
+    Returns:
+        The records by split, the rejects, and counts that add up:
+        ``annotations == annotations_in_records + rejects``.
+    """
+    skip = skip_annotation_ids or set()
+    tasks = sorted(tasks, key=lambda t: (t.get("id") is None, t.get("id") or 0))
+    if skip:
+        tasks = [
+            {**t, "annotations": [a for a in (t.get("annotations") or []) if a.get("id") not in skip]}
+            for t in tasks
+        ]
+    scrub = _Scrubber(options.scrub_pii)
+    out = ExportResult(kind=spec.kind, records={"train": [], "validation": []}, rejects=[],
+                       counts=Counter(), quality={})
+    if spec.kind == "sft":
+        _export_sft(tasks, spec, options, scrub, out)
+    else:
+        _export_preference(tasks, spec, options, scrub, out)
+    annotations = sum(len(t.get("annotations") or []) for t in tasks)
+    reasons = Counter(r["reason"] for r in out.rejects)
+    out.counts = {
+        "tasks": len(tasks),
+        "tasks_with_annotations": sum(1 for t in tasks if t.get("annotations")),
+        "annotations": annotations,
+        "annotations_in_records": out.counts["annotations_in_records"],
+        "records": {split: len(records) for split, records in out.records.items()},
+        "rejects": {"total": len(out.rejects), "by_reason": dict(sorted(reasons.items()))},
+    }
+    if out.counts["annotations_in_records"] + len(out.rejects) != annotations:
+        raise RuntimeError("export bug: an annotation is neither in a record nor in the rejects")
+    out.quality = quality_report(tasks, spec)
+    out.quality["duplicate_rate"] = round(reasons[DUPLICATE] / annotations, 4) if annotations else 0.0
+    out.pii = dict(scrub.counts) if options.scrub_pii else {}
+    out.annotation_ids = sorted(a["id"] for t in tasks for a in (t.get("annotations") or []) if a.get("id") is not None)
+    return out
+
+
+def check_template_matches(tasks: list[dict], spec: LabelingSpec, where: str) -> None:
+    """Refuse an export made with the other template, before writing anything.
+
+    Raises:
+        UserError: naming the template the annotations look like.
+    """
+    from hilt.errors import UserError
+
+    types = Counter(
+        r.get("type") for t in tasks for a in (t.get("annotations") or []) for r in (a.get("result") or [])
+    )
+    if spec.kind == "sft" and types["pairwise"] and not types["textarea"]:
+        raise UserError(f"{where} holds preference annotations (Pairwise), not SFT answers; use --template preference")
+    if spec.kind == "preference" and types["textarea"] and not types["pairwise"]:
+        raise UserError(f"{where} holds SFT answers (TextArea), not preferences; use --template sft")

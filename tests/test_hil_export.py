@@ -1,0 +1,256 @@
+"""Export rules on hand-written Label Studio export files: one test per reject reason."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from hil.dataset import build_files, export_to_dataset
+from hil.export import ExportOptions, export_annotations, split_of
+from hil.templates import default_spec, parse_label_config, template_xml
+from hilt.errors import UserError
+
+
+def sft_annotation(aid, text, who=1, **extra):
+    result = [] if text is None else [{"from_name": extra.pop("from_name", "answer"), "to_name": "prompt",
+                                       "type": "textarea", "value": {"text": [text]}}]
+    return {"id": aid, "completed_by": who, "result": result, "was_cancelled": False, "ground_truth": False,
+            "created_at": f"2026-01-01T00:00:{aid:02d}Z", "updated_at": f"2026-01-01T00:00:{aid:02d}Z",
+            "lead_time": 10.0 + aid, **extra}
+
+
+def pref_annotation(aid, selected, who=1, **extra):
+    result = [] if selected is None else [{"from_name": "comparison", "to_name": "answer1,answer2", "type": "pairwise",
+                                           "value": {"selected": selected}}]
+    if "rationale" in extra:
+        result.append({"from_name": "rationale", "to_name": "prompt", "type": "textarea",
+                       "value": {"text": [extra.pop("rationale")]}})
+    return {"id": aid, "completed_by": who, "result": result, "was_cancelled": False, "ground_truth": False,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z", "lead_time": 5.0, **extra}
+
+
+def task(tid, annotations, **data):
+    return {"id": tid, "data": {"prompt": f"question {tid}", **data}, "annotations": annotations, "predictions": []}
+
+
+def reasons(result):
+    return [r["reason"] for r in result.rejects]
+
+
+SFT = default_spec("sft")
+PREF = default_spec("preference")
+
+
+def test_sft_record_equals_the_annotation():
+    tasks = [task(7, [sft_annotation(1, "  The answer.  ", who=3)], system="Be brief.")]
+    result = export_annotations(tasks, SFT, ExportOptions(validation_fraction=0.0))
+    (record,) = result.records["train"]
+    assert record["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "question 7"},
+        {"role": "assistant", "content": "The answer."},
+    ]
+    assert record["meta"]["task_id"] == 7 and record["meta"]["annotation_id"] == 1
+    assert record["meta"]["annotator"] == 3 and record["meta"]["lead_time"] == 11.0
+
+
+def test_stock_template_instruction_textarea_exports_unchanged():
+    tasks = [task(1, [sft_annotation(1, "stock answer", from_name="instruction")])]
+    result = export_annotations(tasks, SFT, ExportOptions(validation_fraction=0.0))
+    assert result.records["train"][0]["messages"][-1]["content"] == "stock answer"
+
+
+@pytest.mark.parametrize(
+    "annotation, data, reason",
+    [
+        (sft_annotation(1, "x", was_cancelled=True), {}, "cancelled"),
+        (sft_annotation(1, None), {}, "no_answer"),
+        (sft_annotation(1, "   \n "), {}, "empty_answer"),
+        (sft_annotation(1, "y" * 101), {}, "too_long"),
+        (sft_annotation(1, "fine"), {"prompt": "  "}, "missing_prompt"),
+    ],
+)
+def test_sft_reject_rules(annotation, data, reason):
+    result = export_annotations([task(1, [annotation], **data)], SFT, ExportOptions(max_chars=100))
+    assert reasons(result) == [reason]
+    assert result.counts["rejects"]["by_reason"] == {reason: 1}
+    assert result.rejects[0]["annotation_id"] == 1 and result.rejects[0]["task_id"] == 1
+
+
+def test_sft_duplicates_and_policies():
+    tasks = [
+        task(1, [sft_annotation(1, "Same answer", who=1), sft_annotation(2, "same   ANSWER", who=2),
+                 sft_annotation(3, "Other answer", who=3)]),
+    ]
+    distinct = export_annotations(tasks, SFT, ExportOptions(validation_fraction=0.0))
+    assert [r["meta"]["annotation_id"] for r in distinct.records["train"]] == [1, 3]
+    assert reasons(distinct) == ["duplicate"]
+    everything = export_annotations(tasks, SFT, ExportOptions(policy="all", validation_fraction=0.0))
+    assert len(everything.records["train"]) == 3 and not everything.rejects
+    latest = export_annotations(tasks, SFT, ExportOptions(policy="latest", validation_fraction=0.0))
+    assert [r["meta"]["annotation_id"] for r in latest.records["train"]] == [3]
+    assert reasons(latest) == ["superseded", "superseded"]
+    tasks[0]["annotations"][1]["ground_truth"] = True
+    gold = export_annotations(tasks, SFT, ExportOptions(policy="ground-truth-first", validation_fraction=0.0))
+    assert [r["meta"]["annotation_id"] for r in gold.records["train"]] == [2]
+
+
+def test_unknown_control_needs_the_config():
+    spec = parse_label_config(template_xml("sft"))
+    tasks = [task(1, [sft_annotation(1, "ok"), sft_annotation(2, "ghost", from_name="removed_control")])]
+    result = export_annotations(tasks, spec, ExportOptions(validation_fraction=0.0))
+    assert reasons(result) == ["unknown_control"]
+    assert len(result.records["train"]) == 1
+
+
+def test_preference_majority_and_mapping():
+    tasks = [task(1, [pref_annotation(1, "right", who=1, rationale="more polite"), pref_annotation(2, "right", who=2),
+                      pref_annotation(3, "left", who=3)], answer1="A one", answer2="B two")]
+    result = export_annotations(tasks, PREF, ExportOptions(validation_fraction=0.0))
+    (record,) = result.records["train"]
+    assert record["prompt"] == [{"role": "user", "content": "question 1"}]
+    assert record["chosen"] == [{"role": "assistant", "content": "B two"}]
+    assert record["rejected"] == [{"role": "assistant", "content": "A one"}]
+    assert record["meta"]["votes"] == {"left": 1, "right": 2}
+    assert record["meta"]["annotation_ids"] == [1, 2, 3] and record["meta"]["rationales"] == ["more polite"]
+    assert result.counts["annotations_in_records"] == 3 and not result.rejects
+
+
+@pytest.mark.parametrize(
+    "annotations, data, expected",
+    [
+        ([pref_annotation(1, "left"), pref_annotation(2, "right")], {}, ["conflicting_preference"] * 2),
+        ([pref_annotation(1, None)], {}, ["no_selection"]),
+        ([pref_annotation(1, "left", was_cancelled=True)], {}, ["cancelled"]),
+        ([pref_annotation(1, "left")], {"answer2": ""}, ["missing_answers"]),
+        ([pref_annotation(1, "left")], {"answer2": "a  ONE"}, ["identical_answers"]),
+    ],
+)
+def test_preference_reject_rules(annotations, data, expected):
+    result = export_annotations([task(1, annotations, **{"answer1": "a one", "answer2": "b two", **data})],
+                                PREF, ExportOptions())
+    assert reasons(result) == expected
+
+
+def test_preference_duplicate_pair_across_tasks():
+    tasks = [task(1, [pref_annotation(1, "left")], answer1="x", answer2="y"),
+             task(2, [pref_annotation(2, "left")], answer1="x", answer2="y", prompt="question 1")]
+    result = export_annotations(tasks, PREF, ExportOptions())
+    assert reasons(result) == ["duplicate"]
+
+
+def test_counts_add_up_and_split_is_stable():
+    tasks = [task(i, [sft_annotation(i, f"answer {i}")]) for i in range(1, 200)]
+    tasks.append(task(500, [sft_annotation(500, "", was_cancelled=True)]))
+    result = export_annotations(tasks, SFT, ExportOptions(validation_fraction=0.2))
+    c = result.counts
+    assert c["annotations"] == c["annotations_in_records"] + c["rejects"]["total"] == 200
+    assert 20 < c["records"]["validation"] < 60
+    # A task's split depends only on its id: adding tasks moves none of the old ones.
+    more = export_annotations(tasks + [task(900, [sft_annotation(900, "new")])], SFT, ExportOptions(validation_fraction=0.2))
+    old_val = {r["meta"]["task_id"] for r in result.records["validation"]}
+    new_val = {r["meta"]["task_id"] for r in more.records["validation"]} - {900}
+    assert old_val == new_val
+    assert all(split_of(t, 0.2) == "validation" for t in old_val)
+
+
+def test_quality_report():
+    tasks = [
+        task(1, [pref_annotation(1, "left", who=1), pref_annotation(2, "left", who=2)], answer1="a", answer2="b"),
+        task(2, [pref_annotation(3, "right", who=1), pref_annotation(4, "left", who=2)], answer1="c", answer2="d"),
+        task(3, [pref_annotation(5, "right", who=1), pref_annotation(6, "right", who=2)], answer1="e", answer2="f"),
+        task(4, [pref_annotation(7, "left", who=9, ground_truth=True), pref_annotation(8, "left", who=1),
+                 pref_annotation(9, "right", who=2)], answer1="g", answer2="h"),
+    ]
+    q = export_annotations(tasks, PREF, ExportOptions()).quality
+    assert q["annotators"]["1"]["annotations"] == 4 and q["annotators"]["1"]["median_lead_time_s"] == 5.0
+    assert q["tasks_with_2plus_annotations"] == 4
+    assert q["percent_agreement"] == 0.5
+    assert q["gold_accuracy"] == 0.5 and q["gold_annotations_checked"] == 2
+    assert q["cohen_kappa"]["1~2"] == 0.0
+    # Half the pairs agree and both labels are equally common: agreement is at chance.
+    assert q["fleiss_kappa"] == 0.0
+
+
+def test_pii_scrub_counts():
+    tasks = [task(1, [sft_annotation(1, "Mail ana@example.com or call +1 415 555 0100.")])]
+    result = export_annotations(tasks, SFT, ExportOptions(scrub_pii=True, validation_fraction=0.0))
+    assert result.records["train"][0]["messages"][-1]["content"] == "Mail [EMAIL] or call [PHONE]."
+    assert result.pii == {"emails": 1, "phones": 1}
+
+
+def test_files_are_byte_identical_and_manifest_hashes(tmp_path):
+    tasks = [task(i, [sft_annotation(i, f"answer {i}")]) for i in range(1, 30)]
+    source = {"type": "file", "name": "x.json"}
+    out_a, manifest = export_to_dataset(tasks, SFT, ExportOptions(), source, tmp_path / "a")
+    out_b, _ = export_to_dataset(list(reversed(tasks)), SFT, ExportOptions(), source, tmp_path / "b")
+    for rel in ("train/data.jsonl", "validation/data.jsonl", "rejects.jsonl", "README.md", "manifest.json"):
+        assert (out_a / rel).read_bytes() == (out_b / rel).read_bytes(), rel
+    import hashlib
+
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((out_a / rel).read_bytes()).hexdigest() == digest
+    # Re-running over an existing export replaces it whole.
+    export_to_dataset(tasks[:5], SFT, ExportOptions(), source, tmp_path / "a")
+    assert json.loads((out_a / "manifest.json").read_text())["counts"]["annotations"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    import hil.dataset as dataset
+
+    tasks = [task(1, [sft_annotation(1, "a")])]
+    files, manifest = build_files(export_annotations(tasks, SFT, ExportOptions()), {"type": "file"}, ExportOptions())
+    files["train/data.jsonl"] = object()  # write_bytes fails half-way through
+    with pytest.raises(TypeError):
+        dataset.write_dataset(tmp_path / "out", files, manifest)
+    assert list(tmp_path.iterdir()) == []
+
+
+def write_export(path, tasks):
+    path.write_text(json.dumps(tasks))
+    return path
+
+
+def run(hilt_exe, *args):
+    return subprocess.run([str(hilt_exe), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_from_file_and_bad_inputs(hilt_exe, tmp_path):
+    export = write_export(tmp_path / "export.json", [task(1, [sft_annotation(1, "hello")])])
+    ok = run(hilt_exe, "export", "--from-file", str(export), "--template", "sft", "--out", str(tmp_path / "ds"))
+    assert ok.returncode == 0, ok.stderr
+    assert {p.name for p in (tmp_path / "ds").iterdir()} == {"train", "validation", "rejects.jsonl", "manifest.json", "README.md"}
+
+    (tmp_path / "bad.json").write_text("{not json")
+    bad_inputs = [
+        (["--from-file", str(tmp_path / "bad.json"), "--template", "sft"], "not valid JSON"),
+        (["--from-file", str(tmp_path / "missing.json"), "--template", "sft"], "no such file"),
+        (["--from-file", str(export)], "needs --template"),
+        (["--from-file", str(export), "--template", "preference"], "use --template sft"),
+    ]
+    for flags, message in bad_inputs:
+        result = run(hilt_exe, "export", *flags, "--out", str(tmp_path / "never"))
+        assert result.returncode == 2, flags
+        assert message in result.stderr and result.stderr.count("\n") == 1
+        assert not (tmp_path / "never").exists()
+
+
+def test_cli_unreachable_server_and_bad_token(hilt_exe, tmp_path):
+    import os
+
+    env = {**os.environ, "LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "x"}
+    result = subprocess.run([str(hilt_exe), "export", "--project", "1", "--out", str(tmp_path / "x")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert "cannot reach Label Studio at http://127.0.0.1:9" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_since_last_needs_project(capsys):
+    from hilt.cli import main
+
+    assert main(["export", "--from-file", "x.json", "--since-last", "--out", "y"]) == 2
+    assert "--since-last needs --project" in capsys.readouterr().err
