@@ -95,10 +95,19 @@ class StudioClient:
         with self._calling(f"list tasks of project {project}", project=project):
             return sorted(task.id for task in self.sdk.tasks.list(project=project, fields="all"))
 
+    def task_predictions(self, task: int) -> list[dict]:
+        """The predictions (drafts) on a task: model_version, result, id."""
+        with self._calling(f"read predictions of task {task}"):
+            return [p.dict() for p in self.sdk.predictions.list(task=task)]
+
     def create_annotation(self, task: int, result: list[dict], completed_by: int | None = None,
                           ground_truth: bool = False, lead_time: float | None = None,
-                          was_cancelled: bool = False) -> int:
+                          was_cancelled: bool = False, parent_prediction: int | None = None) -> int:
+        """Post an annotation, as the UI does when an annotator submits (``parent_prediction``:
+        the draft it was edited from)."""
         kwargs: dict[str, Any] = dict(result=result, ground_truth=ground_truth, was_cancelled=was_cancelled)
+        if parent_prediction is not None:
+            kwargs["parent_prediction"] = parent_prediction
         if completed_by is not None:
             kwargs["completed_by"] = completed_by
         if lead_time is not None:

@@ -205,6 +205,8 @@ def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, s
             draft = annotation.get("prediction") or {}
             if draft.get("model_version") is not None:
                 meta["draft_model_version"] = draft.get("model_version")
+                draft_text = _textarea(draft.get("result") or [], spec, spec.answer_control)
+                meta["draft_edited"] = (draft_text or "").strip() != answer
             out.records[split].append(
                 {"messages": [*prompt, {"role": "assistant", "content": scrub(answer)}], "meta": meta}
             )

@@ -69,3 +69,31 @@ def run_hilt(hilt_exe: Path, *args: str, timeout: int = 600, env: dict | None = 
         [str(hilt_exe), *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def studio(hilt_exe, tmp_path_factory):
+    """A real Label Studio server, started with `hilt studio start` on a free port.
+
+    Yields a dict with url, token, data_dir and env (the variables that point hilt at it).
+    """
+    import json
+    import subprocess
+
+    data_dir = tmp_path_factory.mktemp("studio")
+    port = _free_port()
+    result = subprocess.run([str(hilt_exe), "studio", "start", "--port", str(port), "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = json.loads((data_dir / "hilt-studio.json").read_text())
+    env = {"LABEL_STUDIO_URL": state["url"], "LABEL_STUDIO_API_KEY": state["token"]}
+    yield {**state, "env": env, "data_dir": data_dir, "start_output": result.stdout}
+    subprocess.run([str(hilt_exe), "studio", "stop", "--data-dir", str(data_dir)], capture_output=True, timeout=120)

@@ -1,0 +1,206 @@
+"""HIL against a real Label Studio server: create, import with drafts, annotate, export.
+
+Annotations are posted through the API as stand-ins for annotators (two of them on some
+tasks); each exported record must equal what was annotated.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import run_hilt
+from hil.client import StudioClient
+from hil.templates import parse_label_config, template_xml
+
+pytestmark = [pytest.mark.studio, pytest.mark.slow]
+
+
+def textarea(text, name="answer"):
+    return [{"from_name": name, "to_name": "prompt", "type": "textarea", "value": {"text": [text]}}]
+
+
+def pairwise(selected):
+    return [{"from_name": "comparison", "to_name": "answer1,answer2", "type": "pairwise", "value": {"selected": selected}}]
+
+
+def records(path):
+    return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
+def all_records(out):
+    return records(out / "train" / "data.jsonl") + records(out / "validation" / "data.jsonl")
+
+
+@pytest.fixture(scope="module")
+def client(studio):
+    return StudioClient(studio["url"], studio["token"])
+
+
+@pytest.fixture(scope="module")
+def second_annotator(client):
+    return client.create_user("annotator2", "annotator2@hilt.local")
+
+
+def create_project(hilt_exe, studio, tmp_path, template, rows, *extra):
+    prompts = tmp_path / f"{template}-prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_hilt(hilt_exe, "label", "create", "--template", template, "--prompts", str(prompts), *extra,
+                      env=studio["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def test_studio_start_prints_credentials_and_is_idempotent(hilt_exe, studio):
+    assert studio["url"] in studio["start_output"] and studio["token"] in studio["start_output"]
+    again = run_hilt(hilt_exe, "studio", "start", "--port", str(studio["port"]), "--data-dir", str(studio["data_dir"]))
+    assert again.returncode == 0 and "already running" in again.stdout
+    status = run_hilt(hilt_exe, "studio", "status", "--data-dir", str(studio["data_dir"]))
+    assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
+
+
+def test_sft_project_with_drafts_exports_what_annotators_wrote(hilt_exe, studio, client, second_annotator, tmp_path):
+    rows = [{"id": f"p{i}", "prompt": f"How do I book room {i}?", "system": "Be polite."} for i in range(6)]
+    drafts = tmp_path / "drafts.jsonl"
+    drafts.write_text("".join(json.dumps({"id": f"p{i}", "draft": f"Draft {i}"}) + "\n" for i in range(4)))
+    project = create_project(hilt_exe, studio, tmp_path, "sft", rows, "--drafts", str(drafts), "--title", "SFT test")
+
+    tasks = {t["data"]["source_id"]: t for t in client.export_tasks(project)}
+    assert len(tasks) == 6
+    (draft,) = client.task_predictions(tasks["p0"]["id"])
+    assert draft["result"][0]["value"]["text"] == ["Draft 0"] and draft["model_version"] == "file:drafts.jsonl"
+    assert not client.task_predictions(tasks["p5"]["id"])
+
+    # The first annotator edits the draft (as the UI records it: parent_prediction).
+    edited = client.create_annotation(tasks["p0"]["id"], textarea("Draft 0, edited."), parent_prediction=draft["id"])
+    written = {edited: "Draft 0, edited."}
+    for i in range(1, 5):
+        text = f"Open the office portal and book room {i}."
+        written[client.create_annotation(tasks[f"p{i}"]["id"], textarea(text), lead_time=3.0 + i)] = text
+    # A second annotator on two tasks: one different answer, one identical (a duplicate).
+    other = client.create_annotation(tasks["p0"]["id"], textarea("Use the portal, room 0."), completed_by=second_annotator)
+    written[other] = "Use the portal, room 0."
+    duplicate = client.create_annotation(tasks["p1"]["id"], textarea("Open the office portal and book room 1."),
+                                         completed_by=second_annotator)
+    skipped = client.create_annotation(tasks["p5"]["id"], [], was_cancelled=True)
+    empty = client.create_annotation(tasks["p2"]["id"], textarea("   "), completed_by=second_annotator)
+
+    out = tmp_path / "sft-dataset"
+    result = run_hilt(hilt_exe, "export", "--project", str(project), "--out", str(out), env=studio["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = {r["meta"]["annotation_id"]: r for r in all_records(out)}
+    assert set(exported) == set(written)
+    for annotation_id, text in written.items():
+        messages = exported[annotation_id]["messages"]
+        assert messages[-1] == {"role": "assistant", "content": text}
+        assert messages[0] == {"role": "system", "content": "Be polite."}
+    assert exported[other]["meta"]["annotator"] == second_annotator
+    assert exported[edited]["meta"]["draft_model_version"] == "file:drafts.jsonl"
+    assert exported[edited]["meta"]["draft_edited"] is True
+    rejects = {r["annotation_id"]: r["reason"] for r in records(out / "rejects.jsonl")}
+    assert rejects == {duplicate: "duplicate", skipped: "cancelled", empty: "empty_answer"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["tasks"] == 6 and c["annotations"] == 9
+    assert c["annotations_in_records"] + c["rejects"]["total"] == c["annotations"]
+    assert manifest["source"] == {"type": "project", "project_id": project, "url": studio["url"]}
+    assert manifest["quality"]["tasks_with_2plus_annotations"] == 3
+
+    # Exporting again gives byte-identical files.
+    again = tmp_path / "sft-dataset-again"
+    run_hilt(hilt_exe, "export", "--project", str(project), "--out", str(again), env=studio["env"])
+    for rel in ("train/data.jsonl", "validation/data.jsonl", "rejects.jsonl", "manifest.json"):
+        assert (out / rel).read_bytes() == (again / rel).read_bytes()
+
+    quality = run_hilt(hilt_exe, "quality", "--project", str(project), env=studio["env"])
+    assert quality.returncode == 0
+    assert json.loads(quality.stdout)["quality"]["annotators"][str(second_annotator)]["annotations"] == 3
+
+
+def test_preference_project_majority_and_ties(hilt_exe, studio, client, second_annotator, tmp_path):
+    rows = [{"prompt": f"Summarize call {i}", "answer1": f"Short summary {i}", "answer2": f"Wrong summary {i}"}
+            for i in range(3)]
+    project = create_project(hilt_exe, studio, tmp_path, "preference", rows)
+    tasks = sorted(client.export_tasks(project), key=lambda t: t["id"])
+    client.create_annotation(tasks[0]["id"], pairwise("left"))
+    client.create_annotation(tasks[0]["id"], pairwise("left"), completed_by=second_annotator)
+    client.create_annotation(tasks[1]["id"], pairwise("right") + [
+        {"from_name": "rationale", "to_name": "prompt", "type": "textarea", "value": {"text": ["clearer"]}}])
+    client.create_annotation(tasks[2]["id"], pairwise("left"))
+    client.create_annotation(tasks[2]["id"], pairwise("right"), completed_by=second_annotator)
+
+    out = tmp_path / "prefs"
+    result = run_hilt(hilt_exe, "export", "--project", str(project), "--template", "preference", "--out", str(out),
+                      env=studio["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_task = {r["meta"]["task_id"]: r for r in all_records(out)}
+    assert by_task[tasks[0]["id"]]["chosen"][0]["content"] == "Short summary 0"
+    assert by_task[tasks[0]["id"]]["meta"]["votes"] == {"left": 2, "right": 0}
+    assert by_task[tasks[1]["id"]]["chosen"][0]["content"] == "Wrong summary 1"
+    assert by_task[tasks[1]["id"]]["rejected"][0]["content"] == "Short summary 1"
+    assert by_task[tasks[1]["id"]]["meta"]["rationales"] == ["clearer"]
+    assert tasks[2]["id"] not in by_task
+    assert [r["reason"] for r in records(out / "rejects.jsonl")] == ["conflicting_preference"] * 2
+
+    wrong = run_hilt(hilt_exe, "export", "--project", str(project), "--template", "sft", "--out", str(tmp_path / "x"),
+                     env=studio["env"])
+    assert wrong.returncode == 2 and "is a preference project" in wrong.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_stock_label_studio_template_exports_unchanged(hilt_exe, studio, client, tmp_path):
+    stock = """<View><Text name="prompt" value="$prompt"/>
+      <TextArea name="instruction" toName="prompt" maxSubmissions="1" required="true" rows="10"/></View>"""
+    project = client.create_project("stock SFT", stock)
+    (task_id,) = client.import_tasks(project, [{"data": {"prompt": "stock prompt"}}])
+    annotation = client.create_annotation(task_id, textarea("stock answer", name="instruction"))
+    out = tmp_path / "stock"
+    result = run_hilt(hilt_exe, "export", "--project", str(project), "--out", str(out), env=studio["env"])
+    assert result.returncode == 0, result.stderr
+    (record,) = all_records(out)
+    assert record["messages"][-1]["content"] == "stock answer" and record["meta"]["annotation_id"] == annotation
+
+
+def test_since_last_across_a_server_restart(hilt_exe, studio, client, tmp_path):
+    rows = [{"prompt": f"Order a laptop for user {i}"} for i in range(8)]
+    project = create_project(hilt_exe, studio, tmp_path, "sft", rows)
+    task_ids = sorted(t["id"] for t in client.export_tasks(project))
+    first_batch = [client.create_annotation(t, textarea(f"answer {t}")) for t in task_ids[:4]]
+    out = tmp_path / "versions"
+    args = ("export", "--project", str(project), "--out", str(out), "--since-last")
+    assert run_hilt(hilt_exe, *args, env=studio["env"]).returncode == 0
+
+    # Restart the server between the two exports.
+    assert run_hilt(hilt_exe, "studio", "stop", "--data-dir", str(studio["data_dir"])).returncode == 0
+    restarted = run_hilt(hilt_exe, "studio", "start", "--port", str(studio["port"]), "--data-dir",
+                         str(studio["data_dir"]), timeout=600)
+    assert restarted.returncode == 0 and "started" in restarted.stdout
+    second_batch = [client.create_annotation(t, textarea(f"second answer {t}")) for t in task_ids[3:]]
+    assert run_hilt(hilt_exe, *args, env=studio["env"]).returncode == 0
+    nothing = run_hilt(hilt_exe, *args, env=studio["env"])
+    assert nothing.returncode == 0 and "nothing new" in nothing.stdout
+
+    assert sorted(p.name for p in out.iterdir()) == ["v0001", "v0002"]
+    v1 = {r["meta"]["annotation_id"] for r in all_records(out / "v0001")}
+    v2 = {r["meta"]["annotation_id"] for r in all_records(out / "v0002")}
+    assert v1 == set(first_batch) and v2 == set(second_batch)  # none missed, none twice
+
+
+def test_drafts_from_a_local_model(hilt_exe, studio, client, tiny_model_dir, tmp_path):
+    project = create_project(hilt_exe, studio, tmp_path, "sft", [{"prompt": "Book desk 7 on Monday"}],
+                             "--drafts-from", str(tiny_model_dir))
+    (task,) = client.export_tasks(project)
+    (prediction,) = client.task_predictions(task["id"])
+    assert prediction["model_version"].startswith(tiny_model_dir.name + "@")
+    assert isinstance(prediction["result"][0]["value"]["text"][0], str)
+
+
+def test_user_errors_against_the_server(hilt_exe, studio, tmp_path):
+    bad_token = {**studio["env"], "LABEL_STUDIO_API_KEY": "0" * 40}
+    result = run_hilt(hilt_exe, "export", "--project", "1", "--out", str(tmp_path / "x"), env=bad_token)
+    assert result.returncode == 2 and "rejected the API token (401)" in result.stderr
+    result = run_hilt(hilt_exe, "export", "--project", "99999", "--out", str(tmp_path / "x"), env=studio["env"])
+    assert result.returncode == 2 and "project 99999 not found" in result.stderr
+    assert not (tmp_path / "x").exists()
