@@ -27,8 +27,12 @@ FORMAT = "hilt-dataset/1"
 SPLITS = ("train", "validation")
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+
+
 def _jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+    encode = _ENCODER.encode
+    return "".join(encode(r) + "\n" for r in rows).encode("utf-8")
 
 
 def _sha256(data: bytes) -> str:

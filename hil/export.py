@@ -301,11 +301,14 @@ def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
     for task in tasks:
         labels: dict[Any, str] = {}
         gold_label = None
-        for annotation in _sorted_annotations(task):
-            if annotation.get("was_cancelled"):
-                continue
+        done = [a for a in _sorted_annotations(task) if not a.get("was_cancelled")]
+        for annotation in done:
+            per_annotator[_annotator(annotation)].append(float(annotation.get("lead_time") or 0.0))
+        # Labels only matter where there is something to compare: 2+ annotations or a gold one.
+        if len(done) < 2 and not any(a.get("ground_truth") for a in done):
+            continue
+        for annotation in done:
             who = _annotator(annotation)
-            per_annotator[who].append(float(annotation.get("lead_time") or 0.0))
             results = annotation.get("result") or []
             if spec.kind == "preference":
                 label = next(((r.get("value") or {}).get("selected") for r in results if r.get("type") == "pairwise"), None)
