@@ -204,3 +204,33 @@ def test_user_errors_against_the_server(hilt_exe, studio, tmp_path):
     result = run_hilt(hilt_exe, "export", "--project", "99999", "--out", str(tmp_path / "x"), env=studio["env"])
     assert result.returncode == 2 and "project 99999 not found" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("template", ["sft", "preference"])
+def test_templates_render_in_label_studio_ui(hilt_exe, studio, client, tmp_path, template):
+    """Open the labeling page of one task in headless Chromium, check its text, save a screenshot."""
+    from browser import Chromium, login_cookies
+
+    if template == "sft":
+        rows = [{"id": "s1", "prompt": "How do I order a new laptop?"}]
+        drafts = tmp_path / "d.jsonl"
+        drafts.write_text(json.dumps({"id": "s1", "draft": "Open the IT portal and request one."}) + "\n")
+        project = create_project(hilt_exe, studio, tmp_path, "sft", rows, "--drafts", str(drafts))
+        expected = ["Write the ideal answer", "How do I order a new laptop?", "Open the IT portal and request one.",
+                    "Submit"]
+    else:
+        rows = [{"prompt": "Summarize the client call", "answer1": "Client wants a bond review.",
+                 "answer2": "Client called."}]
+        project = create_project(hilt_exe, studio, tmp_path, "preference", rows)
+        expected = ["Answer 1", "Answer 2", "Why? (optional)", "Summarize the client call",
+                    "Client wants a bond review.", "Client called.", "Submit"]
+    (task,) = client.export_tasks(project)
+    browser = Chromium()
+    try:
+        cookies = login_cookies(studio["url"], studio["user"], studio["password"])
+        text = browser.open(f"{studio['url']}/projects/{project}/data?task={task['id']}", cookies, expected)
+        shot = browser.screenshot(studio["data_dir"] / f"labeling-{template}.png", must_show=expected)
+    finally:
+        browser.close()
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
