@@ -150,3 +150,14 @@ def test_full_fine_tuning_trains_all_weights(hilt_exe, warm_base_dir, dataset_di
     assert all(not torch.equal(base[k], tuned[k]) for k in base if "embed" in k or "lm_head" in k)
     losses = metric_values(result.stdout, "train_loss")
     assert losses[-1] < losses[0]
+
+
+def test_gradient_checkpointing_runs(hilt_exe, warm_base_dir, dataset_dir, tmp_path):
+    result = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir),
+                      "--data", str(dataset_dir), "--output", str(tmp_path / "gc"),
+                      "--set", "model.gradient_checkpointing=true", "--set", "train.max_steps=10",
+                      "--set", "train.logging_steps=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gradient_checkpointing=on" in result.stdout
+    losses = metric_values(result.stdout, "train_loss")
+    assert losses[-1] < losses[0]

@@ -137,3 +137,20 @@ def test_local_tree_reads_the_same_in_sagemaker_training_toolkit(tmp_path, tiny_
     assert toolkit.hosts == ours.hosts.hosts and toolkit.current_host == ours.hosts.current_host
     assert toolkit.master_hostname == ours.hosts.master
     assert ours.recipe.peft.target_modules == ["q_proj", "v_proj"] and ours.recipe.data.packing is False
+
+
+def test_multi_host_gpu_job_launches_one_torchrun_node_per_host(opt_ml, tiny_model_dir, monkeypatch):
+    """Two 8-GPU hosts: this host (algo-2) is node 1 of 2, algo-1 is the master."""
+    from training.entry import torchrun_command
+
+    write_uppercase_dataset(opt_ml.input_data_dir, n_train=2, n_validation=1)
+    opt_ml.channel_dir("model").symlink_to(tiny_model_dir, target_is_directory=True)
+    write_config(opt_ml, {"recipe": "llama3-70b-sft-lora-zero3"},
+                 resource={"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]})
+    monkeypatch.setenv("SM_NUM_GPUS", "8")
+    job = read_job(opt_ml)
+    assert job.processes_per_host == 8 and job.world_size == 16
+    command = torchrun_command(job)
+    assert command[1:3] == ["-m", "torch.distributed.run"] and command[-2:] == ["-m", "training.worker"]
+    assert {"--nproc_per_node=8", "--nnodes=2", "--node_rank=1", "--master_addr=algo-1", "--master_port=29500"} <= set(command)
+    assert job.recipe.deepspeed_config_path().name == "zero3.json"

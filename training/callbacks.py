@@ -45,9 +45,17 @@ class MetricsLogger(TrainerCallback):
         self._last_time: float | None = None
         self._last_tokens = 0
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
+        if state.is_world_process_zero and model is not None:
+            checkpointing = getattr(model, "is_activation_checkpointing", None)
+            if checkpointing is None:
+                checkpointing = getattr(model, "is_gradient_checkpointing", False)
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in model.parameters())
+            print(f"[hilt] trainable_parameters={trainable} of {total} "
+                  f"gradient_checkpointing={'on' if checkpointing else 'off'}", flush=True)
         if state.is_world_process_zero and state.global_step:
             print(f"[hilt] resumed at step={state.global_step} of max_steps={state.max_steps}", flush=True)
 

@@ -50,12 +50,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_workers(job: Job) -> int:
-    """Start ``processes_per_host`` workers on this host with torchrun; wait for them."""
+def torchrun_command(job: Job) -> list[str]:
+    """The torchrun command for this host: one node per SageMaker host, the first host leads."""
     single_host = len(job.hosts.hosts) == 1
     master = "127.0.0.1" if single_host else job.hosts.master
     port = int(os.environ.get("HILT_MASTER_PORT") or (_free_port() if single_host else DEFAULT_MASTER_PORT))
-    command = [
+    return [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={job.processes_per_host}",
         f"--nnodes={len(job.hosts.hosts)}",
@@ -64,6 +64,11 @@ def launch_workers(job: Job) -> int:
         f"--master_port={port}",
         "-m", "training.worker",
     ]
+
+
+def launch_workers(job: Job) -> int:
+    """Start ``processes_per_host`` workers on this host with torchrun; wait for them."""
+    command = torchrun_command(job)
     env = dict(os.environ)
     env[BASE_DIR_ENV] = str(job.opt_ml.base)
     if job.gpus_per_host == 0 and "OMP_NUM_THREADS" not in env:
