@@ -225,6 +225,56 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_package(args: argparse.Namespace) -> int:
+    action = args.package_command
+    if action == "build":
+        from container.package import build_model_tar
+
+        result = build_model_tar(Path(args.model_dir), Path(args.out))
+        print(f"{result['archive']}: {len(result['files'])} files, sha256 {result['archive_sha256']}")
+        return 0
+    if action == "validate":
+        from container.validate import validate_model_tar
+
+        report = validate_model_tar(Path(args.model_tar), Path(args.input), args.content_type, args.split_type,
+                                    args.assemble_with, Path(args.output) if args.output else None)
+        verdict = "PASSED" if report["passed"] else "FAILED"
+        print(f"validation {verdict}: {report['records']} records, output {report.get('output_file')}, "
+              f"latency {report.get('latency_ms')}, report {report['report_file']}")
+        for failure in report["failures"]:
+            print(f"  - {failure}")
+        return 0 if report["passed"] else 1
+    if action == "request":
+        from container.aws import operation_of, validate_request
+        from container.marketplace import algorithm_request, model_package_request
+
+        if args.kind == "model-package":
+            request = model_package_request(args.name, args.image, args.model_data_url, args.role,
+                                            args.validation_input, args.validation_output, args.hardware,
+                                            args.metering_unit, args.description or "")
+        else:
+            request = algorithm_request(args.name, args.image, args.role, args.recipe, args.train_data,
+                                        args.validation_input, args.validation_output, args.training_output,
+                                        args.hardware, args.metering_unit, args.description or "")
+        validate_request(operation_of(request), request)
+        Path(args.out).write_text(json.dumps(request, indent=2) + "\n")
+        print(f"{args.out}: {operation_of(request)} request, validated against botocore's SageMaker model")
+        return 0
+    if action == "submit":
+        from container.aws import submit_request
+
+        upload = (Path(args.upload[0]), args.upload[1]) if args.upload else None
+        result = submit_request(Path(args.request), upload, endpoint_url=args.endpoint_url, region=args.region)
+        print(json.dumps(result, indent=2))
+        return 0
+    from container.marketplace import write_listing
+
+    report = json.loads(Path(args.validation_report).read_text()) if args.validation_report else None
+    out = write_listing(Path(args.model_dir), Path(args.out), report, args.metering_unit)
+    print(f"listing draft written to {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hilt.demo import run_demo
 
@@ -334,6 +384,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quality", help="annotator counts, lead times, agreement, kappa, gold accuracy")
     add_source_flags(p)
     p.set_defaults(func=_cmd_quality)
+
+    package = sub.add_parser("package", help="model.tar.gz, local SageMaker validation, Marketplace requests")
+    package_sub = package.add_subparsers(dest="package_command", metavar="ACTION", required=True)
+    p = package_sub.add_parser("build", help="deterministic model.tar.gz (what SageMaker extracts to /opt/ml/model)")
+    p.add_argument("--model-dir", required=True, help="model dir (a job's model/, or any save_pretrained dir)")
+    p.add_argument("--out", required=True, help="archive to write, e.g. model.tar.gz")
+    p.set_defaults(func=_cmd_package)
+    p = package_sub.add_parser("validate", help="replay SageMaker's batch-transform validation locally with `serve`")
+    p.add_argument("--model-tar", required=True)
+    p.add_argument("--input", required=True, help="validation input file (JSON Lines for SplitType Line)")
+    p.add_argument("--content-type", default="application/jsonlines", help="application/json or application/jsonlines")
+    p.add_argument("--split-type", default="Line", choices=["Line", "None"])
+    p.add_argument("--assemble-with", default="Line", choices=["Line", "None"])
+    p.add_argument("--output", help="where <input>.out and validation-report.json go (a temp dir)")
+    p.set_defaults(func=_cmd_package)
+    p = package_sub.add_parser("request", help="write a strictly validated CreateModelPackage/CreateAlgorithm request")
+    p.add_argument("kind", choices=["model-package", "algorithm"])
+    p.add_argument("--name", required=True)
+    p.add_argument("--image", required=True, help="ECR image URI (serve image; train image for algorithm)")
+    p.add_argument("--role", required=True, help="IAM role ARN SageMaker validates with")
+    p.add_argument("--model-data-url", help="s3://…/model.tar.gz (model-package)")
+    p.add_argument("--recipe", default="llama3-8b-sft-lora", help="recipe whose keys become hyperparameters (algorithm)")
+    p.add_argument("--train-data", help="s3:// train channel for the algorithm's validation training job")
+    p.add_argument("--training-output", help="s3:// output path of that training job")
+    p.add_argument("--validation-input", required=True, help="s3:// JSON Lines input of the validation transform")
+    p.add_argument("--validation-output", required=True, help="s3:// output path of the validation transform")
+    p.add_argument("--hardware", choices=["cpu", "gpu"], default="cpu", help="one package per family (cpu)")
+    p.add_argument("--metering-unit", choices=["invocation", "output_tokens", "total_tokens", "per_1k_tokens"],
+                   default="output_tokens")
+    p.add_argument("--description")
+    p.add_argument("--out", required=True, help="request JSON to write")
+    p.set_defaults(func=_cmd_package)
+    p = package_sub.add_parser("submit", help="send a request with boto3 (after validating it again)")
+    p.add_argument("request", help="request JSON from `hilt package request`")
+    p.add_argument("--upload", nargs=2, metavar=("MODEL_TAR", "S3_URI"), help="upload the archive first")
+    p.add_argument("--endpoint-url", help="AWS endpoint (e.g. a local moto server); default AWS")
+    p.add_argument("--region")
+    p.set_defaults(func=_cmd_package)
+    p = package_sub.add_parser("listing", help="write LISTING.md, the Marketplace seller checklist")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--validation-report", help="validation-report.json from `hilt package validate`")
+    p.add_argument("--metering-unit", default="output_tokens",
+                   choices=["invocation", "output_tokens", "total_tokens", "per_1k_tokens"])
+    p.add_argument("--out", default="LISTING.md")
+    p.set_defaults(func=_cmd_package)
 
     set_help = "override a recipe key, e.g. --set train.learning_rate=1e-4 (repeatable)"
     p = sub.add_parser(

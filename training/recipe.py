@@ -53,9 +53,9 @@ class PeftSection(_Section):
     method: Literal["lora", "qlora", "full"] = Field(
         "lora", description="lora = LoRA adapters; qlora = LoRA on a 4-bit base (CUDA only); full = all weights."
     )
-    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.", json_schema_extra={"tune": [4, 128]})
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).", json_schema_extra={"tune": [4, 256]})
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.", json_schema_extra={"tune": [0.0, 0.3]})
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters: a list of names, or all-linear."
     )
@@ -74,16 +74,16 @@ class DataSection(_Section):
 
 
 class TrainSection(_Section):
-    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.")
-    epochs: float = Field(1.0, gt=0.0, description="Passes over the training data (ignored when max_steps > 0).")
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.", json_schema_extra={"tune": [1e-06, 0.01]})
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the training data (ignored when max_steps > 0).", json_schema_extra={"tune": [1, 10]})
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps to run; -1 = use epochs.")
     per_device_batch_size: int = Field(4, ge=1, description="Sequences (packed rows) per device per step.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps of linear warm-up.")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps of linear warm-up.", json_schema_extra={"tune": [0.0, 0.2]})
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warm-up."
     )
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.", json_schema_extra={"tune": [0.0, 0.1]})
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm; 0 = off.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Mixed precision; auto = bf16 where the GPU supports it, else fp32."
@@ -98,7 +98,7 @@ class TrainSection(_Section):
 
 
 class DpoSection(_Section):
-    beta: float = Field(0.1, gt=0.0, description="DPO temperature: how far the policy may move from the reference.")
+    beta: float = Field(0.1, gt=0.0, description="DPO temperature: how far the policy may move from the reference.", json_schema_extra={"tune": [0.01, 1.0]})
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss variant.")
 
 
@@ -260,6 +260,13 @@ def load_recipe(source: str | Path | dict, overrides: dict[str, Any] | None = No
 def recipe_json_schema() -> dict:
     """The recipe's JSON schema, generated from the field descriptions."""
     return Recipe.model_json_schema()
+
+
+def tuning_range(field) -> tuple[float, float] | None:
+    """The (low, high) a hyperparameter tuning job may search, when the schema gives one."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    tune = extra.get("tune")
+    return (tune[0], tune[1]) if tune else None
 
 
 def flat_fields() -> list[tuple[str, Any]]:

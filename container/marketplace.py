@@ -1,0 +1,248 @@
+"""CreateModelPackage / CreateAlgorithm requests for AWS Marketplace, and the listing draft.
+
+Requests follow SageMaker's API shapes exactly and are validated strictly (see aws.py)
+before they are written. One package per hardware family: a CPU model lists CPU
+instance types only. The Algorithm's hyperparameters come from the recipe schema (names,
+types, defaults, ranges, tunable flags, descriptions) and its metrics from the regexes
+the trainer's log lines are written for.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+from container.serve import JSON, JSONLINES, METERING_DIMENSION, METERING_UNITS
+from training.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
+from training.recipe import flat_fields, load_recipe, tuning_range
+
+CONTENT_TYPES = [JSON, JSONLINES]
+INSTANCE_TYPES = {
+    "cpu": {
+        "realtime": ["ml.m5.large", "ml.m5.xlarge", "ml.m5.2xlarge", "ml.c5.xlarge", "ml.c5.2xlarge"],
+        "transform": ["ml.m5.large", "ml.m5.xlarge", "ml.m5.2xlarge", "ml.c5.xlarge", "ml.c5.2xlarge"],
+        "training": ["ml.m5.xlarge", "ml.m5.2xlarge", "ml.c5.2xlarge"],
+    },
+    "gpu": {
+        "realtime": ["ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.12xlarge", "ml.g5.48xlarge", "ml.p4d.24xlarge"],
+        "transform": ["ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.12xlarge", "ml.g5.48xlarge"],
+        "training": ["ml.g5.2xlarge", "ml.g5.12xlarge", "ml.g5.48xlarge", "ml.p4d.24xlarge", "ml.p5.48xlarge"],
+    },
+}
+
+
+def _inference_specification(image: str, hardware: str, metering_unit: str, model_data_url: str | None) -> dict:
+    container: dict[str, Any] = {
+        "Image": image,
+        # The serve image binds 0.0.0.0; the unit decides what a customer is billed per call.
+        "Environment": {"HILT_SERVE_HOST": "0.0.0.0", "HILT_METERING_UNIT": metering_unit},
+    }
+    if model_data_url:
+        container["ModelDataUrl"] = model_data_url
+    return {
+        "Containers": [container],
+        "SupportedContentTypes": CONTENT_TYPES,
+        "SupportedResponseMIMETypes": CONTENT_TYPES,
+        "SupportedRealtimeInferenceInstanceTypes": INSTANCE_TYPES[hardware]["realtime"],
+        "SupportedTransformInstanceTypes": INSTANCE_TYPES[hardware]["transform"],
+    }
+
+
+def _transform_job_definition(input_uri: str, output_uri: str, hardware: str, max_payload_mb: int = 6) -> dict:
+    return {
+        "MaxConcurrentTransforms": 1,
+        "MaxPayloadInMB": max_payload_mb,
+        "BatchStrategy": "SingleRecord",
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
+            "ContentType": JSONLINES,
+            "CompressionType": "None",
+            "SplitType": "Line",
+        },
+        "TransformOutput": {"S3OutputPath": output_uri, "Accept": JSONLINES, "AssembleWith": "Line"},
+        "TransformResources": {"InstanceType": INSTANCE_TYPES[hardware]["transform"][0], "InstanceCount": 1},
+    }
+
+
+def model_package_request(name: str, image: str, model_data_url: str, role_arn: str, validation_input: str,
+                          validation_output: str, hardware: str = "cpu", metering_unit: str = "output_tokens",
+                          description: str = "") -> dict:
+    """A CreateModelPackage request certified for Marketplace."""
+    return {
+        "ModelPackageName": name,
+        "ModelPackageDescription": description or f"{name}: fine-tuned with hilt; JSON and JSON Lines in and out.",
+        "InferenceSpecification": _inference_specification(image, hardware, metering_unit, model_data_url),
+        "ValidationSpecification": {
+            "ValidationRole": role_arn,
+            "ValidationProfiles": [{
+                "ProfileName": "hilt-batch-validation",
+                "TransformJobDefinition": _transform_job_definition(validation_input, validation_output, hardware),
+            }],
+        },
+        "CertifyForMarketplace": True,
+    }
+
+
+def _hyperparameter(name: str, field) -> dict:
+    """One SupportedHyperParameters entry from a recipe field."""
+    annotation = field.annotation
+    origin = typing.get_origin(annotation)
+    spec: dict[str, Any] = {"Name": name, "Description": (field.description or name)[:170],
+                            "IsRequired": False, "IsTunable": False}
+    default = field.get_default(call_default_factory=True)
+    tune = tuning_range(field)
+    if annotation is bool:
+        spec["Type"] = "Categorical"
+        spec["Range"] = {"CategoricalParameterRangeSpecification": {"Values": ["true", "false"]}}
+    elif origin is typing.Literal:
+        spec["Type"] = "Categorical"
+        spec["Range"] = {"CategoricalParameterRangeSpecification": {"Values": [str(v) for v in typing.get_args(annotation)]}}
+    elif annotation in (int, float):
+        bounds = {type(m).__name__: m for m in field.metadata}
+        low = tune[0] if tune else next((getattr(bounds[k], k.lower()) for k in ("Ge", "Gt") if k in bounds), None)
+        high = tune[1] if tune else next((getattr(bounds[k], k.lower()) for k in ("Le", "Lt") if k in bounds), None)
+        spec["Type"] = "Integer" if annotation is int else "Continuous"
+        if low is not None and high is not None:
+            key = "IntegerParameterRangeSpecification" if annotation is int else "ContinuousParameterRangeSpecification"
+            cast = (lambda v: str(int(v))) if annotation is int else (lambda v: repr(float(v)))
+            spec["Range"] = {key: {"MinValue": cast(low), "MaxValue": cast(high)}}
+            spec["IsTunable"] = tune is not None
+    else:
+        spec["Type"] = "FreeText"
+    if default is not None:
+        spec["DefaultValue"] = json.dumps(default) if isinstance(default, (list, bool)) else str(default)
+        if isinstance(default, bool):
+            spec["DefaultValue"] = "true" if default else "false"
+    return spec
+
+
+def supported_hyperparameters(recipe_name: str) -> list[dict]:
+    """``recipe`` plus every recipe key, with this recipe's values as defaults."""
+    recipe = load_recipe(recipe_name)
+    values = recipe.model_dump(mode="json")
+    specs = [{"Name": "recipe", "Description": "Recipe name (see recipes/); every other key overrides it.",
+              "Type": "FreeText", "IsTunable": False, "IsRequired": True, "DefaultValue": recipe_name}]
+    for name, field in flat_fields():
+        if name in ("name", "description"):
+            continue
+        spec = _hyperparameter(name, field)
+        section, _, key = name.partition(".")
+        value = values[section][key] if key else values[section]
+        if value is None:
+            spec.pop("DefaultValue", None)
+        else:
+            spec["DefaultValue"] = ("true" if value else "false") if isinstance(value, bool) else (
+                json.dumps(value) if isinstance(value, list) else str(value))
+        specs.append(spec)
+    return specs
+
+
+def algorithm_request(name: str, image: str, role_arn: str, recipe_name: str, train_uri: str, validation_input: str,
+                      validation_output: str, training_output: str, hardware: str = "gpu",
+                      metering_unit: str = "output_tokens", description: str = "") -> dict:
+    """A CreateAlgorithm request: train with hilt's image, serve with the same image family."""
+    channel = {"SupportedContentTypes": [JSONLINES], "SupportedCompressionTypes": ["None"],
+               "SupportedInputModes": ["File"]}
+    return {
+        "AlgorithmName": name,
+        "AlgorithmDescription": description or f"{name}: hilt SFT/DPO recipes ({recipe_name}) on TRL + PEFT + DeepSpeed.",
+        "TrainingSpecification": {
+            "TrainingImage": image,
+            "SupportedHyperParameters": supported_hyperparameters(recipe_name),
+            "SupportedTrainingInstanceTypes": INSTANCE_TYPES[hardware]["training"],
+            "SupportsDistributedTraining": True,
+            "MetricDefinitions": METRIC_DEFINITIONS,
+            "TrainingChannels": [
+                {"Name": "train", "Description": "train/data.jsonl from hilt export", "IsRequired": True, **channel},
+                {"Name": "validation", "Description": "validation/data.jsonl from hilt export", "IsRequired": False,
+                 **channel},
+                {"Name": "model", "Description": "base model weights (save_pretrained dir), for jobs without network",
+                 "IsRequired": False, "SupportedContentTypes": ["application/octet-stream"],
+                 "SupportedCompressionTypes": ["None"], "SupportedInputModes": ["File"]},
+            ],
+            "SupportedTuningJobObjectiveMetrics": TUNING_OBJECTIVES,
+        },
+        "InferenceSpecification": _inference_specification(image, hardware, metering_unit, None),
+        "ValidationSpecification": {
+            "ValidationRole": role_arn,
+            "ValidationProfiles": [{
+                "ProfileName": "hilt-train-and-transform",
+                "TrainingJobDefinition": {
+                    "TrainingInputMode": "File",
+                    "HyperParameters": {"recipe": recipe_name},
+                    "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+                        "S3DataType": "S3Prefix", "S3Uri": train_uri, "S3DataDistributionType": "FullyReplicated"}},
+                        "ContentType": JSONLINES, "CompressionType": "None"}],
+                    "OutputDataConfig": {"S3OutputPath": training_output},
+                    "ResourceConfig": {"InstanceType": INSTANCE_TYPES[hardware]["training"][0], "InstanceCount": 1,
+                                       "VolumeSizeInGB": 100},
+                    "StoppingCondition": {"MaxRuntimeInSeconds": 4 * 3600},
+                },
+                "TransformJobDefinition": _transform_job_definition(validation_input, validation_output, hardware),
+            }],
+        },
+        "CertifyForMarketplace": True,
+    }
+
+
+def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit: str) -> Path:
+    """LISTING.md: the seller checklist, filled from hilt.json, the dataset and the replay."""
+    manifest = json.loads((model_dir / "hilt.json").read_text()) if (model_dir / "hilt.json").is_file() else {}
+    recipe = manifest.get("recipe", {})
+    metrics = manifest.get("metrics", {})
+    data = manifest.get("dataset", {})
+    records = {k: v.get("records") for k, v in data.items()}
+    lines = [
+        f"# {recipe.get('name', model_dir.name)} — Marketplace listing draft",
+        "",
+        "## What the model does",
+        recipe.get("description") or "A chat model fine-tuned with hilt on human-written answers.",
+        "",
+        "**Target customer:** teams that need an assistant for their internal processes and client work.",
+        "**Main use case:** answer employees' process questions politely and accurately; summarize client "
+        "conversations for advisors.",
+        "",
+        "## How it was trained",
+        f"- Base model: `{manifest.get('base_model', 'see hilt.json')}`; method {recipe.get('method', 'sft').upper()} "
+        f"with {recipe.get('peft', {}).get('method', 'lora')}.",
+        f"- Data: {records.get('train', '?')} training and {records.get('validation', 0)} validation records written "
+        "and reviewed by annotators in Label Studio (exported by `hilt export`; dataset sha256 "
+        f"`{(data.get('train') or {}).get('manifest_sha256') or (data.get('train') or {}).get('sha256', '?')}`).",
+        "",
+        "## Performance",
+        "| metric | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()],
+        "",
+        f"Validation data: the held-out split of the same export ({records.get('validation', 0)} records).",
+        "",
+        "## Input and output",
+        f"- MIME types: `{JSON}` (one request) and `{JSONLINES}` (one request per line; batch transform "
+        "with SplitType=Line).",
+        '- Request: `{"inputs": "text" | [{"role", "content"}...], "parameters": {"max_new_tokens": 64, '
+        '"temperature": 0.0, "top_p": 1.0}}`',
+        '- Response: `{"generated_text": "...", "usage": {"input_tokens": n, "output_tokens": m}}`',
+        "- Limits: 6 MB per real-time request; max_new_tokens ≤ 4096.",
+        "",
+    ]
+    if report:
+        lines += ["## Sample inputs and outputs (from the local validation replay)", ""]
+        for sample in report.get("samples", []):
+            lines += ["```json", sample["input"].strip(), "```", "→", "```json", sample["output"].strip(), "```",
+                      f"Metering: `{json.dumps(sample['metering'])}`", ""]
+        latency = report.get("latency_ms", {})
+        lines += [f"**Batch validation:** {'passed' if report.get('passed') else 'FAILED'} on {report.get('records')} "
+                  f"records; latency on the machine measured: p50 {latency.get('p50')} ms, p99 {latency.get('p99')} ms.",
+                  ""]
+    lines += [
+        "## Pricing dimension",
+        f"Custom metering: every successful real-time invocation reports `{METERING_DIMENSION}` with ConsumedUnits "
+        f"= {metering_unit.replace('_', ' ')} (choices: {', '.join(METERING_UNITS)}). Custom metering bills "
+        "real-time inference only; batch transform is billed by instance hours. "
+        f"`{METERING_DIMENSION}` is the only dimension.",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    return out
