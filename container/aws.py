@@ -115,6 +115,19 @@ def upload_file(s3, path: Path, s3_uri: str) -> str:
     return s3_uri
 
 
+def send_request(sagemaker, request: dict) -> dict:
+    """Validate strictly, then call the request's operation on a SageMaker client."""
+    operation = operation_of(request)
+    validate_request(operation, request)
+    if operation == "CreateModelPackage":
+        arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
+        described = sagemaker.describe_model_package(ModelPackageName=request["ModelPackageName"])
+        return {"operation": operation, "arn": arn, "status": described.get("ModelPackageStatus")}
+    if operation == "CreateAlgorithm":
+        return {"operation": operation, "arn": sagemaker.create_algorithm(**request)["AlgorithmArn"]}
+    return {"operation": operation, "arn": sagemaker.create_training_job(**request)["TrainingJobArn"]}
+
+
 def submit_request(request_file: Path, upload: tuple[Path, str] | None = None, endpoint_url: str | None = None,
                    region: str | None = None) -> dict:
     """Validate and send a request written by ``hilt package request``.
@@ -135,15 +148,7 @@ def submit_request(request_file: Path, upload: tuple[Path, str] | None = None, e
             if operation == "CreateModelPackage":
                 for container in request["InferenceSpecification"]["Containers"]:
                     container["ModelDataUrl"] = uri
-        validate_request(operation, request)
-        if operation == "CreateModelPackage":
-            arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
-            described = sagemaker.describe_model_package(ModelPackageName=request["ModelPackageName"])
-            return {"operation": operation, "arn": arn, "status": described.get("ModelPackageStatus")}
-        if operation == "CreateAlgorithm":
-            return {"operation": operation, "arn": sagemaker.create_algorithm(**request)["AlgorithmArn"]}
-        arn = sagemaker.create_training_job(**request)["TrainingJobArn"]
-        return {"operation": operation, "arn": arn}
+        return send_request(sagemaker, request)
     except ClientError as err:
         error = err.response.get("Error", {})
         raise UserError(f"SageMaker refused {operation}: {error.get('Code')}: {error.get('Message')}") from None

@@ -213,12 +213,16 @@ def create_app(model_dir=None, metering_unit: str | None = None):
         runner = state["runner"]
         if runner is None:
             return error(503, state["error"] or "model is loading; retry when /ping answers 200")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_PAYLOAD_BYTES:
-            return error(413, f"payload over {MAX_PAYLOAD_BYTES} bytes (SageMaker's 6 MB limit)")
-        body = await request.body()
-        if len(body) > MAX_PAYLOAD_BYTES:
-            return error(413, f"payload over {MAX_PAYLOAD_BYTES} bytes (SageMaker's 6 MB limit)")
+        # Read the body to the end (a client still sending when we answer gets a reset, not
+        # the 413), but keep no more than the limit in memory.
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= MAX_PAYLOAD_BYTES:
+                chunks.append(chunk)
+        if size > MAX_PAYLOAD_BYTES:
+            return error(413, f"payload of {size} bytes is over SageMaker's 6 MB limit ({MAX_PAYLOAD_BYTES} bytes)")
+        body = b"".join(chunks)
         content_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
         if content_type not in (JSON, JSONLINES):
             return error(415, f"content type {content_type!r} not supported; use {JSON} or {JSONLINES}")
@@ -246,9 +250,29 @@ def create_app(model_dir=None, metering_unit: str | None = None):
     return app
 
 
+def audit_network(log_path: str) -> None:
+    """Record every outbound socket operation of this process (network-isolation proof).
+
+    Marketplace runs the container without network; with ``HILT_AUDIT_NETWORK=FILE`` each
+    connect / DNS lookup / sendto the process attempts is appended to FILE, so a test can
+    show that loading and serving make none.
+    """
+    events = {"socket.connect", "socket.getaddrinfo", "socket.sendto", "socket.sendmsg", "socket.gethostbyname"}
+
+    def hook(event: str, args: tuple) -> None:
+        if event in events:
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps({"event": event, "args": [repr(a) for a in args[:3]]}) + "\n")
+
+    sys.addaudithook(hook)
+
+
 def main() -> int:
     """``serve``: what SageMaker runs in the inference image."""
     import uvicorn
+
+    if os.environ.get("HILT_AUDIT_NETWORK"):
+        audit_network(os.environ["HILT_AUDIT_NETWORK"])
 
     host = os.environ.get(HOST_ENV, "127.0.0.1")
     port = int(os.environ.get(PORT_ENV, "8080"))

@@ -115,6 +115,11 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
                 with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
                     if response.status == 200:
                         break
+            except urllib.error.HTTPError as err:
+                if err.code != 503:  # 503 = still loading; anything else = the model will not load
+                    report["failures"].append(f"/ping answered {err.code}: {err.read()[:300]!r}; see {log_path}")
+                    report["passed"] = False
+                    return _write_report(report, output_dir)
             except (urllib.error.URLError, OSError):
                 pass
             if server.poll() is not None or time.monotonic() - started > ping_timeout:

@@ -97,3 +97,21 @@ def studio(hilt_exe, tmp_path_factory):
     env = {"LABEL_STUDIO_URL": state["url"], "LABEL_STUDIO_API_KEY": state["token"]}
     yield {**state, "env": env, "data_dir": data_dir, "start_output": result.stdout}
     subprocess.run([str(hilt_exe), "studio", "stop", "--data-dir", str(data_dir)], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory) -> Path:
+    from tasks import write_uppercase_dataset
+
+    return write_uppercase_dataset(tmp_path_factory.mktemp("upper-data"))
+
+
+@pytest.fixture(scope="session")
+def lora_run(hilt_exe, warm_base_dir, dataset_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora-run") / "job"
+    result = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir),
+                      "--data", str(dataset_dir), "--output", str(out), "--set", "train.max_steps=150")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout
+
+

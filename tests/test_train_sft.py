@@ -32,23 +32,9 @@ ADAPTER_FILES = {
 
 
 @pytest.fixture(scope="session")
-def dataset_dir(tmp_path_factory) -> Path:
-    return write_uppercase_dataset(tmp_path_factory.mktemp("upper-data"))
-
-
-@pytest.fixture(scope="session")
 def held_out() -> list[dict]:
     rng = random.Random(12345)
     return [uppercase_example(rng) for _ in range(40)]
-
-
-@pytest.fixture(scope="session")
-def lora_run(hilt_exe, warm_base_dir, dataset_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lora-run") / "job"
-    result = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir),
-                      "--data", str(dataset_dir), "--output", str(out), "--set", "train.max_steps=150")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.stdout
 
 
 def metric_values(log: str, name: str) -> list[float]:
