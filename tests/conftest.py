@@ -115,3 +115,30 @@ def lora_run(hilt_exe, warm_base_dir, dataset_dir, tmp_path_factory):
     return out, result.stdout
 
 
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A local moto server (S3 + SageMaker APIs) over HTTP on 127.0.0.1, with dummy credentials."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = _free_port()
+    exe = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto_server did not start"
+            time.sleep(0.2)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": url}
+    yield {"url": url, "env": env}
+    proc.terminate()
+    proc.wait(timeout=30)

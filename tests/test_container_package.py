@@ -1,0 +1,239 @@
+"""model.tar.gz, the local validation replay, Model Package / Algorithm requests, submission."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+import tarfile
+
+import pytest
+
+from conftest import run_hilt
+from container.aws import send_request, validate_request
+from container.marketplace import algorithm_request, model_package_request, write_listing
+from container.package import build_model_tar, extract_model_tar
+from hilt.errors import UserError
+from training.callbacks import METRIC_DEFINITIONS, format_metrics
+
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:0.1.0"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
+
+
+def package_request(**overrides):
+    args = dict(name="hilt-assistant", image=IMAGE, model_data_url="s3://hilt-test/model.tar.gz", role_arn=ROLE,
+                validation_input="s3://hilt-test/validation/input.jsonl", validation_output="s3://hilt-test/validation/out")
+    return model_package_request(**{**args, **overrides})
+
+
+def test_tar_is_deterministic_and_extracts_to_the_same_files(tiny_model_dir, tmp_path):
+    a = build_model_tar(tiny_model_dir, tmp_path / "a.tar.gz")
+    b = build_model_tar(tiny_model_dir, tmp_path / "b.tar.gz")
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    assert a["archive_sha256"] == b["archive_sha256"]
+    with tarfile.open(tmp_path / "a.tar.gz") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names[0] == "hilt-package.json" and names[1:] == sorted(names[1:])
+    assert all(m.mtime == 0 and m.uid == 0 and not m.name.startswith(("/", "..")) for m in members)
+    extracted = extract_model_tar(tmp_path / "a.tar.gz", tmp_path / "opt" / "ml" / "model")
+    assert extracted["verified"] and set(extracted["files"]) == {p.name for p in tiny_model_dir.iterdir()}
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "opt" / "ml" / "model")
+
+
+def test_extraction_refuses_path_traversal_and_tampering(tiny_model_dir, tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        info = tarfile.TarInfo("../../escape.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(UserError, match="cannot be extracted safely"):
+        extract_model_tar(evil, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+    build_model_tar(tiny_model_dir, tmp_path / "good.tar.gz")
+    tampered = tmp_path / "tampered.tar.gz"
+    with tarfile.open(tmp_path / "good.tar.gz") as src, tarfile.open(tampered, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name == "config.json":
+                data = data.replace(b"llama", b"LLAMA")
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    with pytest.raises(UserError, match="config.json does not match its sha256"):
+        extract_model_tar(tampered, tmp_path / "out2")
+
+
+@pytest.mark.slow
+def test_validation_replay_passes_on_trained_artifacts(hilt_exe, lora_run, tmp_path):
+    out, _ = lora_run
+    tar = tmp_path / "model.tar.gz"
+    assert run_hilt(hilt_exe, "package", "build", "--model-dir", str(out / "model"), "--out", str(tar)).returncode == 0
+    requests = [{"inputs": "upper: abcd", "parameters": {"max_new_tokens": 8}},
+                {"inputs": [{"role": "user", "content": "upper: wxyz"}], "parameters": {"max_new_tokens": 8}},
+                {"inputs": "upper: mnop", "parameters": {"max_new_tokens": 8}}]
+    (tmp_path / "input.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+    result = run_hilt(hilt_exe, "package", "validate", "--model-tar", str(tar), "--input", str(tmp_path / "input.jsonl"),
+                      "--content-type", "application/jsonlines", "--split-type", "Line", "--output", str(tmp_path / "v"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "v" / "validation-report.json").read_text())
+    assert report["passed"] and report["records"] == 3 and report["package_verified"]
+    lines = [json.loads(l) for l in (tmp_path / "v" / "input.jsonl.out").read_text().splitlines()]
+    # The container serves the trained model faithfully, in input order: same answers as
+    # generating from the model dir directly (greedy), and mostly right on the task.
+    from training.generation import greedy_answers
+
+    direct = greedy_answers(out / "model", [[{"role": "user", "content": f"upper: {w}"}] for w in ("abcd", "wxyz", "mnop")],
+                            max_new_tokens=8)
+    assert [l["generated_text"] for l in lines] == direct
+    assert sum(a == b for a, b in zip(direct, ["ABCD", "WXYZ", "MNOP"])) >= 2
+    assert all(s["metering"]["Dimension"] == "inference.count" for s in report["samples"])
+
+
+def test_validation_replay_reports_failures(hilt_exe, tiny_model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')  # no weights, no tokenizer
+    build_model_tar(broken, tmp_path / "broken.tar.gz")
+    (tmp_path / "in.jsonl").write_text('{"inputs": "x"}\n')
+    result = run_hilt(hilt_exe, "package", "validate", "--model-tar", str(tmp_path / "broken.tar.gz"),
+                      "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "v"))
+    assert result.returncode == 1 and "FAILED" in result.stdout and "/ping answered 500" in result.stdout
+
+    build_model_tar(tiny_model_dir, tmp_path / "ok.tar.gz")
+    (tmp_path / "bad.jsonl").write_text('{"inputs": "fine", "parameters": {"max_new_tokens": 2}}\n{"no_inputs": 1}\n')
+    result = run_hilt(hilt_exe, "package", "validate", "--model-tar", str(tmp_path / "ok.tar.gz"),
+                      "--input", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "v2"))
+    assert result.returncode == 1 and "record 2: HTTP 400" in result.stdout
+
+
+def test_model_package_request_validates_and_lists_one_hardware_family():
+    request = package_request()
+    validate_request("CreateModelPackage", request)
+    spec = request["InferenceSpecification"]
+    assert all(t.startswith(("ml.m5", "ml.c5")) for t in spec["SupportedRealtimeInferenceInstanceTypes"])
+    transform = request["ValidationSpecification"]["ValidationProfiles"][0]["TransformJobDefinition"]
+    assert transform["TransformInput"]["SplitType"] == "Line" and transform["TransformOutput"]["AssembleWith"] == "Line"
+    assert transform["BatchStrategy"] == "SingleRecord" and transform["MaxPayloadInMB"] == 6
+    assert request["CertifyForMarketplace"] is True
+    gpu = package_request(hardware="gpu")
+    validate_request("CreateModelPackage", gpu)
+    assert all(t.startswith(("ml.g5", "ml.p4d")) for t in gpu["InferenceSpecification"]["SupportedRealtimeInferenceInstanceTypes"])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["ValidationSpecification"]["ValidationProfiles"][0]["TransformJobDefinition"]["TransformInput"]
+         .update(SplitType="Lines"), "SplitType: 'Lines' is not one of"),
+        (lambda r: r["ValidationSpecification"].update(ValidationRole="role/SageMakerExecutionRole"), "ValidationRole"),
+        (lambda r: r.update(ModelPackageName="x" * 200), "longer than 63 characters"),
+        (lambda r: r["InferenceSpecification"].update(SupportedTransformInstanceTypes=["ml.p4d.24xlarge"]),
+         "'ml.p4d.24xlarge' is not one of"),
+    ],
+)
+def test_strict_validation_catches_what_param_validator_lets_through(mutate, message):
+    from botocore.session import get_session
+    from botocore.validate import ParamValidator
+
+    request = package_request()
+    mutate(request)
+    shape = get_session().get_service_model("sagemaker").operation_model("CreateModelPackage").input_shape
+    assert not ParamValidator().validate(request, shape).has_errors()  # botocore alone accepts it
+    with pytest.raises(UserError, match=re.escape(message)):
+        validate_request("CreateModelPackage", request)
+
+
+def test_algorithm_request_from_the_recipe_schema():
+    request = algorithm_request("hilt-sft", IMAGE, ROLE, "llama3-8b-sft-lora", "s3://b/train/",
+                                "s3://b/val/input.jsonl", "s3://b/val/out", "s3://b/out", hardware="gpu")
+    validate_request("CreateAlgorithm", request)
+    spec = request["TrainingSpecification"]
+    params = {p["Name"]: p for p in spec["SupportedHyperParameters"]}
+    assert params["recipe"]["IsRequired"] and params["recipe"]["DefaultValue"] == "llama3-8b-sft-lora"
+    lr = params["train.learning_rate"]
+    assert lr["Type"] == "Continuous" and lr["IsTunable"] and lr["DefaultValue"] == "0.0002"
+    assert params["peft.method"]["Range"]["CategoricalParameterRangeSpecification"]["Values"] == ["lora", "qlora", "full"]
+    assert params["peft.r"]["Type"] == "Integer" and params["peft.r"]["IsTunable"]
+    assert params["distributed.deepspeed"]["DefaultValue"] == "deepspeed/zero2.json"
+    assert {c["Name"] for c in spec["TrainingChannels"]} == {"train", "validation", "model"}
+    assert spec["MetricDefinitions"] == METRIC_DEFINITIONS
+    assert {m["MetricName"] for m in spec["SupportedTuningJobObjectiveMetrics"]} <= {d["Name"] for d in METRIC_DEFINITIONS}
+    # The regexes read the trainer's own log lines.
+    line = format_metrics(20, {"train_loss": 0.912, "eval_loss": 1.05, "learning_rate": 4.9e-3, "tokens_per_second": 9001.5})
+    found = {d["Name"]: float(re.search(d["Regex"], line).group(1)) for d in METRIC_DEFINITIONS if re.search(d["Regex"], line)}
+    assert found == {"train_loss": 0.912, "eval_loss": 1.05, "learning_rate": 4.9e-3, "tokens_per_second": 9001.5}
+
+
+def test_create_algorithm_with_stubber():
+    """moto does not implement CreateAlgorithm: check the call botocore would make, after strict validation."""
+    import botocore.session
+    from botocore.stub import Stubber
+
+    request = algorithm_request("hilt-sft", IMAGE, ROLE, "quickstart-tiny-sft", "s3://b/train/",
+                                "s3://b/val/input.jsonl", "s3://b/val/out", "s3://b/out", hardware="cpu")
+    client = botocore.session.get_session().create_client("sagemaker", region_name="us-east-1",
+                                                           aws_access_key_id="x", aws_secret_access_key="x")
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:algorithm/hilt-sft"
+    with Stubber(client) as stub:
+        stub.add_response("create_algorithm", {"AlgorithmArn": arn}, expected_params=copy.deepcopy(request))
+        assert send_request(client, request) == {"operation": "CreateAlgorithm", "arn": arn}
+        stub.assert_no_pending_responses()
+    bad = copy.deepcopy(request)
+    bad["TrainingSpecification"]["TrainingChannels"][0]["SupportedInputModes"] = ["Stream", "Fast"]
+    with pytest.raises(UserError, match="SupportedInputModes"):
+        send_request(client, bad)
+
+
+def test_request_and_submit_against_moto(hilt_exe, moto_server, tiny_model_dir, tmp_path):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_server["url"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="hilt-test")
+    tar = tmp_path / "model.tar.gz"
+    build_model_tar(tiny_model_dir, tar)
+    request_file = tmp_path / "model-package.json"
+    result = run_hilt(hilt_exe, "package", "request", "model-package", "--name", "hilt-assistant", "--image", IMAGE,
+                      "--role", ROLE, "--model-data-url", "s3://hilt-test/placeholder.tar.gz",
+                      "--validation-input", "s3://hilt-test/validation/input.jsonl",
+                      "--validation-output", "s3://hilt-test/validation/out", "--out", str(request_file))
+    assert result.returncode == 0, result.stderr
+    result = run_hilt(hilt_exe, "package", "submit", str(request_file), "--upload", str(tar),
+                      "s3://hilt-test/models/model.tar.gz", "--endpoint-url", moto_server["url"],
+                      env=moto_server["env"])
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["arn"].endswith("model-package/hilt-assistant") and answer["status"]
+    uploaded = s3.get_object(Bucket="hilt-test", Key="models/model.tar.gz")["Body"].read()
+    assert uploaded == tar.read_bytes()
+    sagemaker = boto3.client("sagemaker", endpoint_url=moto_server["url"], region_name="us-east-1",
+                             aws_access_key_id="testing", aws_secret_access_key="testing")
+    described = sagemaker.describe_model_package(ModelPackageName="hilt-assistant")
+    container = described["InferenceSpecification"]["Containers"][0]
+    assert container["ModelDataUrl"] == "s3://hilt-test/models/model.tar.gz" and container["Image"] == IMAGE
+    assert described["CertifyForMarketplace"] is True
+
+    bad = json.loads(request_file.read_text())
+    bad["ValidationSpecification"]["ValidationProfiles"][0]["TransformJobDefinition"]["TransformInput"]["SplitType"] = "Lines"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    refused = run_hilt(hilt_exe, "package", "submit", str(tmp_path / "bad.json"), "--endpoint-url",
+                       moto_server["url"], env=moto_server["env"])
+    assert refused.returncode == 2 and "SplitType: 'Lines'" in refused.stderr
+
+
+def test_listing_draft(lora_run, tmp_path):
+    out, _ = lora_run
+    report = {"passed": True, "records": 2, "latency_ms": {"p50": 120.0, "p99": 300.0},
+              "samples": [{"input": '{"inputs": "upper: abcd"}', "output": '{"generated_text": "ABCD"}',
+                           "metering": {"Dimension": "inference.count", "ConsumedUnits": 2}}]}
+    listing = write_listing(out / "model", tmp_path / "LISTING.md", report, "output_tokens").read_text()
+    for section in ("## What the model does", "**Target customer:**", "## How it was trained", "## Performance",
+                    "## Input and output", "## Sample inputs and outputs", "## Pricing dimension"):
+        assert section in listing
+    assert "256 training and 32 validation records" in listing
+    assert "p50 120.0 ms" in listing and "inference.count" in listing and "real-time inference only" in listing
+    assert "train_loss_last" in listing
