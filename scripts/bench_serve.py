@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Benchmark: `serve` under concurrency vs a bare `model.generate` loop, and metering cost.
+
+Same model, same prompts, same generation length. The bare loop is the floor (no HTTP,
+no JSON, no threads); `serve` is measured at several client concurrencies with
+throughput and p50/p99 latency. The metering header's overhead is timed directly (it
+is computed per request from the token counts).
+
+    .venv/bin/python scripts/bench_serve.py [--model DIR] [--requests 48] [--new-tokens 16]
+
+Results: bench_results/serve.json (and a table on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = ["Please order a monitor for Ana.", "Can you book room 3A on Monday?", "I forgot my password for email.",
+           "Summarize: Mrs. Lee called about bond fees and asked for a follow-up on Friday."]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bare_loop(model_dir: Path, n: int, new_tokens: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    latencies = []
+    started = time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        latencies.append(time.perf_counter() - t0)
+    seconds = time.perf_counter() - started
+    return {"mode": "bare generate loop", "concurrency": 1, "requests": n, "requests_per_second": n / seconds,
+            "p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+
+
+def served(url: str, n: int, concurrency: int, new_tokens: int) -> dict:
+    def call(i: int) -> tuple[float, int]:
+        body = json.dumps({"inputs": PROMPTS[i % len(PROMPTS)], "parameters": {"max_new_tokens": new_tokens}}).encode()
+        request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=300) as response:
+            response.read()
+            assert response.headers["X-Amzn-Inference-Metering"]
+            return time.perf_counter() - t0, response.status
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(call, range(n)))
+    seconds = time.perf_counter() - started
+    latencies = [r[0] for r in results]
+    assert all(r[1] == 200 for r in results)
+    return {"mode": "serve (HTTP)", "concurrency": concurrency, "requests": n, "requests_per_second": n / seconds,
+            "p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model dir (default: a tiny Llama built here)")
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--out", default=str(ROOT / "bench_results" / "serve.json"))
+    args = parser.parse_args()
+
+    from container.serve import Generation, metering_header
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    model = Path(args.model) if args.model else None
+    if model is None:
+        from training.tiny_model import build_tiny_model
+
+        model = build_tiny_model(work / "model")
+    # The server generates until EOS or max_new_tokens; a random-init model rarely stops, so
+    # both sides produce the same number of tokens.
+    rows = [bare_loop(model, args.requests, args.new_tokens)]
+
+    base = work / "opt_ml"
+    base.mkdir()
+    (base / "model").symlink_to(model.resolve(), target_is_directory=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port)}
+    server = subprocess.Popen([sys.executable, "-m", "container.serve"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        served(url, 4, 1, args.new_tokens)  # warm-up
+        for concurrency in (1, 4, 8):
+            rows.append(served(url, args.requests, concurrency, args.new_tokens))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    gens = [Generation("x" * 40, input_tokens=120, output_tokens=args.new_tokens)]
+    per_call = min(timeit.repeat(lambda: metering_header("output_tokens", gens), number=10000, repeat=3)) / 10000
+    summary = {"rows": rows, "metering_header_us": per_call * 1e6,
+               "metering_share_of_p50": per_call / (rows[1]["p50_ms"] / 1000),
+               "http_overhead_ms_at_concurrency_1": rows[1]["p50_ms"] - rows[0]["p50_ms"],
+               "config": {"requests": args.requests, "new_tokens": args.new_tokens,
+                          "model": args.model or "tiny llama 2x64 (built)", "cpus": os.cpu_count()}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{'mode':<20} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in rows:
+        print(f"{r['mode']:<20} {r['concurrency']:>4} {r['requests_per_second']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+    print(f"metering header: {summary['metering_header_us']:.1f} us per request "
+          f"({summary['metering_share_of_p50']:.4%} of p50); HTTP+JSON overhead at concurrency 1: "
+          f"{summary['http_overhead_ms_at_concurrency_1']:.1f} ms -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
