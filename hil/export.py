@@ -114,6 +114,15 @@ def _reject(task: dict, annotation: dict, reason: str, detail: str = "") -> dict
     return {"reason": reason, "detail": detail, **_base_meta(task, annotation)}
 
 
+def _basic_reject(task: dict, annotation: dict, spec: LabelingSpec, prompt: list[dict] | None) -> dict | None:
+    """The reasons any template rejects an annotation for, before looking at its results."""
+    if annotation.get("was_cancelled"):
+        return _reject(task, annotation, CANCELLED)
+    if prompt is None:
+        return _reject(task, annotation, MISSING_PROMPT, f"task data has no '{spec.prompt_key}'")
+    return None
+
+
 def _results(annotation: dict, spec: LabelingSpec) -> tuple[list[dict], list[str]]:
     """The annotation's results, and the from_names the config does not know (when known)."""
     results = annotation.get("result") or []
@@ -158,11 +167,9 @@ def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, s
         prompt = _prompt_messages(task, spec, scrub)
         candidates = []
         for annotation in _sorted_annotations(task):
-            if annotation.get("was_cancelled"):
-                out.rejects.append(_reject(task, annotation, CANCELLED))
-                continue
-            if prompt is None:
-                out.rejects.append(_reject(task, annotation, MISSING_PROMPT, f"task data has no '{spec.prompt_key}'"))
+            rejected = _basic_reject(task, annotation, spec, prompt)
+            if rejected is not None:
+                out.rejects.append(rejected)
                 continue
             results, unknown = _results(annotation, spec)
             if unknown:
@@ -221,11 +228,9 @@ def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub:
         left, right = data.get(spec.left_key), data.get(spec.right_key)
         votes: list[tuple[dict, str, str | None]] = []
         for annotation in _sorted_annotations(task):
-            if annotation.get("was_cancelled"):
-                out.rejects.append(_reject(task, annotation, CANCELLED))
-                continue
-            if prompt is None:
-                out.rejects.append(_reject(task, annotation, MISSING_PROMPT, f"task data has no '{spec.prompt_key}'"))
+            rejected = _basic_reject(task, annotation, spec, prompt)
+            if rejected is not None:
+                out.rejects.append(rejected)
                 continue
             if not (isinstance(left, str) and left.strip() and isinstance(right, str) and right.strip()):
                 out.rejects.append(_reject(task, annotation, MISSING_ANSWERS,

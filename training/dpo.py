@@ -8,10 +8,10 @@ train (resuming) -> save.
 from __future__ import annotations
 
 from training import build
-from training.callbacks import MetricsLogger, StopOnSigterm, latest_checkpoint
+from training.callbacks import MetricsLogger, StopOnSigterm
 from training.data import load_dataset
 from training.job import Job
-from training.trained import TrainOutcome, save_trained
+from training.trained import TrainOutcome, train_and_save
 
 
 def train_dpo(job: Job) -> TrainOutcome:
@@ -41,8 +41,4 @@ def train_dpo(job: Job) -> TrainOutcome:
         peft_config=build.lora_config(job),
         callbacks=[MetricsLogger(), stopper],
     )
-    if trainer.is_world_process_zero():
-        print(build.describe_backend(trainer), flush=True)
-    resume = latest_checkpoint(job.opt_ml.checkpoint_dir)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return save_trained(job, trainer, tokenizer, stopper, resumed_from=resume)
+    return train_and_save(job, trainer, tokenizer, stopper)

@@ -7,10 +7,10 @@ every worker process; artifacts.py finishes the model directory afterwards.
 from __future__ import annotations
 
 from training import build
-from training.callbacks import MetricsLogger, StopOnSigterm, latest_checkpoint
+from training.callbacks import MetricsLogger, StopOnSigterm
 from training.data import load_dataset
 from training.job import Job
-from training.trained import TrainOutcome, save_trained
+from training.trained import TrainOutcome, train_and_save
 
 
 def build_sft_trainer(job: Job):
@@ -85,9 +85,4 @@ def build_sft_trainer(job: Job):
 
 def train_sft(job: Job) -> TrainOutcome:
     """Train, resuming from the newest complete checkpoint, and save the result."""
-    trainer, tokenizer, stopper = build_sft_trainer(job)
-    if trainer.is_world_process_zero():
-        print(build.describe_backend(trainer), flush=True)
-    resume = latest_checkpoint(job.opt_ml.checkpoint_dir)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return save_trained(job, trainer, tokenizer, stopper, resumed_from=resume)
+    return train_and_save(job, *build_sft_trainer(job))

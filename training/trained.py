@@ -21,6 +21,18 @@ class TrainOutcome:
     resumed_from: Path | None
 
 
+def train_and_save(job: Job, trainer, tokenizer, stopper) -> TrainOutcome:
+    """Train (resuming from the newest complete checkpoint) and save: SFT and DPO alike."""
+    from training.build import describe_backend
+    from training.callbacks import latest_checkpoint
+
+    if trainer.is_world_process_zero():
+        print(describe_backend(trainer), flush=True)
+    resume = latest_checkpoint(job.opt_ml.checkpoint_dir)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return save_trained(job, trainer, tokenizer, stopper, resumed_from=resume)
+
+
 def save_trained(job: Job, trainer, tokenizer, stopper, resumed_from: Path | None) -> TrainOutcome:
     """Save the trained weights (every rank must take part) and the log history.
 
