@@ -1,37 +1,36 @@
 """``hilt demo``: the main job end to end on embedded defaults.
 
-Stages run so far: base model (built locally) -> dataset -> training through the
-SageMaker training contract -> base-vs-tuned check. The Label Studio, packaging and
-validation stages join here as they land. Each step reuses what an earlier run
-produced, so a second run is fast.
+Base model (built locally) -> Label Studio project with model drafts -> stand-in
+annotators answer through the API -> export -> training through the SageMaker training
+contract -> base-vs-tuned check -> model.tar.gz -> SageMaker's validation replayed with
+``serve`` -> Model Package request and listing draft. Each step reuses what an earlier
+run produced, so a second run is fast.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import socket
 import time
 from pathlib import Path
 
 BASE_WARMUP_STEPS = 300
 SCENARIO_SIZE = 200
-VALIDATION_EVERY = 7  # about 1 in 7 prompts is held out, chosen by a hash of its id
+VALIDATION_FRACTION = 0.15
+DOUBLE_ANNOTATED_EVERY = 5  # every 5th task also gets the second annotator's answer
+DEMO_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:0.1.0"  # placeholder: your ECR image
+DEMO_ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"  # placeholder: your SageMaker role
+DEMO_BUCKET = "s3://your-bucket/hilt-demo"  # placeholder
 
 
-def _held_out(item: dict) -> bool:
-    digest = hashlib.sha256(f"scenario-{item['id']}".encode()).digest()
-    return digest[0] % VALIDATION_EVERY == 0
-
-
-def _write_dataset(directory: Path) -> tuple[int, int]:
-    from hilt.scenario import as_sft_record, scenario_prompts
-
-    items = scenario_prompts(SCENARIO_SIZE)
-    splits = {"train": [i for i in items if not _held_out(i)], "validation": [i for i in items if _held_out(i)]}
-    for split, chosen in splits.items():
-        (directory / split).mkdir(parents=True, exist_ok=True)
-        (directory / split / "data.jsonl").write_text("".join(json.dumps(as_sft_record(i)) + "\n" for i in chosen))
-    return len(splits["train"]), len(splits["validation"])
+def _port(preferred: int = 8080) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
 
 
 def _exact_match(model_dir: Path, records: list[dict]) -> float:
@@ -41,8 +40,50 @@ def _exact_match(model_dir: Path, records: list[dict]) -> float:
     return sum(a == r["messages"][-1]["content"] for a, r in zip(answers, records)) / len(records)
 
 
+def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[int, int]:
+    """Create the SFT project (drafts from the base model) and have stand-in annotators answer.
+
+    Returns:
+        (project id, annotations posted).
+    """
+    from hil.client import StudioClient
+    from hil.importing import build_tasks, drafts_from_model, model_version
+    from hil.templates import parse_label_config, template_xml
+    from hilt.scenario import scenario_prompts
+
+    client = StudioClient(state["url"], state["token"])
+    items = scenario_prompts(SCENARIO_SIZE)
+    rows = [{"id": i["id"], "prompt": i["prompt"], "system": i["system"]} for i in items]
+    config = template_xml("sft")
+    print(f"[demo] drafting {len(rows)} answers with the base model (annotators edit drafts, not blank boxes)")
+    tasks = build_tasks(rows, parse_label_config(config), drafts_from_model(model_dir, rows, max_new_tokens=48),
+                        model_version(model_dir))
+    project = client.create_project("hilt demo: internal-process assistant", config,
+                                    description="Write the polite, accurate answer; edit the model's draft.")
+    client.import_tasks(project, tasks)
+    reference = {str(i["id"]): i["reference"] for i in items}
+    second = client.create_user("annotator-2", f"annotator-2-{project}@hilt.local")
+    print(f"[demo] stand-in annotators (the admin and annotator-2) submit answers through the API; "
+          f"to annotate yourself open {state['url']}/projects/{project} (user {state['user']}, password in "
+          f"{workdir / 'studio' / 'hilt-studio.json'})")
+    from tqdm.auto import tqdm
+
+    posted = 0
+    exported = client.export_tasks(project)
+    for task in tqdm(exported, desc="stand-in annotators", unit="task"):
+        answer = reference[task["data"]["source_id"]]
+        result = [{"from_name": "answer", "to_name": "prompt", "type": "textarea", "value": {"text": [answer]}}]
+        draft = task["predictions"][0] if task.get("predictions") else None
+        client.create_annotation(task["id"], result, lead_time=20.0, parent_prediction=draft)
+        posted += 1
+        if task["id"] % DOUBLE_ANNOTATED_EVERY == 0:  # a second opinion: same answer -> a duplicate reject
+            client.create_annotation(task["id"], result, completed_by=second, lead_time=25.0)
+            posted += 1
+    return project, posted
+
+
 def run_demo(workdir: Path) -> int:
-    """Run every stage that exists so far and print a summary table.
+    """Run the main job end to end and print a summary table.
 
     Args:
         workdir: folder for the demo's files; reused across runs.
@@ -50,12 +91,23 @@ def run_demo(workdir: Path) -> int:
     Returns:
         The process exit code (0 on success).
     """
+    from container.aws import validate_request
+    from container.marketplace import model_package_request, write_listing
+    from container.package import build_model_tar
+    from container.validate import validate_model_tar
+    from hil import studio
     from training.entry import prepare_local_tree, run_job
     from training.tiny_model import build_tiny_model, warm_up
 
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str]] = []
     started = time.perf_counter()
+    progress_file = workdir / "demo-state.json"
+    progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
+
+    def save_progress() -> None:
+        progress_file.write_text(json.dumps(progress, indent=2))
 
     # 1. Base model: built locally (nothing is downloaded), with a short full fine-tune
     #    so that LoRA has a "pretrained" base to adapt.
@@ -69,16 +121,38 @@ def run_demo(workdir: Path) -> int:
         (model_dir / "hilt-warmup.json").write_text(json.dumps({"steps": BASE_WARMUP_STEPS, "loss": loss}))
         rows.append(("base model", f"{model_dir} (built, warm-up loss {loss:.3f})"))
 
-    # 2. Dataset: the scenario's reference answers in the export layout. (Until the
-    #    Label Studio stage lands in the demo, they stand in for the annotators.)
-    data_dir = workdir / "dataset"
-    if not (data_dir / "train" / "data.jsonl").exists():
-        _write_dataset(data_dir)
-    n_train = sum(1 for _ in (data_dir / "train" / "data.jsonl").open())
-    validation = [json.loads(l) for l in (data_dir / "validation" / "data.jsonl").read_text().splitlines()]
-    rows.append(("dataset", f"{data_dir} ({n_train} train / {len(validation)} validation records)"))
+    # 2. Label Studio, local: a project of the scenario's prompts with drafts, answered by
+    #    stand-in annotators through the API (a person can annotate in the UI too).
+    state = studio.start(port=_port(), data_dir=workdir / "studio")
+    rows.append(("label studio", f"{state['url']} (token in {workdir / 'studio' / 'hilt-studio.json'})"))
+    if "project" not in progress:
+        progress["project"], progress["annotations_posted"] = _collect_annotations(workdir, model_dir, state)
+        save_progress()
+    else:
+        rows.append(("annotation", f"project {progress['project']} (reused)"))
 
-    # 3. Train the quickstart recipe through the SageMaker training contract.
+    # 3. Export: annotations -> versioned dataset, every annotation accounted for.
+    data_dir = workdir / "dataset"
+    if not (data_dir / "manifest.json").exists():
+        from hil.client import StudioClient
+        from hil.dataset import export_to_dataset
+        from hil.export import ExportOptions
+        from hil.templates import parse_label_config
+
+        client = StudioClient(state["url"], state["token"])
+        spec = parse_label_config(client.label_config(progress["project"]))
+        export_to_dataset(client.export_tasks(progress["project"]), spec,
+                          ExportOptions(validation_fraction=VALIDATION_FRACTION),
+                          {"type": "project", "project_id": progress["project"], "url": state["url"]}, data_dir)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    c = manifest["counts"]
+    rows.append(("dataset", f"{data_dir}: {c['records']['train']} train / {c['records']['validation']} validation "
+                            f"records, {c['rejects']['total']} rejects {c['rejects']['by_reason']} "
+                            f"of {c['annotations']} annotations"))
+    rows.append(("dataset sha256", manifest["dataset_sha256"]))
+    validation = [json.loads(l) for l in (data_dir / "validation" / "data.jsonl").read_text().splitlines()]
+
+    # 4. Train the quickstart recipe through the SageMaker training contract.
     job_dir = workdir / "train-job"
     manifest_file = job_dir / "model" / "hilt.json"
     if manifest_file.exists():
@@ -96,14 +170,46 @@ def run_demo(workdir: Path) -> int:
     if "eval_loss" in metrics:
         rows.append(("eval loss", f"{metrics['eval_loss']:.3f}"))
 
-    # 4. Base vs tuned on the held-out prompts.
-    base_em = _exact_match(model_dir, validation)
-    tuned_em = _exact_match(job_dir / "model", validation)
-    rows.append(("exact match", f"base {base_em:.2f} -> tuned {tuned_em:.2f} on {len(validation)} held-out prompts"))
+    # 5. Base vs tuned on the held-out prompts.
+    if "exact_match" not in progress:
+        progress["exact_match"] = {"base": _exact_match(model_dir, validation),
+                                   "tuned": _exact_match(job_dir / "model", validation)}
+        save_progress()
+    em = progress["exact_match"]
+    rows.append(("exact match", f"base {em['base']:.2f} -> tuned {em['tuned']:.2f} on {len(validation)} held-out prompts"))
+
+    # 6. Package, and replay SageMaker's validation with `serve`.
+    package_dir = workdir / "package"
+    package_dir.mkdir(exist_ok=True)
+    tar = package_dir / "model.tar.gz"
+    report_file = package_dir / "validation" / "validation-report.json"
+    if not report_file.exists():
+        built = build_model_tar(job_dir / "model", tar)
+        progress["model_tar_sha256"] = built["archive_sha256"]
+        validation_input = package_dir / "validation-input.jsonl"
+        validation_input.write_text("".join(
+            json.dumps({"inputs": r["messages"][:-1], "parameters": {"max_new_tokens": 48}}) + "\n"
+            for r in validation[:10]))
+        validate_model_tar(tar, validation_input, "application/jsonlines", "Line", "Line", package_dir / "validation")
+        save_progress()
+    report = json.loads(report_file.read_text())
+    rows.append(("model.tar.gz", f"{tar} (sha256 {progress['model_tar_sha256'][:16]}…)"))
+    rows.append(("validation", f"{'PASSED' if report['passed'] else 'FAILED'} on {report['records']} records, "
+                               f"p50 {report['latency_ms']['p50']} ms" if report.get("latency_ms") else "FAILED"))
+
+    # 7. The Model Package request (validated against botocore) and the listing draft.
+    request = model_package_request("hilt-demo-assistant", DEMO_IMAGE, f"{DEMO_BUCKET}/model.tar.gz", DEMO_ROLE,
+                                    f"{DEMO_BUCKET}/validation-input.jsonl", f"{DEMO_BUCKET}/validation-output")
+    validate_request("CreateModelPackage", request)
+    (package_dir / "model-package.json").write_text(json.dumps(request, indent=2) + "\n")
+    write_listing(job_dir / "model", package_dir / "LISTING.md", report, "output_tokens")
+    rows.append(("requests", f"{package_dir / 'model-package.json'} (image, role, bucket are placeholders), "
+                             f"{package_dir / 'LISTING.md'}"))
     rows.append(("elapsed", f"{time.perf_counter() - started:.0f}s"))
 
     width = max(len(name) for name, _ in rows)
     print("\nhilt demo summary")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
-    return 0
+    print(f"\nLabel Studio keeps running at {state['url']}; stop it with: hilt studio stop --data-dir {workdir / 'studio'}")
+    return 0 if report.get("passed") else 1

@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 from conftest import run_hilt
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.studio]
 
 
 def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
-    first = run_hilt(hilt_exe, "demo", "--workdir", str(tmp_path / "demo"), timeout=900)
-    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
-    assert "hilt demo summary" in first.stdout
-    base, tuned = map(float, re.search(r"exact match\s+base ([0-9.]+) -> tuned ([0-9.]+)", first.stdout).groups())
-    assert tuned >= base + 0.3
-    before, after = map(float, re.search(r"train loss\s+([0-9.]+) -> ([0-9.]+)", first.stdout).groups())
-    assert after < before / 2
-    assert (tmp_path / "demo" / "train-job" / "model" / "hilt.json").is_file()
+    workdir = tmp_path / "demo"
+    try:
+        first = run_hilt(hilt_exe, "demo", "--workdir", str(workdir), timeout=1200)
+        assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+        assert "hilt demo summary" in first.stdout and "stand-in annotators" in first.stdout
+        base, tuned = map(float, re.search(r"exact match\s+base ([0-9.]+) -> tuned ([0-9.]+)", first.stdout).groups())
+        assert tuned >= base + 0.3
+        before, after = map(float, re.search(r"train loss\s+([0-9.]+) -> ([0-9.]+)", first.stdout).groups())
+        assert after < before / 2
+        assert re.search(r"validation\s+PASSED on 10 records", first.stdout)
 
-    second = run_hilt(hilt_exe, "demo", "--workdir", str(tmp_path / "demo"), timeout=300)
-    assert second.returncode == 0
-    assert second.stdout.count("(reused)") == 2
+        # Every annotation the stand-ins posted is in the dataset or its rejects.
+        manifest = json.loads((workdir / "dataset" / "manifest.json").read_text())
+        posted = json.loads((workdir / "demo-state.json").read_text())["annotations_posted"]
+        c = manifest["counts"]
+        assert c["annotations"] == posted == c["annotations_in_records"] + c["rejects"]["total"]
+        assert set(c["rejects"]["by_reason"]) == {"duplicate"}  # the second annotator agreed
+        for name in ("model.tar.gz", "model-package.json", "LISTING.md", "validation/validation-input.jsonl.out"):
+            assert (workdir / "package" / name).is_file(), name
+
+        second = run_hilt(hilt_exe, "demo", "--workdir", str(workdir), timeout=600)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert second.stdout.count("(reused)") == 3
+        assert "stand-in annotators" not in second.stdout
+    finally:
+        run_hilt(hilt_exe, "studio", "stop", "--data-dir", str(workdir / "studio"))

@@ -182,7 +182,7 @@ def finish_model_dir(job: Job) -> dict:
     manifest = {
         "recipe": job.recipe.model_dump(mode="json"),
         "hyperparameters": job.hyperparameters,
-        "base_model": job.recipe.model.name_or_path or job.model_path,
+        "base_model": job.recipe.model.name_or_path or str(Path(job.model_path).resolve()),
         "dataset": dataset,
         "metrics": summarize_history(history),
         "seed": job.recipe.train.seed,

@@ -100,7 +100,8 @@ def dataset_fingerprint(channel: Path) -> dict:
         digest.update(path.name.encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     info = {"files": [str(p.relative_to(channel)) for p in files], "sha256": digest.hexdigest()}
-    for manifest in (channel / "manifest.json", channel.parent / "manifest.json"):
+    # The export's manifest sits beside train/ (locally the channel is a link to it).
+    for manifest in (channel / "manifest.json", channel.resolve().parent / "manifest.json"):
         if manifest.is_file():
             try:
                 info["manifest_sha256"] = json.loads(manifest.read_text()).get("dataset_sha256")
