@@ -276,8 +276,7 @@ def main() -> int:
 
     host = os.environ.get(HOST_ENV, "127.0.0.1")
     port = int(os.environ.get(PORT_ENV, "8080"))
-    workers_note = f"[serve] listening on {host}:{port}, model dir {OptML.from_env().model_dir}"
-    print(workers_note, flush=True)
+    print(f"[serve] listening on {host}:{port}, model dir {OptML.from_env().model_dir}", flush=True)
     uvicorn.run(create_app(), host=host, port=port, log_level=os.environ.get("HILT_SERVE_LOG_LEVEL", "warning"),
                 timeout_keep_alive=75)
     return 0

@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=500, help="tasks per import call (500)")
     p.set_defaults(func=_cmd_label_create)
 
+    from hil.export import SFT_POLICIES  # light: no Label Studio or torch import
+
     def add_source_flags(p):
         p.add_argument("--project", type=int, help="Label Studio project id (live server)")
         p.add_argument("--from-file", help="a Label Studio JSON export file instead of a live project")
@@ -362,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the project's template (required with --from-file; checked with --project)")
         p.add_argument("--label-config", help="with --from-file: the project's labeling config XML, to "
                        "check every result's control against it")
-        p.add_argument("--policy", choices=["distinct", "all", "latest", "ground-truth-first"], default="distinct",
+        p.add_argument("--policy", choices=SFT_POLICIES, default="distinct",
                        help="SFT tasks with several answers: keep each distinct one (default), all, the latest, "
                        "or the ground-truth one first")
         p.add_argument("--validation-fraction", type=float, default=0.1, help="share of tasks held out (0.1)")

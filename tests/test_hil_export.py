@@ -10,7 +10,6 @@ import pytest
 from hil.dataset import build_files, export_to_dataset
 from hil.export import ExportOptions, export_annotations, split_of
 from hil.templates import default_spec, parse_label_config, template_xml
-from hilt.errors import UserError
 
 
 def sft_annotation(aid, text, who=1, **extra):

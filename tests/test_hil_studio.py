@@ -7,13 +7,11 @@ tasks); each exported record must equal what was annotated.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from conftest import run_hilt
 from hil.client import StudioClient
-from hil.templates import parse_label_config, template_xml
 
 pytestmark = [pytest.mark.studio, pytest.mark.slow]
 
@@ -228,7 +226,7 @@ def test_templates_render_in_label_studio_ui(hilt_exe, studio, client, tmp_path,
     browser = Chromium()
     try:
         cookies = login_cookies(studio["url"], studio["user"], studio["password"])
-        text = browser.open(f"{studio['url']}/projects/{project}/data?task={task['id']}", cookies, expected)
+        browser.open(f"{studio['url']}/projects/{project}/data?task={task['id']}", cookies, expected)
         shot = browser.screenshot(studio["data_dir"] / f"labeling-{template}.png", must_show=expected)
     finally:
         browser.close()

@@ -9,14 +9,13 @@ import hashlib
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import run_hilt
-from tasks import exact_match, uppercase_example, write_uppercase_dataset
+from tasks import exact_match, uppercase_example
 from training.callbacks import METRIC_DEFINITIONS
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from training.data import dataset_fingerprint, read_records
+from training.data import dataset_fingerprint
 from training.job import Job
 from training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
 
@@ -173,12 +173,11 @@ def finish_model_dir(job: Job) -> dict:
 
     history_file = job.opt_ml.output_data_dir / LOG_HISTORY_FILE
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
-    method = "sft" if job.recipe.method == "sft" else "dpo"
     dataset = {}
     for channel in ("train", "validation"):
         if channel in job.channels:
+            # Training already validated every record; here they are only counted and hashed.
             dataset[channel] = dataset_fingerprint(job.channels[channel])
-            dataset[channel]["records"] = len(read_records(job.channels[channel], method))
     manifest = {
         "recipe": job.recipe.model_dump(mode="json"),
         "hyperparameters": job.hyperparameters,

@@ -93,13 +93,16 @@ def load_dataset(channel: Path, method: str):
 
 
 def dataset_fingerprint(channel: Path) -> dict:
-    """Provenance for hilt.json: the export manifest's hash when there is one, else file hashes."""
+    """Provenance for hilt.json: file hashes, record count, and the export manifest's hash if any."""
     files = channel_files(channel)
     digest = hashlib.sha256()
+    records = 0
     for path in files:
+        data = path.read_bytes()
         digest.update(path.name.encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    info = {"files": [str(p.relative_to(channel)) for p in files], "sha256": digest.hexdigest()}
+        digest.update(hashlib.sha256(data).digest())
+        records += sum(1 for line in data.splitlines() if line.strip())
+    info = {"files": [str(p.relative_to(channel)) for p in files], "sha256": digest.hexdigest(), "records": records}
     # The export's manifest sits beside train/ (locally the channel is a link to it).
     for manifest in (channel / "manifest.json", channel.resolve().parent / "manifest.json"):
         if manifest.is_file():
