@@ -275,6 +275,26 @@ def _cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import EVAL_FILE, METRICS, REPORT_FILE, evaluate
+
+    result = evaluate(Path(args.model), Path(args.data), Path(args.out),
+                      baseline_dir=Path(args.baseline) if args.baseline else None, gates=args.gate,
+                      task_metric=args.metric, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples)
+    models = result["models"]
+    print(f"{'metric':<12}" + "".join(f"{name:>12}" for name in models) + ("      change" if "deltas" in result else ""))
+    for metric in METRICS:
+        mark = "*" if metric == result["task_metric"] else " "
+        line = f"{metric + mark:<12}" + "".join(f"{m['metrics'][metric]:>12.4f}" for m in models.values())
+        if "deltas" in result:
+            line += f"{result['deltas'][metric]:>+12.4f}"
+        print(line)
+    for gate in result["gates"]:
+        print(f"gate {gate['gate']}: {gate['value']:+.4f} -> {'pass' if gate['passed'] else 'FAIL'}")
+    print(f"{Path(args.out) / EVAL_FILE}, {Path(args.out) / REPORT_FILE}")
+    return 0 if result["passed"] else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hilt.demo import run_demo
 
@@ -467,6 +487,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_positive_int, default=2, help="records to show (2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=_cmd_inspect_data)
+
+    p = sub.add_parser(
+        "evaluate", help="held-out loss, perplexity, exact match / ROUGE-L: a model vs its baseline, with gates",
+        description="Score --model (and --baseline) on the held-out records of --data: loss and perplexity of "
+        "the reference answers, greedy answers scored by exact match and ROUGE-L. Writes OUT/eval.json, "
+        "samples.jsonl (answers side by side), metrics.png and report.md. Exit code 1 when a --gate fails.",
+    )
+    p.add_argument("--model", required=True, help="the candidate (a job's model/ dir or any save_pretrained dir)")
+    p.add_argument("--baseline", help="the model to compare against, e.g. the base model")
+    p.add_argument("--data", required=True, help="dataset dir (its validation/ split is used) or a JSONL file")
+    p.add_argument("--out", required=True, help="folder for eval.json and the report")
+    p.add_argument("--gate", action="append", default=[], metavar="EXPR",
+                   help="e.g. 'rougeL>=+0.05' (signed: change vs baseline) or 'exact_match>=0.6' (absolute); "
+                   "repeatable")
+    p.add_argument("--metric", choices=["exact_match", "rougeL"],
+                   help="headline task metric (default: the model's recipe eval.metric, else exact_match)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="cap on each answer (64)")
+    p.add_argument("--max-samples", type=_positive_int, help="score only the first N records")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
         "demo",

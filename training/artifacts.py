@@ -103,6 +103,16 @@ def merge_adapter(job: Job) -> None:
     AutoTokenizer.from_pretrained(adapter).save_pretrained(job.opt_ml.model_dir)
 
 
+def _evaluation_section(evaluation: dict | None) -> str:
+    if not evaluation:
+        return ""
+    m = evaluation["metrics"]
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in m.items())
+    return (f"## Held-out evaluation\n\n{evaluation['records']} validation records, greedy answers; "
+            f"task metric **{evaluation['task_metric']}** = {m[evaluation['task_metric']]:.4f}.\n\n"
+            f"| metric | value |\n| --- | --- |\n{rows}\n\n")
+
+
 def write_model_card(job: Job, manifest: dict, out: Path) -> None:
     r, m = job.recipe, manifest["metrics"]
     adapter = r.peft.method != "full"
@@ -146,7 +156,7 @@ human-labelled data collected in Label Studio and exported by `hilt export`.
 | --- | --- |
 {rows}
 
-## Use
+{_evaluation_section(manifest.get("evaluation"))}## Use
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -158,6 +168,21 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/dir")
 Full provenance (resolved recipe, library versions) is in `{MANIFEST_FILE}`.
 """
     out.write_text(card)
+
+
+def score_on_validation(job: Job) -> dict | None:
+    """Held-out loss, perplexity and task metrics of the finished model (as ``hilt evaluate``)."""
+    from training.callbacks import format_metrics
+    from training.evaluate import read_eval_records, score_model
+
+    if "validation" not in job.channels or not job.recipe.eval.after_training:
+        return None
+    records, _ = read_eval_records(job.channels["validation"])
+    records = records[: job.recipe.eval.max_samples]
+    scores, _ = score_model(job.opt_ml.model_dir, records, job.recipe.eval.max_new_tokens,
+                            max_length=job.recipe.data.max_length, label="validation")
+    print(format_metrics(0, {f"eval_{k}": v for k, v in scores.items() if k != "loss"}), flush=True)
+    return {"records": len(records), "task_metric": job.recipe.eval.metric, "metrics": scores}
 
 
 def finish_model_dir(job: Job) -> dict:
@@ -190,6 +215,9 @@ def finish_model_dir(job: Job) -> dict:
         "hosts": job.hosts.hosts,
         "versions": library_versions(),
     }
+    evaluation = score_on_validation(job)
+    if evaluation is not None:
+        manifest["evaluation"] = evaluation
     (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     plot_loss(history, model_dir / PLOT_FILE)
     write_model_card(job, manifest, model_dir / CARD_FILE)

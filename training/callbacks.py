@@ -22,6 +22,10 @@ METRIC_DEFINITIONS = [
     {"Name": "learning_rate", "Regex": rf"learning_rate={_NUMBER}"},
     {"Name": "tokens_per_second", "Regex": rf"tokens_per_second={_NUMBER}"},
     {"Name": "epoch", "Regex": rf"epoch={_NUMBER}"},
+    # Printed once after training, from the held-out scoring (training.evaluate).
+    {"Name": "eval_perplexity", "Regex": rf"eval_perplexity={_NUMBER}"},
+    {"Name": "eval_exact_match", "Regex": rf"eval_exact_match={_NUMBER}"},
+    {"Name": "eval_rougeL", "Regex": rf"eval_rougeL={_NUMBER}"},
 ]
 # Metrics a tuning job may optimise, with their direction.
 TUNING_OBJECTIVES = [

@@ -18,21 +18,30 @@ def greedy_answers(model_dir: str | Path, conversations: list[list[dict]], max_n
     Returns:
         The decoded answers, without special tokens, in input order.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.eval()
+    return generate_answers(model, tokenizer, conversations, max_new_tokens, batch_size)
+
+
+def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 16,
+                     desc: str = "generating") -> list[str]:
+    """Greedy answers, left-padded batches, special tokens dropped."""
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
     answers: list[str] = []
-    for start in range(0, len(conversations), batch_size):
-        chunk = conversations[start : start + batch_size]
-        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
+        chunk = prompts[start:start + batch_size]
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
-        new = output[:, inputs["input_ids"].shape[1]:]
-        answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+        answers += [tokenizer.decode(row, skip_special_tokens=True).strip()
+                    for row in output[:, inputs["input_ids"].shape[1]:]]
     return answers

@@ -102,6 +102,19 @@ class DpoSection(_Section):
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss variant.")
 
 
+class EvalSection(_Section):
+    metric: Literal["exact_match", "rougeL"] = Field(
+        "exact_match", description="Headline task metric: exact_match for short fixed answers, rougeL for summaries "
+        "(both are always reported)."
+    )
+    after_training: bool = Field(
+        True, description="Score the finished model on the validation channel (loss, perplexity, exact match, "
+        "ROUGE-L) into hilt.json; false for models too large to reload in the launching process."
+    )
+    max_samples: int = Field(200, ge=1, description="Validation records scored after training (the first N).")
+    max_new_tokens: int = Field(64, ge=1, description="Cap on each generated answer when scoring.")
+
+
 class DistributedSection(_Section):
     deepspeed: str | None = Field(
         None,
@@ -124,6 +137,7 @@ class Recipe(_Section):
     data: DataSection = Field(default_factory=DataSection, description="Tokenization and packing.")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimizer and schedule.")
     dpo: DpoSection = Field(default_factory=DpoSection, description="DPO settings (method: dpo only).")
+    eval: EvalSection = Field(default_factory=EvalSection, description="Held-out scoring after training.")
     distributed: DistributedSection = Field(
         default_factory=DistributedSection, description="Multi-process and DeepSpeed."
     )

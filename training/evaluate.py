@@ -1,0 +1,369 @@
+"""``hilt evaluate``: held-out loss, perplexity and a task metric, base vs tuned, with gates.
+
+For each model (the candidate and, optionally, a baseline) on the held-out records:
+
+- **loss / perplexity**: mean token negative log-likelihood of the reference answer (the
+  last assistant turn; ``chosen`` for preference records) given the conversation before
+  it, rendered with the model's own chat template; perplexity = exp(loss);
+- **exact_match**: the greedy answer equals the reference after whitespace is collapsed;
+- **rougeL**: ROUGE-L F1 (longest common subsequence over lower-cased word tokens), the
+  usual metric for summaries.
+
+The recipe names which task metric is the headline (``eval.metric``); both are always
+reported. ``--gate "rougeL>=+0.05"`` compares against the baseline when the number is
+signed (candidate - baseline), against the value itself when it is not
+(``exact_match>=0.6``); loss-like metrics take ``<=``. A failed gate makes the exit code 1,
+so a pipeline can refuse to package a model that did not improve.
+
+Writes ``eval.json`` (metrics, deltas, gates, data hash), ``samples.jsonl`` (every prompt
+with the reference and both models' answers side by side), ``metrics.png`` and
+``report.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hilt.errors import UserError
+
+EVAL_FILE = "eval.json"
+SAMPLES_FILE = "samples.jsonl"
+REPORT_FILE = "report.md"
+PLOT_FILE = "metrics.png"
+TASK_METRICS = ("exact_match", "rougeL")
+METRICS = ("loss", "perplexity", *TASK_METRICS)
+LOWER_IS_BETTER = {"loss", "perplexity"}
+_GATE = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|>|<)\s*([+-]?)\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)\s*$")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+# ---------------------------------------------------------------- metrics on text
+
+
+def normalize_answer(text: str) -> str:
+    """Whitespace collapsed and stripped: what exact match compares."""
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased word tokens (Lin, 2004; beta = 1)."""
+    pred, ref = _WORD.findall(prediction.lower()), _WORD.findall(reference.lower())
+    if not pred or not ref:
+        return float(pred == ref)
+    previous = [0] * (len(ref) + 1)
+    for p in pred:
+        current = [0]
+        for j, r in enumerate(ref):
+            current.append(previous[j] + 1 if p == r else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+# ---------------------------------------------------------------- gates
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``metric OP [+|-]number``: signed = delta against the baseline, unsigned = absolute."""
+
+    text: str
+    metric: str
+    op: str
+    threshold: float
+    relative: bool
+
+    def check(self, candidate: dict[str, float], baseline: dict[str, float] | None) -> dict[str, Any]:
+        value = candidate[self.metric] - baseline[self.metric] if self.relative else candidate[self.metric]
+        passed = {">=": value >= self.threshold, "<=": value <= self.threshold,
+                  ">": value > self.threshold, "<": value < self.threshold}[self.op]
+        return {"gate": self.text, "metric": self.metric, "relative": self.relative, "op": self.op,
+                "threshold": self.threshold, "value": round(value, 6), "passed": bool(passed)}
+
+
+def parse_gate(text: str) -> Gate:
+    """Parse ``rougeL>=+0.05`` / ``exact_match>=0.6`` / ``loss<=-0.1``.
+
+    Raises:
+        UserError: naming the gate, what is wrong and the form that works.
+    """
+    match = _GATE.match(text)
+    if not match:
+        raise UserError(f"--gate '{text}': not METRIC OP NUMBER; write e.g. --gate 'rougeL>=+0.05' "
+                        "(signed = change against --baseline) or --gate 'exact_match>=0.6' (absolute)")
+    metric, op, sign, number = match.groups()
+    if metric not in METRICS:
+        raise UserError(f"--gate '{text}': unknown metric '{metric}'; use one of {', '.join(METRICS)}")
+    threshold = float(number) * (-1 if sign == "-" else 1)
+    return Gate(text.strip(), metric, op, threshold, relative=bool(sign))
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_eval_records(data: Path) -> tuple[list[dict], Path]:
+    """Held-out records: ``DIR/validation/*.jsonl`` of a dataset, or the *.jsonl in ``DIR``.
+
+    Each becomes ``{"prompt": [messages], "reference": str, "kind": str|None}``.
+
+    Raises:
+        UserError: when there is nothing to evaluate on, or a record has no reference.
+    """
+    if not data.exists():
+        raise UserError(f"--data {data}: no such file or directory; pass a dataset dir from `hilt export`")
+    if data.is_file():
+        files = [data]
+    else:
+        channel = data / "validation" if (data / "validation").is_dir() else data
+        files = sorted(p for p in channel.glob("*.jsonl") if p.is_file())
+    if not files:
+        raise UserError(f"--data {data}: no validation/*.jsonl or *.jsonl to evaluate on; "
+                        "export with --validation-fraction > 0 or pass a JSONL file")
+    out = []
+    for path in files:
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if "messages" in record:
+                messages = record["messages"]
+                last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+                if last is None:
+                    raise UserError(f"{path}:{line_no}: no assistant message to use as the reference answer")
+                prompt, reference = messages[:last], messages[last]["content"]
+            elif "chosen" in record and "prompt" in record:
+                prompt, reference = record["prompt"], record["chosen"][-1]["content"]
+            else:
+                raise UserError(f"{path}:{line_no}: neither an SFT ('messages') nor a preference "
+                                "('prompt'/'chosen') record")
+            out.append({"prompt": prompt, "reference": reference, "kind": (record.get("meta") or {}).get("kind")})
+    if not out:
+        raise UserError(f"--data {data}: the held-out files are empty")
+    return out, data
+
+
+def records_sha256(records: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(json.dumps([r["prompt"], r["reference"]], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- model side
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def heldout_loss(model, tokenizer, records: list[dict], max_length: int = 1024, batch_size: int = 8) -> float:
+    """Mean per-token NLL of each reference answer given its prompt (chat template applied)."""
+    import torch
+
+    rows = []
+    for r in records:
+        prompt_text = tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+        full_text = tokenizer.apply_chat_template(
+            [*r["prompt"], {"role": "assistant", "content": r["reference"]}], tokenize=False)
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"][:max_length]
+        labels = [-100] * min(len(prompt_ids), len(full_ids)) + full_ids[len(prompt_ids):]
+        if any(l != -100 for l in labels[1:]):
+            rows.append((full_ids, labels))
+    if not rows:
+        raise UserError("no held-out record has answer tokens within the max length; raise eval max_length")
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in chunk], device=device)
+        labels = torch.tensor([l + [-100] * (width - len(l)) for _, l in chunk], device=device)
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                                shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total_nll += float(nll)
+        total_tokens += int((shift_labels != -100).sum())
+    return total_nll / total_tokens
+
+
+def load_for_eval(model_dir: Path):
+    """(model, tokenizer) from a ``save_pretrained`` dir, on the GPU when there is one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise UserError(f"{model_dir}: no config.json; pass a save_pretrained model directory (a job's model/)")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.chat_template is None:
+        raise UserError(f"{model_dir}: the tokenizer has no chat template; evaluation renders prompts with it")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(_device())
+    model.eval()
+    return model, tokenizer
+
+
+def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
+                max_length: int = 1024, label: str = "model") -> tuple[dict[str, float], list[str]]:
+    """Loss, perplexity, exact match and ROUGE-L of one model. Returns (metrics, answers)."""
+    model, tokenizer = load_for_eval(model_dir)
+    loss = heldout_loss(model, tokenizer, records, max_length=max_length)
+    from training.generation import generate_answers
+
+    answers = generate_answers(model, tokenizer, [r["prompt"] for r in records], max_new_tokens,
+                               desc=f"{label}: answers")
+    n = len(records)
+    metrics = {
+        "loss": round(loss, 6),
+        "perplexity": round(math.exp(min(loss, 50.0)), 6),
+        "exact_match": round(sum(exact_match(a, r["reference"]) for a, r in zip(answers, records)) / n, 6),
+        "rougeL": round(sum(rouge_l(a, r["reference"]) for a, r in zip(answers, records)) / n, 6),
+    }
+    del model
+    return metrics, answers
+
+
+def task_metric_of(model_dir: Path) -> str:
+    """The headline task metric the model's recipe names (``eval.metric`` in hilt.json)."""
+    manifest = Path(model_dir) / "hilt.json"
+    if manifest.is_file():
+        recipe = json.loads(manifest.read_text()).get("recipe") or {}
+        metric = (recipe.get("eval") or {}).get("metric")
+        if metric in TASK_METRICS:
+            return metric
+    return "exact_match"
+
+
+# ---------------------------------------------------------------- report
+
+
+def plot_metrics(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["models"]
+    names = list(models)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2), dpi=100)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        m = models[name]["metrics"]
+        left.bar([x + i * width for x in range(len(TASK_METRICS))], [m[k] for k in TASK_METRICS], width, label=name)
+        right.bar([i], [m["loss"]], 0.6, label=name)
+    left.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(TASK_METRICS))], TASK_METRICS)
+    left.set_ylim(0, 1)
+    left.set_title("task metrics (higher is better)")
+    left.legend()
+    right.set_xticks(range(len(names)), names)
+    right.set_title("held-out loss (lower is better)")
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _cell(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def write_report(result: dict, samples: list[dict], out: Path) -> None:
+    models = result["models"]
+    names = list(models)
+    lines = [f"# Evaluation: {models['candidate']['path']}", "",
+             f"{result['data']['records']} held-out records from `{result['data']['path']}` "
+             f"(sha256 `{result['data']['sha256'][:16]}…`). Task metric: **{result['task_metric']}**.", "",
+             "| metric | " + " | ".join(names) + (" | change |" if "baseline" in models else ""),
+             "| --- |" + " --- |" * (len(names) + ("baseline" in models))]
+    for metric in METRICS:
+        row = f"| {metric} | " + " | ".join(f"{models[n]['metrics'][metric]:.4f}" for n in names)
+        if "baseline" in models:
+            row += f" | {result['deltas'][metric]:+.4f}"
+        lines.append(row + " |")
+    lines += ["", f"![metrics]({PLOT_FILE})", ""]
+    if result["gates"]:
+        lines += ["## Gates", "", "| gate | value | result |", "| --- | --- | --- |"]
+        lines += [f"| `{g['gate']}` | {g['value']:+.4f} | {'pass' if g['passed'] else 'FAIL'} |" for g in result["gates"]]
+        lines.append("")
+    lines += ["## Samples", "", "| prompt | reference | " + " | ".join(names) + " |",
+              "| --- | --- |" + " --- |" * len(names)]
+    for s in samples[:20]:
+        lines.append(f"| {_cell(s['prompt'][-1]['content'])} | {_cell(s['reference'])} | "
+                     + " | ".join(_cell(s[n]) for n in names) + " |")
+    lines += ["", f"All {len(samples)} samples: `{SAMPLES_FILE}`.", ""]
+    out.write_text("\n".join(lines))
+
+
+def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None = None,
+             gates: list[str] | None = None, task_metric: str | None = None, max_new_tokens: int = 64,
+             max_samples: int | None = None) -> dict:
+    """Evaluate a model (and a baseline) on held-out records; write eval.json and the report.
+
+    Returns:
+        The eval.json content; ``passed`` is False when a gate failed.
+
+    Raises:
+        UserError: bad gate, relative gate without a baseline, missing model or data.
+    """
+    parsed = [parse_gate(g) for g in gates or []]
+    if baseline_dir is None and any(g.relative for g in parsed):
+        bad = next(g.text for g in parsed if g.relative)
+        raise UserError(f"--gate '{bad}' compares against a baseline (signed number); pass --baseline DIR "
+                        "or write the threshold unsigned for an absolute gate")
+    records, path = read_eval_records(Path(data))
+    if max_samples:
+        records = records[:max_samples]
+    metric = task_metric or task_metric_of(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    models: dict[str, dict] = {}
+    answers: dict[str, list[str]] = {}
+    for name, directory in (("baseline", baseline_dir), ("candidate", model_dir)):
+        if directory is None:
+            continue
+        print(f"[hilt] evaluating {name} {directory} on {len(records)} records", flush=True)
+        scores, answers[name] = score_model(Path(directory), records, max_new_tokens, label=name)
+        models[name] = {"path": str(Path(directory).resolve()), "metrics": scores}
+    models = {"candidate": models["candidate"], **({"baseline": models["baseline"]} if "baseline" in models else {})}
+    result: dict[str, Any] = {
+        "data": {"path": str(path), "records": len(records), "sha256": records_sha256(records)},
+        "task_metric": metric,
+        "max_new_tokens": max_new_tokens,
+        "models": models,
+    }
+    if "baseline" in models:
+        c, b = models["candidate"]["metrics"], models["baseline"]["metrics"]
+        result["deltas"] = {k: round(c[k] - b[k], 6) for k in METRICS}
+    result["gates"] = [g.check(models["candidate"]["metrics"],
+                               models.get("baseline", {}).get("metrics")) for g in parsed]
+    result["passed"] = all(g["passed"] for g in result["gates"])
+    samples = [{"prompt": r["prompt"], "reference": r["reference"], "kind": r["kind"],
+                **{name: answers[name][i] for name in models}} for i, r in enumerate(records)]
+    result["samples"] = samples[:5]
+    eval_file = out / EVAL_FILE
+    previous = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
+    if "human_side_by_side" in previous:  # written by `hilt compare-report`: keep it
+        result["human_side_by_side"] = previous["human_side_by_side"]
+    eval_file.write_text(json.dumps(result, indent=2) + "\n")
+    (out / SAMPLES_FILE).write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    plot_metrics(result, out / PLOT_FILE)
+    write_report(result, samples, out / REPORT_FILE)
+    return result
