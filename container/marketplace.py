@@ -1,6 +1,6 @@
 """CreateModelPackage / CreateAlgorithm requests for AWS Marketplace, and the listing draft.
 
-Requests follow SageMaker's API shapes exactly and are validated strictly (see aws.py)
+Requests follow SageMaker's API shapes exactly and are validated strictly (see hilt/aws.py)
 before they are written. One package per hardware family: a CPU model lists CPU
 instance types only. The Algorithm's hyperparameters come from the recipe schema (names,
 types, defaults, ranges, tunable flags, descriptions) and its metrics from the regexes

@@ -69,6 +69,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return run_job(opt_ml)
 
 
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from training.launch import LaunchSpec, launch
+    from training.recipe import parse_set_option
+
+    spec = LaunchSpec(
+        recipe=args.recipe, image=args.image, role=args.role, data=args.data, instance_type=args.instance_type,
+        instance_count=args.instance_count, s3=args.s3, model=args.model,
+        overrides={k: v if isinstance(v, str) else json.dumps(v) for k, v in map(parse_set_option, args.set)},
+        spot=args.spot, max_wait=args.max_wait, max_run=args.max_run, checkpoint_s3=args.checkpoint_s3,
+        volume_gb=args.volume_gb, job_name=args.job_name,
+    )
+    out = Path(args.out) if args.out else (Path("launch-request.json") if args.dry_run else None)
+    result = launch(spec, args.dry_run, out, region=args.region)
+    request = result["request"]
+    channels = ", ".join(f"{c['ChannelName']}={c['DataSource']['S3DataSource']['S3Uri']}"
+                         for c in request["InputDataConfig"])
+    print(f"CreateTrainingJob {request['TrainingJobName']}: validated against botocore's SageMaker model; "
+          f"channels {channels}")
+    if out is not None:
+        print(f"request written to {out}")
+    if args.dry_run:
+        print("dry run: nothing uploaded, nothing submitted")
+        return 0
+    print(f"submitted {result['arn']} (status {result['status']}); uploaded: {', '.join(result['uploaded']) or 'nothing new'}")
+    return 0
+
+
 def _cmd_recipe_schema(args: argparse.Namespace) -> int:
     from training.recipe import recipe_json_schema
 
@@ -140,6 +167,87 @@ def _cmd_label_create(args: argparse.Namespace) -> int:
     with_drafts = sum(1 for t in tasks if t.get("predictions"))
     print(f"project {project} ({title}): {len(ids)} tasks, {with_drafts} with drafts -> {client.url}/projects/{project}")
     print(project)
+    return 0
+
+
+def _cmd_label_compare(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from hil.client import connect
+    from hil.importing import load_prompts, model_version
+    from hil.templates import template_xml
+    from training.compare import MAPPING_VERSION, blind_pairs
+    from training.generation import greedy_answers
+
+    models = {"baseline": Path(args.baseline), "candidate": Path(args.candidate)}
+    for flag, directory in models.items():
+        if not (directory / "config.json").is_file():
+            raise UserError(f"--{flag} {directory}: no config.json; pass a save_pretrained model directory")
+    rows = load_prompts(Path(args.prompts), "sft")
+    client = connect()  # fail on a bad server or token before generating anything
+    conversations = [([{"role": "system", "content": r["system"]}] if r.get("system") else [])
+                     + [{"role": "user", "content": str(r["prompt"])}] for r in rows]
+    answers = {name: greedy_answers(d, conversations, max_new_tokens=args.max_new_tokens)
+               for name, d in models.items()}
+    tasks, pairs = blind_pairs(rows, answers["candidate"], answers["baseline"], args.seed)
+    if not tasks:
+        raise UserError(f"both models answer all {len(rows)} prompts with the same text; nothing to compare")
+    title = args.title or f"hilt compare: {models['candidate'].name} vs {models['baseline'].name}"
+    project = client.create_project(title, template_xml("preference"),
+                                    description="Pick the better answer. The order of the answers is random.")
+    client.import_tasks(project, tasks)
+    mapping = {
+        "version": MAPPING_VERSION, "project": project, "url": client.url, "seed": args.seed,
+        "prompts": {"file": str(Path(args.prompts).resolve()),
+                    "sha256": hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest()
+                    if Path(args.prompts).is_file() else None},
+        "max_new_tokens": args.max_new_tokens,
+        **{name: {"path": str(d.resolve()), "version": model_version(d)} for name, d in models.items()},
+        "pairs": pairs,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mapping_file = out / f"project-{project}.json"
+    mapping_file.write_text(json.dumps(mapping, indent=2) + "\n")
+    print(f"project {project} ({title}): {len(tasks)} blinded pairs, {len(pairs) - len(tasks)} identical answers "
+          f"kept out (ties) -> {client.url}/projects/{project}")
+    print(f"mapping (keep it away from annotators): {mapping_file}")
+    print(project)
+    return 0
+
+
+def _cmd_compare_report(args: argparse.Namespace) -> int:
+    from hil.client import connect
+    from training.compare import compare_report, read_mapping, summary_markdown, upsert_section
+
+    mapping_file = Path(args.mapping or Path(args.compare_dir) / f"project-{args.project}.json")
+    mapping = read_mapping(mapping_file)
+    if mapping["project"] != args.project:
+        raise UserError(f"--mapping {mapping_file} belongs to project {mapping['project']}, not {args.project}; "
+                        "pass the matching mapping file")
+    report = compare_report(connect().export_tasks(args.project), mapping)
+    section = summary_markdown(report)
+    eval_dir = Path(args.eval_dir or mapping_file.parent)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    eval_file = eval_dir / "eval.json"
+    result = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
+    result["human_side_by_side"] = report
+    eval_file.write_text(json.dumps(result, indent=2) + "\n")
+    written = [str(eval_file)]
+    candidate = Path(mapping["candidate"]["path"])
+    if (candidate / "hilt.json").is_file():
+        manifest = json.loads((candidate / "hilt.json").read_text())
+        manifest["human_side_by_side"] = report
+        (candidate / "hilt.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        written.append(str(candidate / "hilt.json"))
+    if (candidate / "README.md").is_file():
+        upsert_section(candidate / "README.md", section)
+        written.append(str(candidate / "README.md"))
+    if args.listing:
+        upsert_section(Path(args.listing), section)
+        written.append(args.listing)
+    print(section)
+    print("written: " + ", ".join(written))
     return 0
 
 
@@ -245,7 +353,7 @@ def _cmd_package(args: argparse.Namespace) -> int:
             print(f"  - {failure}")
         return 0 if report["passed"] else 1
     if action == "request":
-        from container.aws import operation_of, validate_request
+        from hilt.aws import operation_of, validate_request
         from container.marketplace import algorithm_request, model_package_request
 
         if args.kind == "model-package":
@@ -261,7 +369,7 @@ def _cmd_package(args: argparse.Namespace) -> int:
         print(f"{args.out}: {operation_of(request)} request, validated against botocore's SageMaker model")
         return 0
     if action == "submit":
-        from container.aws import submit_request
+        from hilt.aws import submit_request
 
         upload = (Path(args.upload[0]), args.upload[1]) if args.upload else None
         result = submit_request(Path(args.request), upload, endpoint_url=args.endpoint_url, region=args.region)
@@ -374,6 +482,21 @@ def build_parser() -> argparse.ArgumentParser:
     drafts.add_argument("--drafts-from", help="model dir that writes the drafts (greedy)")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="tasks per import call (500)")
     p.set_defaults(func=_cmd_label_create)
+    p = label_sub.add_parser(
+        "compare", help="blinded side-by-side of two models' answers (a preference project)",
+        description="Answer each prompt with --baseline and --candidate (greedy) and create a preference "
+        "project showing the two answers in a random order that is the same on every rerun (--seed). Which "
+        "answer is the candidate's is written to OUT/project-ID.json, never to the task data. Prints the "
+        "project id last; then `hilt compare-report --project ID`.",
+    )
+    p.add_argument("--baseline", required=True, help="model dir of the baseline (e.g. the base model)")
+    p.add_argument("--candidate", required=True, help="model dir of the candidate (e.g. a job's model/)")
+    p.add_argument("--prompts", required=True, help="JSONL / CSV / saved HF dataset with a prompt column")
+    p.add_argument("--seed", type=int, default=0, help="order of the answers per pair (0)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="cap on each answer (64)")
+    p.add_argument("--title", help="project title")
+    p.add_argument("--out", default="compare", help="folder for the blinding mapping (compare/)")
+    p.set_defaults(func=_cmd_label_compare)
 
     from hil.export import SFT_POLICIES  # light: no Label Studio or torch import
 
@@ -402,6 +525,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since-last", action="store_true",
                    help="only annotations not in an earlier version under --out; writes OUT/vNNNN")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "compare-report", help="win rate (Wilson 95% CI), ties, agreement of a `label compare` project",
+        description="Export a compare project, undo the blinding with its mapping, and report the "
+        "candidate's win rate over decided pairs with a Wilson 95%% interval, ties and per-annotator "
+        "agreement. Writes it into eval.json (--eval-dir), the candidate's hilt.json and model card, "
+        "and --listing.",
+    )
+    p.add_argument("--project", type=int, required=True, help="the compare project's id")
+    p.add_argument("--mapping", help="mapping file (default COMPARE_DIR/project-ID.json)")
+    p.add_argument("--compare-dir", default="compare", help="where `label compare --out` wrote it (compare/)")
+    p.add_argument("--eval-dir", help="folder whose eval.json gets the result (default: the mapping's folder)")
+    p.add_argument("--listing", help="a LISTING.md draft to add the result to")
+    p.set_defaults(func=_cmd_compare_report)
 
     p = sub.add_parser("quality", help="annotator counts, lead times, agreement, kappa, gold accuracy")
     add_source_flags(p)
@@ -467,6 +604,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model dir, mounted as the `model` channel")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "launch", help="run a recipe as a SageMaker training job (CreateTrainingJob with boto3)",
+        description="Upload the dataset to S3 under its hash (once), build the CreateTrainingJob request "
+        "(image, MetricDefinitions, hyperparameters as strings, channels, output, resources, checkpoints, "
+        "managed spot, stopping condition), validate it strictly against botocore's SageMaker model and "
+        "submit it. --dry-run writes the request and sends nothing. AWS_ENDPOINT_URL is honoured.",
+    )
+    p.add_argument("recipe", help="recipe name (see recipes/) or path to a recipe YAML")
+    p.add_argument("--image", required=True, help="training image URI (ECR) whose entry point is `train`")
+    p.add_argument("--role", required=True, help="IAM role ARN the job runs as")
+    p.add_argument("--data", required=True, help="dataset dir from `hilt export`, or an s3:// prefix with train/")
+    p.add_argument("--instance-type", required=True, help="e.g. ml.g5.2xlarge")
+    p.add_argument("--instance-count", type=_positive_int, default=1, help="hosts (1)")
+    p.add_argument("--model", help="base model: a save_pretrained dir (uploaded once) or s3:// prefix; "
+                   "becomes the `model` channel")
+    p.add_argument("--s3", help="s3://bucket/prefix for datasets, checkpoints and outputs "
+                   "(default: the SageMaker default bucket, s3://sagemaker-REGION-ACCOUNT/hilt)")
+    p.add_argument("--spot", action="store_true", help="managed spot training (resumes from checkpoints)")
+    p.add_argument("--max-wait", type=_positive_int, help="with --spot: seconds to wait for spot capacity + run")
+    p.add_argument("--max-run", type=_positive_int, default=24 * 3600, help="MaxRuntimeInSeconds (86400)")
+    p.add_argument("--checkpoint-s3", help="s3:// checkpoint location (default S3/checkpoints/JOB)")
+    p.add_argument("--volume-gb", type=_positive_int, default=100, help="EBS volume per host (100)")
+    p.add_argument("--job-name", help="TrainingJobName (default hilt-RECIPE-TIMESTAMP)")
+    p.add_argument("--region", help="AWS region (default $AWS_DEFAULT_REGION or us-east-1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--dry-run", action="store_true", help="write the validated request; upload and submit nothing")
+    p.add_argument("--out", help="where to write the request JSON (default launch-request.json with --dry-run)")
+    p.set_defaults(func=_cmd_launch)
 
     recipe = sub.add_parser("recipe", help="recipe schema and validation")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)

@@ -91,7 +91,7 @@ def run_demo(workdir: Path) -> int:
     Returns:
         The process exit code (0 on success).
     """
-    from container.aws import validate_request
+    from hilt.aws import validate_request
     from container.marketplace import model_package_request, write_listing
     from container.package import build_model_tar
     from container.validate import validate_model_tar

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from conftest import run_hilt
-from container.aws import send_request, validate_request
+from hilt.aws import send_request, validate_request
 from container.marketplace import algorithm_request, model_package_request, write_listing
 from container.package import build_model_tar, extract_model_tar
 from hilt.errors import UserError

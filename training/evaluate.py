@@ -3,8 +3,9 @@
 For each model (the candidate and, optionally, a baseline) on the held-out records:
 
 - **loss / perplexity**: mean token negative log-likelihood of the reference answer (the
-  last assistant turn; ``chosen`` for preference records) given the conversation before
-  it, rendered with the model's own chat template; perplexity = exp(loss);
+  last assistant turn; ``chosen`` for preference records) through its end-of-turn token,
+  given the conversation before it, rendered with the model's own chat template (the
+  tokens assistant-only training learns); perplexity = exp(loss);
 - **exact_match**: the greedy answer equals the reference after whitespace is collapsed;
 - **rougeL**: ROUGE-L F1 (longest common subsequence over lower-cased word tokens), the
   usual metric for summaries.
@@ -182,7 +183,13 @@ def heldout_loss(model, tokenizer, records: list[dict], max_length: int = 1024, 
             [*r["prompt"], {"role": "assistant", "content": r["reference"]}], tokenize=False)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"][:max_length]
-        labels = [-100] * min(len(prompt_ids), len(full_ids)) + full_ids[len(prompt_ids):]
+        answer = full_ids[len(prompt_ids):]
+        # Score through the end-of-turn token, not the template's text after it (a trailing
+        # newline no trainer learns, as assistant-only loss leaves it out too).
+        if tokenizer.eos_token_id in answer:
+            answer = answer[: answer.index(tokenizer.eos_token_id) + 1]
+        full_ids = full_ids[: len(prompt_ids) + len(answer)]
+        labels = [-100] * min(len(prompt_ids), len(full_ids)) + answer
         if any(l != -100 for l in labels[1:]):
             rows.append((full_ids, labels))
     if not rows:

@@ -152,7 +152,8 @@ def read_job(opt_ml: OptML | None = None) -> Job:
     """
     opt_ml = opt_ml or OptML.from_env()
     recipe_name, overrides = read_hyperparameters(opt_ml)
-    recipe = load_recipe(recipe_name, overrides)
+    # A bundled recipe arrives by name; any other recipe arrives whole, as JSON (hilt launch).
+    recipe = load_recipe(json.loads(recipe_name) if recipe_name.lstrip().startswith("{") else recipe_name, overrides)
     channels = read_channels(opt_ml)
     hosts = read_hosts(opt_ml)
     gpus = detect_gpus()

@@ -1,5 +1,8 @@
 """Every botocore/boto3 call hilt makes: strict offline validation, and submission.
 
+Shared by the training launcher (``hilt launch``) and the Marketplace requests
+(``hilt package``), so it sits in the glue package that every stage may import.
+
 botocore's own ``ParamValidator`` checks required keys and types against SageMaker's
 service model, but not enums, patterns or length/value bounds (``SplitType: "Lines"``,
 a malformed role ARN or a 200-character name all pass it). ``validate_request`` runs it
@@ -96,7 +99,8 @@ def operation_of(request: dict) -> str:
     raise UserError("request file is not a CreateModelPackage, CreateAlgorithm or CreateTrainingJob request")
 
 
-def _clients(endpoint_url: str | None, region: str | None):
+def clients(endpoint_url: str | None = None, region: str | None = None):
+    """(s3, sagemaker) boto3 clients; ``AWS_ENDPOINT_URL`` (e.g. a moto server) is honoured by boto3."""
     import boto3
 
     session = boto3.session.Session(region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
@@ -105,6 +109,14 @@ def _clients(endpoint_url: str | None, region: str | None):
                         "configure credentials (AWS_PROFILE or AWS_ACCESS_KEY_ID) to submit it")
     kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
     return session.client("s3", **kwargs), session.client(SERVICE, **kwargs)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/prefix`` -> (bucket, key/prefix)."""
+    if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
+        raise UserError(f"{uri}: expected an S3 URI like s3://bucket/prefix")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key.strip("/")
 
 
 def upload_file(s3, path: Path, s3_uri: str) -> str:
@@ -140,7 +152,7 @@ def submit_request(request_file: Path, upload: tuple[Path, str] | None = None, e
 
     request = json.loads(request_file.read_text())
     operation = operation_of(request)
-    s3, sagemaker = _clients(endpoint_url, region)
+    s3, sagemaker = clients(endpoint_url, region)
     try:
         if upload is not None:
             path, uri = upload

@@ -1,0 +1,158 @@
+"""`hilt launch` against a local moto server over HTTP: upload once, CreateTrainingJob, dry run, errors.
+
+And the contract between the two ends: the request's HyperParameters, written into an
+/opt/ml tree as SageMaker would, give the training entry point the recipe that was launched.
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from conftest import run_hilt
+from training.job import read_job
+from training.recipe import load_recipe
+
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-train:0.1.0"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
+
+
+def _aws(moto_server, service):
+    return boto3.client(service, endpoint_url=moto_server["url"], region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def _objects(s3, bucket):
+    return {o["Key"]: (o["ETag"], o["LastModified"]) for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def _launch(hilt_exe, moto_server, *args):
+    return run_hilt(hilt_exe, "launch", "quickstart-tiny-sft", "--image", IMAGE, "--role", ROLE,
+                    "--instance-type", "ml.m5.xlarge", *args, env=moto_server["env"])
+
+
+MODEL_S3 = "s3://hilt-models/tiny/"  # a base model already in S3 (quickstart names none itself)
+
+
+def test_launch_uploads_once_and_submits(hilt_exe, moto_server, dataset_dir, tiny_model_dir, tmp_path):
+    from training.launch import tree_sha256
+
+    s3, sagemaker = _aws(moto_server, "s3"), _aws(moto_server, "sagemaker")
+    s3.create_bucket(Bucket="hilt-launch")
+    common = ["--data", str(dataset_dir), "--model", str(tiny_model_dir), "--s3", "s3://hilt-launch/team",
+              "--spot", "--max-wait", "90000", "--max-run", "3600", "--instance-count", "2",
+              "--set", "train.max_steps=10", "--set", "train.learning_rate=1e-3"]
+    first = _launch(hilt_exe, moto_server, *common, "--job-name", "hilt-first")
+    assert first.returncode == 0, first.stdout + first.stderr[-2000:]
+    data_hash, model_hash = tree_sha256(dataset_dir), tree_sha256(tiny_model_dir)
+    objects = _objects(s3, "hilt-launch")
+    prefix = f"team/datasets/{data_hash}"
+    assert {f"{prefix}/train/data.jsonl", f"{prefix}/validation/data.jsonl", f"{prefix}/train.complete",
+            f"{prefix}/validation.complete", f"team/models/{model_hash}/config.json",
+            f"team/models/{model_hash}.complete"} <= set(objects)
+    body = s3.get_object(Bucket="hilt-launch", Key=f"{prefix}/train/data.jsonl")["Body"].read()
+    assert body == (dataset_dir / "train" / "data.jsonl").read_bytes()
+
+    job = sagemaker.describe_training_job(TrainingJobName="hilt-first")
+    assert job["HyperParameters"] == {"recipe": "quickstart-tiny-sft", "train.max_steps": "10",
+                                      "train.learning_rate": "0.001"}
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]}
+    assert channels == {"train": f"s3://hilt-launch/{prefix}/train/",
+                        "validation": f"s3://hilt-launch/{prefix}/validation/",
+                        "model": f"s3://hilt-launch/team/models/{model_hash}/"}
+    assert job["EnableManagedSpotTraining"] is True
+    assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 90000}
+    assert job["CheckpointConfig"] == {"S3Uri": "s3://hilt-launch/team/checkpoints/hilt-first",
+                                       "LocalPath": "/opt/ml/checkpoints"}
+    assert job["ResourceConfig"]["InstanceCount"] == 2 and job["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
+    assert job["OutputDataConfig"]["S3OutputPath"] == "s3://hilt-launch/team/jobs"
+    assert job["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+
+    # Same data again: nothing is uploaded twice (same keys, same ETags and times).
+    second = _launch(hilt_exe, moto_server, *common, "--job-name", "hilt-second")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "already uploaded (same hash), reused" in second.stdout and "uploaded: nothing new" in second.stdout
+    assert _objects(s3, "hilt-launch") == objects
+    assert {"hilt-first", "hilt-second"} <= {j["TrainingJobName"] for j in
+                                             sagemaker.list_training_jobs()["TrainingJobSummaries"]}
+
+
+def test_dry_run_writes_a_valid_request_and_sends_nothing(hilt_exe, moto_server, dataset_dir, tmp_path):
+    from hilt.aws import validate_request
+
+    s3 = _aws(moto_server, "s3")
+    s3.create_bucket(Bucket="hilt-dry")
+    out = tmp_path / "request.json"
+    result = _launch(hilt_exe, moto_server, "--data", str(dataset_dir), "--s3", "s3://hilt-dry/x", "--dry-run",
+                     "--model", MODEL_S3,
+                     "--out", str(out), "--job-name", "hilt-dry-run")
+    assert result.returncode == 0, result.stderr
+    request = json.loads(out.read_text())
+    validate_request("CreateTrainingJob", request)
+    assert all(isinstance(v, str) for v in request["HyperParameters"].values())
+    assert request["EnableManagedSpotTraining"] is False and "MaxWaitTimeInSeconds" not in request["StoppingCondition"]
+    assert {d["Name"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]} >= {"train_loss", "eval_loss"}
+    assert _objects(s3, "hilt-dry") == {}
+    names = {j["TrainingJobName"] for j in _aws(moto_server, "sagemaker").list_training_jobs()["TrainingJobSummaries"]}
+    assert "hilt-dry-run" not in names
+
+
+def test_default_bucket_from_sts(hilt_exe, moto_server, dataset_dir):
+    result = _launch(hilt_exe, moto_server, "--data", str(dataset_dir), "--model", MODEL_S3,
+                     "--job-name", "hilt-default-bucket")
+    assert result.returncode == 0, result.stderr[-2000:]
+    keys = _objects(_aws(moto_server, "s3"), "sagemaker-us-east-1-123456789012")
+    assert any(k.startswith("hilt/datasets/") and k.endswith("train/data.jsonl") for k in keys)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-wait", "100"], "--max-wait applies to managed spot training only"),
+    (["--spot", "--max-wait", "100", "--max-run", "200"], "raise --max-wait"),
+    (["--instance-type", "ml.fake.huge"], "ResourceConfig.InstanceType: 'ml.fake.huge' is not one of"),
+    (["--role", "not-an-arn"], "RoleArn"),
+    (["--set", "train.learnin_rate=1"], "did you mean 'train.learning_rate'"),
+    (["--job-name", "bad_name!"], "TrainingJobName"),
+    (["--model", ""], "names no base model"),
+])
+def test_launch_refuses_bad_requests_in_one_line(hilt_exe, moto_server, dataset_dir, args, message):
+    result = run_hilt(hilt_exe, "launch", "quickstart-tiny-sft", "--image", IMAGE, "--role", ROLE,
+                      "--instance-type", "ml.m5.xlarge", "--data", str(dataset_dir), "--s3", "s3://b/p",
+                      "--model", MODEL_S3, "--dry-run", "--out", "/dev/null", *args, env=moto_server["env"])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_qlora_needs_a_gpu_instance(hilt_exe, dataset_dir):
+    result = run_hilt(hilt_exe, "launch", "llama3-8b-sft-qlora", "--image", IMAGE, "--role", ROLE,
+                      "--instance-type", "ml.m5.xlarge", "--data", str(dataset_dir), "--s3", "s3://b/p", "--dry-run",
+                      "--out", "/dev/null")
+    assert result.returncode == 2 and "needs CUDA" in result.stderr
+
+
+@pytest.mark.parametrize("custom", [False, True])
+def test_launched_hyperparameters_give_the_entry_point_the_same_recipe(custom, dataset_dir, tiny_model_dir, tmp_path,
+                                                                     opt_ml):
+    from training.launch import LaunchSpec, launch
+
+    recipe = "quickstart-tiny-sft"
+    if custom:  # a recipe outside recipes/ travels whole, as JSON
+        recipe_file = tmp_path / "mine.yaml"
+        recipe_file.write_text(load_recipe("quickstart-tiny-sft").model_copy(update={"name": "mine"})
+                               .model_dump_json())
+        recipe = str(recipe_file)
+    overrides = {"train.max_steps": "7", "peft.r": "8"}
+    spec = LaunchSpec(recipe=recipe, image=IMAGE, role=ROLE, data=str(dataset_dir), instance_type="ml.m5.xlarge",
+                      s3="s3://b/p", model=str(tiny_model_dir), overrides=overrides, job_name="contract")
+    request = launch(spec, dry_run=True, out=None)["request"]
+    opt_ml.hyperparameters_file.write_text(json.dumps(request["HyperParameters"]))
+    assert {c["ChannelName"] for c in request["InputDataConfig"]} == {"train", "validation", "model"}
+    opt_ml.channel_dir("model").symlink_to(tiny_model_dir, target_is_directory=True)
+    for channel in ("train", "validation"):
+        opt_ml.channel_dir(channel).mkdir(parents=True, exist_ok=True)
+        (opt_ml.channel_dir(channel) / "data.jsonl").write_bytes((dataset_dir / channel / "data.jsonl").read_bytes())
+    job = read_job(opt_ml)
+    assert job.recipe == load_recipe(recipe, overrides)
+    assert job.recipe.train.max_steps == 7 and job.recipe.peft.r == 8
+    assert (job.recipe.name == "mine") is custom

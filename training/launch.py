@@ -1,0 +1,311 @@
+"""``hilt launch``: run a recipe as a real SageMaker training job.
+
+Plain boto3 (``CreateTrainingJob``), not the SageMaker SDK's ``ModelTrainer``: hilt's
+training image already is the entry point (``train``) and reads the SageMaker contract
+itself, so the SDK would add a large dependency whose one job here is to build this
+request, and with ``source_code`` it would swap our entry point for its own torchrun
+driver. Building the request ourselves keeps it one dict that is validated strictly
+against botocore's service model (the same validator as the Marketplace requests),
+written by ``--dry-run``, and sent as is.
+
+Data: a dataset directory is uploaded once to ``S3/datasets/<sha256>/`` — the dataset
+hash from ``hilt export``'s manifest — and a ``<channel>.complete`` marker beside each channel
+prefix is written last (outside it, so the job never downloads it), so a
+second launch of the same data uploads nothing and a half-finished upload is redone.
+A base model directory (the ``model`` channel) is addressed the same way.
+
+Recipe: a bundled recipe travels by name (the image carries ``recipes/``); any other
+recipe YAML travels whole as JSON in the ``recipe`` hyperparameter. ``--set`` overrides
+become their own hyperparameters, as strings, exactly as ``hilt train`` writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hilt.errors import UserError
+from training.recipe import BUNDLED_RECIPES_DIR, load_recipe, recipes_dir, resolve_recipe_path
+
+MARKER_SUFFIX = ".complete"  # datasets/<hash>/train.complete: beside the channel prefix, not in it
+DEFAULT_MAX_RUN = 24 * 3600
+CONTENT_TYPE = "application/jsonlines"
+
+
+@dataclass
+class LaunchSpec:
+    """Everything ``hilt launch`` was asked to do."""
+
+    recipe: str
+    image: str
+    role: str
+    data: str
+    instance_type: str
+    instance_count: int = 1
+    s3: str | None = None
+    model: str | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    spot: bool = False
+    max_wait: int | None = None
+    max_run: int = DEFAULT_MAX_RUN
+    checkpoint_s3: str | None = None
+    volume_gb: int = 100
+    job_name: str | None = None
+
+
+def tree_sha256(root: Path) -> str:
+    """sha256 over a directory's files (relative paths and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_hash(data: Path) -> str:
+    """The dataset's sha256 from ``hilt export``'s manifest, else a hash of its files."""
+    manifest = data / "manifest.json"
+    if manifest.is_file():
+        value = json.loads(manifest.read_text()).get("dataset_sha256")
+        if value:
+            return value
+    return tree_sha256(data)
+
+
+def dataset_channels(data: Path) -> dict[str, Path]:
+    """Local channel directories of a dataset: ``train`` (required) and ``validation``."""
+    if not data.is_dir():
+        raise UserError(f"--data {data}: no such directory; pass the folder `hilt export` wrote or an s3:// prefix")
+    train = data / "train" if (data / "train").is_dir() else data
+    if not any(train.glob("*.jsonl")):
+        raise UserError(f"--data {data}: no train/*.jsonl; pass the folder `hilt export` wrote")
+    channels = {"train": train}
+    if (data / "validation").is_dir() and any((data / "validation").glob("*.jsonl")):
+        channels["validation"] = data / "validation"
+    return channels
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def job_name(recipe_name: str) -> str:
+    """``hilt-<recipe>-<UTC timestamp>``, trimmed to SageMaker's 63 characters and pattern."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    base = re.sub(r"[^a-zA-Z0-9-]+", "-", f"hilt-{recipe_name}").strip("-")
+    return f"{base[: 63 - len(stamp) - 1].rstrip('-')}-{stamp}"
+
+
+def recipe_hyperparameters(recipe: str, overrides: dict[str, str]) -> dict[str, str]:
+    """The ``recipe`` hyperparameter (a bundled name, or the whole YAML as JSON) plus overrides."""
+    path = resolve_recipe_path(recipe).resolve()
+    if path.parent == BUNDLED_RECIPES_DIR.resolve() or path.parent == recipes_dir().resolve():
+        value = path.stem
+    else:
+        import yaml
+
+        value = json.dumps(yaml.safe_load(path.read_text()), separators=(",", ":"), sort_keys=True)
+    return {"recipe": value, **{k: str(v) for k, v in overrides.items()}}
+
+
+def build_request(spec: LaunchSpec, channel_uris: dict[str, str], s3_root: str, dataset_sha256: str) -> dict:
+    """The ``CreateTrainingJob`` request (not yet validated)."""
+    from training.callbacks import METRIC_DEFINITIONS
+
+    recipe = load_recipe(spec.recipe, spec.overrides)
+    name = spec.job_name or job_name(recipe.name)
+    stopping = {"MaxRuntimeInSeconds": spec.max_run}
+    if spec.spot:
+        stopping["MaxWaitTimeInSeconds"] = spec.max_wait or spec.max_run
+    checkpoint = spec.checkpoint_s3 or f"s3://{_join(s3_root[5:], 'checkpoints', name)}"
+    request = {
+        "TrainingJobName": name,
+        "AlgorithmSpecification": {
+            "TrainingImage": spec.image,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": METRIC_DEFINITIONS,
+            "EnableSageMakerMetricsTimeSeries": True,
+        },
+        "RoleArn": spec.role,
+        "HyperParameters": recipe_hyperparameters(spec.recipe, spec.overrides),
+        "InputDataConfig": [
+            {
+                "ChannelName": channel,
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
+                                                "S3DataDistributionType": "FullyReplicated"}},
+                **({"ContentType": CONTENT_TYPE} if channel != "model" else {}),
+                "CompressionType": "None",
+                "InputMode": "File",
+            }
+            for channel, uri in channel_uris.items()
+        ],
+        "OutputDataConfig": {"S3OutputPath": f"s3://{_join(s3_root[5:], 'jobs')}"},
+        "ResourceConfig": {"InstanceType": spec.instance_type, "InstanceCount": spec.instance_count,
+                           "VolumeSizeInGB": spec.volume_gb},
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": spec.spot,
+        # Spot interruptions and restarts resume from here: the trainer checkpoints to /opt/ml/checkpoints.
+        "CheckpointConfig": {"S3Uri": checkpoint, "LocalPath": "/opt/ml/checkpoints"},
+        "Tags": [{"Key": "hilt:recipe", "Value": recipe.name[:256]},
+                 {"Key": "hilt:dataset-sha256", "Value": dataset_sha256}],
+    }
+    return request
+
+
+def check_spec(spec: LaunchSpec) -> None:
+    """Problems the service model cannot see, caught before anything is uploaded."""
+    if spec.max_wait is not None and not spec.spot:
+        raise UserError("--max-wait applies to managed spot training only; add --spot or drop --max-wait")
+    if spec.spot and spec.max_wait is not None and spec.max_wait < spec.max_run:
+        raise UserError(f"--max-wait {spec.max_wait} is shorter than --max-run {spec.max_run}; SageMaker needs "
+                        "MaxWaitTimeInSeconds >= MaxRuntimeInSeconds: raise --max-wait")
+    recipe = load_recipe(spec.recipe, spec.overrides)
+    if recipe.model.name_or_path is None and not spec.model:
+        raise UserError(f"recipe {recipe.name} names no base model (model.name_or_path is null): pass --model "
+                        "DIR|s3://… (the `model` channel) or --set model.name_or_path=HUB_ID")
+    gpu_family = re.match(r"^ml\.(p\d|g\d|trn|inf)", spec.instance_type)
+    if recipe.peft.method == "qlora" and not gpu_family:
+        raise UserError(f"recipe {recipe.name} uses QLoRA, which needs CUDA; --instance-type {spec.instance_type} "
+                        "has no GPU: pick an ml.g5/ml.p4d/ml.p5 type")
+    if spec.data.startswith("s3://") is False and not Path(spec.data).is_dir():
+        raise UserError(f"--data {spec.data}: no such directory; pass the folder `hilt export` wrote or an s3:// prefix")
+
+
+def _exists(s3, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+def upload_once(s3, local: Path, uri: str, label: str) -> bool:
+    """Upload ``local``'s files under ``uri`` unless its marker is there. Returns True if uploaded."""
+    from tqdm.auto import tqdm
+
+    bucket, prefix = _split(uri)
+    marker = prefix + MARKER_SUFFIX
+    if _exists(s3, bucket, marker):
+        print(f"[hilt] {label}: {uri} already uploaded (same hash), reused")
+        return False
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    for path in tqdm(files, desc=f"uploading {label}", unit="file"):
+        s3.upload_file(str(path), bucket, _join(prefix, path.relative_to(local).as_posix()))
+    s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps({"files": len(files)}).encode())
+    print(f"[hilt] {label}: {len(files)} files uploaded to {uri}")
+    return True
+
+
+def _split(uri: str) -> tuple[str, str]:
+    from hilt.aws import split_s3_uri
+
+    return split_s3_uri(uri)
+
+
+def default_s3_root(region: str | None) -> str:
+    """The SageMaker SDK's default bucket, ``s3://sagemaker-<region>-<account>/hilt``; created if missing."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    session = boto3.session.Session(region_name=region or None)
+    account = session.client("sts").get_caller_identity()["Account"]
+    region_name = session.region_name or "us-east-1"
+    bucket = f"sagemaker-{region_name}-{account}"
+    s3 = session.client("s3")
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        config = {} if region_name == "us-east-1" else {
+            "CreateBucketConfiguration": {"LocationConstraint": region_name}}
+        s3.create_bucket(Bucket=bucket, **config)
+    return f"s3://{bucket}/hilt"
+
+
+def plan(spec: LaunchSpec, s3_root: str, s3=None) -> tuple[dict[str, str], dict[str, Path], str]:
+    """(channel -> S3 URI, channel -> local dir to upload, dataset hash); reads S3 only to list an s3:// --data."""
+    uris: dict[str, str] = {}
+    uploads: dict[str, Path] = {}
+    bucket_path = s3_root[5:]
+    if spec.data.startswith("s3://"):
+        # A prefix laid out as hilt uploads datasets: train/ and, if present, validation/.
+        bucket, prefix = _split(spec.data)
+        last = prefix.rsplit("/", 1)[-1]
+        data_hash = last if re.fullmatch(r"[0-9a-f]{64}", last) else hashlib.sha256(spec.data.encode()).hexdigest()
+        for channel in ("train", "validation"):
+            if s3 is not None:
+                listed = s3.list_objects_v2(Bucket=bucket, Prefix=_join(prefix, channel) + "/", MaxKeys=1)
+                if not listed.get("KeyCount"):
+                    if channel == "train":
+                        raise UserError(f"--data {spec.data}: nothing under {channel}/; upload a dataset laid out "
+                                        "as train/data.jsonl (and validation/) or pass a local dataset dir")
+                    continue
+            elif channel == "validation":
+                continue
+            uris[channel] = f"s3://{_join(bucket, prefix, channel)}/"
+    else:
+        data = Path(spec.data)
+        data_hash = dataset_hash(data)
+        for channel, directory in dataset_channels(data).items():
+            uris[channel] = f"s3://{_join(bucket_path, 'datasets', data_hash, channel)}/"
+            uploads[channel] = directory
+    if spec.model:
+        if spec.model.startswith("s3://"):
+            uris["model"] = spec.model
+        else:
+            model = Path(spec.model)
+            if not (model / "config.json").is_file():
+                raise UserError(f"--model {model}: no config.json; pass a save_pretrained model directory")
+            uris["model"] = f"s3://{_join(bucket_path, 'models', tree_sha256(model))}/"
+            uploads["model"] = model
+    return uris, uploads, data_hash
+
+
+def launch(spec: LaunchSpec, dry_run: bool, out: Path | None, region: str | None = None) -> dict:
+    """Validate, upload (once), build, validate strictly, and submit (unless dry run).
+
+    Returns:
+        ``{"request": ..., "uploaded": [...], "arn": ..., "status": ...}``.
+    """
+    from hilt.aws import clients, validate_request
+
+    check_spec(spec)
+    s3_root = spec.s3 or (None if dry_run else default_s3_root(region))
+    if s3_root is None:
+        raise UserError("--dry-run needs --s3 s3://bucket/prefix (where datasets and outputs go); without it "
+                        "hilt asks AWS for the default SageMaker bucket, which needs credentials")
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _split(s3_root)
+    s3, sagemaker = (None, None) if dry_run else clients(region=region)
+    try:
+        channel_uris, uploads, data_hash = plan(spec, s3_root, s3)
+        request = build_request(spec, channel_uris, s3_root, data_hash)
+        validate_request("CreateTrainingJob", request)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(request, indent=2) + "\n")
+        result: dict = {"request": request, "uploaded": []}
+        if dry_run:
+            return result
+        for channel, directory in uploads.items():
+            if upload_once(s3, directory, channel_uris[channel], channel):
+                result["uploaded"].append(channel)
+        result["arn"] = sagemaker.create_training_job(**request)["TrainingJobArn"]
+        result["status"] = sagemaker.describe_training_job(TrainingJobName=request["TrainingJobName"])[
+            "TrainingJobStatus"]
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        raise UserError(f"AWS refused the launch: {error.get('Code')}: {error.get('Message')}") from None
+    except BotoCoreError as err:
+        raise UserError(f"could not reach AWS to launch: {err}") from None
+    return result
