@@ -120,6 +120,22 @@ class StudioClient:
         with self._calling(f"create user {email}"):
             return self.sdk.users.create(username=username, email=email).id
 
+    def create_webhook(self, project: int, url: str, actions: Sequence[str], headers: dict[str, str]) -> int:
+        """Register a webhook that sends the full payload for ``actions`` of one project."""
+        with self._calling(f"register a webhook for project {project}", project):
+            hook = self.sdk.webhooks.create(url=url, project=project, actions=list(actions), headers=headers,
+                                            send_payload=True, send_for_all_actions=False, is_active=True)
+        return hook.id
+
+    def delete_webhook(self, webhook: int) -> None:
+        with self._calling(f"delete webhook {webhook}"):
+            self.sdk.webhooks.delete(webhook)
+
+    def annotation_count(self, project: int) -> int:
+        """Annotations in the project (submitted, including cancelled ones)."""
+        with self._calling(f"read project {project}", project):
+            return int(self.sdk.projects.get(project).total_annotations_number or 0)
+
 
 def connect(url: str | None = None, api_key: str | None = None) -> StudioClient:
     """Connect to ``url``/``api_key``, else ``$LABEL_STUDIO_URL``/``$LABEL_STUDIO_API_KEY``,

@@ -403,6 +403,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else 1
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    if args.pipeline_command == "run":
+        from hilt.pipeline import run_pipeline
+
+        return run_pipeline(Path(args.pipeline))
+    from hilt.watch import watch
+
+    return watch(Path(args.pipeline), args.secret, port=args.port, min_annotations=args.min_annotations,
+                 max_runs=args.max_runs, poll_seconds=args.poll, register=not args.no_register,
+                 ready_file=Path(args.ready_file) if args.ready_file else None)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hilt.demo import run_demo
 
@@ -672,6 +684,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="cap on each answer (64)")
     p.add_argument("--max-samples", type=_positive_int, help="score only the first N records")
     p.set_defaults(func=_cmd_evaluate)
+
+    pipeline = sub.add_parser("pipeline", help="export -> train -> evaluate gate -> package -> validate -> request")
+    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
+    p = pipeline_sub.add_parser(
+        "run", help="run or resume a pipeline; finished steps (addressed by their inputs' hash) are reused",
+        description="Export new annotations (since the last version), train on all versions, evaluate against "
+        "the baseline with the gates, build model.tar.gz, replay SageMaker's validation, write the Model "
+        "Package request and listing. Exit 1 when a gate or the validation refuses the model.",
+    )
+    p.add_argument("pipeline", help="PIPELINE.yaml (see pipelines/example.yaml)")
+    p.set_defaults(func=_cmd_pipeline)
+    p = pipeline_sub.add_parser(
+        "watch", help="listen for Label Studio webhooks on 127.0.0.1; run the pipeline after N new annotations",
+    )
+    p.add_argument("pipeline", help="PIPELINE.yaml (its source.project is watched)")
+    p.add_argument("--secret", help="shared secret Label Studio sends in X-Hilt-Secret (or $HILT_WEBHOOK_SECRET)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
+    p.add_argument("--min-annotations", type=_positive_int, help="new annotations that start a run "
+                   "(default: the pipeline's min_annotations)")
+    p.add_argument("--max-runs", type=_positive_int, help="exit after this many runs (default: run until stopped)")
+    p.add_argument("--poll", type=float, default=60.0, help="seconds between reconciling polls (60)")
+    p.add_argument("--no-register", action="store_true", help="do not register the webhook in Label Studio")
+    p.add_argument("--ready-file", help="write {url, webhook} here once listening")
+    p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser(
         "demo",

@@ -1,0 +1,431 @@
+"""``hilt pipeline run PIPELINE.yaml``: export -> train -> evaluate gate -> package -> validate -> request.
+
+Every step after the export is addressed by the hash of its inputs (the dataset hash, the
+resolved recipe, the base model, the gates, ...): its output lives in
+``WORKDIR/steps/<step>-<hash>/`` and is finished when ``step.json`` is written there,
+last. A rerun with nothing new skips every finished step; a step that failed or was
+killed has no ``step.json`` and runs again in the same folder, so training resumes from
+its newest checkpoint (and a SageMaker job that already exists is not submitted twice).
+
+The export is the one step that always runs: it asks Label Studio for annotations not in
+an earlier version (``hilt export --since-last`` into ``WORKDIR/datasets/vNNNN``). The
+model trains on all versions together (``steps/dataset-<hash>``), so each run continues
+the customization with everything annotated so far.
+
+A failed gate or validation ends the run with exit code 1 and no package request: the
+pipeline refuses to ship a model that did not improve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hilt.errors import UserError
+
+STEP_FILE = "step.json"
+RUN_FILE = "last-run.json"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSection(_Section):
+    project: int | None = Field(None, description="Label Studio project id (server from $LABEL_STUDIO_URL/"
+                                "$LABEL_STUDIO_API_KEY or `hilt studio start`).")
+    from_file: str | None = Field(None, description="A Label Studio JSON export file instead of a live project.")
+    template: Literal["sft", "preference"] = Field("sft", description="The project's template.")
+
+
+class ExportSection(_Section):
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    policy: Literal["distinct", "all", "latest", "ground-truth-first"] = "distinct"
+    max_chars: int = Field(20000, ge=1)
+    scrub_pii: bool = False
+
+
+class SageMakerSection(_Section):
+    image: str = Field(description="Training image URI.")
+    role: str = Field(description="IAM role ARN for the job.")
+    instance_type: str
+    instance_count: int = Field(1, ge=1)
+    s3: str | None = Field(None, description="s3://bucket/prefix for data, checkpoints, outputs.")
+    spot: bool = False
+    max_wait: int | None = None
+    max_run: int = Field(24 * 3600, ge=1)
+    region: str | None = None
+    poll_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(7 * 24 * 3600, gt=0, description="Give up waiting for the job after this.")
+
+
+class TrainSection(_Section):
+    recipe: str = Field(description="Recipe name or YAML path.")
+    model: str | None = Field(None, description="Base model dir (the `model` channel); with sagemaker also s3://.")
+    set: dict[str, Any] = Field(default_factory=dict, description="Recipe overrides, as `hilt train --set`.")
+    target: Literal["local", "sagemaker"] = "local"
+    sagemaker: SageMakerSection | None = None
+
+
+class EvaluateSection(_Section):
+    baseline: str | None = Field(None, description="Model to beat; default the base model (train.model).")
+    gates: list[str] = Field(default_factory=list, description="e.g. ['exact_match>=+0.2'].")
+    metric: Literal["exact_match", "rougeL"] | None = None
+    max_new_tokens: int = Field(64, ge=1)
+    max_samples: int | None = Field(None, ge=1)
+
+
+class PackageSection(_Section):
+    validation_records: int = Field(10, ge=1, description="Held-out prompts replayed through `serve`.")
+    max_new_tokens: int = Field(48, ge=1)
+
+
+class RequestSection(_Section):
+    name: str = Field(description="ModelPackageName.")
+    image: str = Field(description="Serve image URI.")
+    role: str = Field(description="Role SageMaker validates the package with.")
+    s3: str = Field(description="s3://bucket/prefix where model.tar.gz and the validation input will live.")
+    hardware: Literal["cpu", "gpu"] = "cpu"
+    metering_unit: Literal["invocation", "output_tokens", "total_tokens", "per_1k_tokens"] = "output_tokens"
+
+
+class Pipeline(_Section):
+    name: str
+    workdir: str = Field("pipeline-runs", description="Step outputs, relative to the YAML file.")
+    min_annotations: int = Field(1, ge=1, description="`pipeline watch`: new annotations that start a run.")
+    source: SourceSection
+    export: ExportSection = Field(default_factory=ExportSection)
+    train: TrainSection
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    package: PackageSection = Field(default_factory=PackageSection)
+    request: RequestSection
+
+
+def load_pipeline(path: Path) -> tuple[Pipeline, Path]:
+    """The validated pipeline and the folder its relative paths are relative to.
+
+    Raises:
+        UserError: every problem, each naming its key.
+    """
+    from training.recipe import _describe
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such pipeline file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as err:
+        problems = [_describe(e, Pipeline) for e in err.errors()]
+        raise UserError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems)) from None
+    problems = []
+    if (pipeline.source.project is None) == (pipeline.source.from_file is None):
+        problems.append("source: give exactly one of project or from_file")
+    if pipeline.train.target == "sagemaker" and pipeline.train.sagemaker is None:
+        problems.append("train.sagemaker: required when train.target is sagemaker (image, role, instance_type)")
+    if problems:
+        raise UserError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))
+    return pipeline, path.resolve().parent
+
+
+def _hash(inputs: Any) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(path: str | None) -> str | None:
+    """Identity of a base model dir without reading gigabytes: config, file names and sizes."""
+    if path is None or path.startswith("s3://"):
+        return path
+    root = Path(path)
+    if not (root / "config.json").is_file():
+        raise UserError(f"{root}: no config.json; point train.model / evaluate.baseline at a save_pretrained dir")
+    digest = hashlib.sha256((root / "config.json").read_bytes())
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        digest.update(f"{p.relative_to(root).as_posix()}:{p.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+class StepFailed(Exception):
+    """A step did not finish; the run stops (exit 1) and a rerun resumes it."""
+
+
+class Runner:
+    """Runs steps in hash-addressed folders and records what ran and what was reused."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.steps_dir = workdir / "steps"
+        self.log: list[dict] = []
+
+    def step(self, name: str, inputs: dict, body) -> tuple[Path, dict]:
+        key = _hash(inputs)
+        folder = self.steps_dir / f"{name}-{key}"
+        done = folder / STEP_FILE
+        if done.is_file():
+            record = json.loads(done.read_text())
+            self.log.append({"step": name, "hash": key, "status": "reused", "dir": str(folder)})
+            print(f"[pipeline] {name}: reused {folder.name}", flush=True)
+            return folder, record["outputs"]
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"[pipeline] {name}: running in {folder}", flush=True)
+        started = time.perf_counter()
+        outputs = body(folder)
+        seconds = round(time.perf_counter() - started, 2)
+        record = {"step": name, "hash": key, "inputs": inputs, "outputs": outputs, "seconds": seconds,
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = folder / f".{STEP_FILE}.tmp"
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        os.replace(tmp, done)
+        self.log.append({"step": name, "hash": key, "status": "ran", "seconds": seconds, "dir": str(folder)})
+        return folder, outputs
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _export(p: Pipeline, base: Path, datasets: Path) -> dict:
+    from hil.dataset import export_to_dataset
+    from hil.export import ExportOptions, check_template_matches
+    from hil.templates import default_spec, parse_label_config
+
+    options = ExportOptions(policy=p.export.policy, validation_fraction=p.export.validation_fraction,
+                            max_chars=p.export.max_chars, scrub_pii=p.export.scrub_pii)
+    if p.source.project is not None:
+        from hil.client import connect
+
+        client = connect()
+        spec = parse_label_config(client.label_config(p.source.project), where=f"project {p.source.project}")
+        tasks = client.export_tasks(p.source.project)
+        source = {"type": "project", "project_id": p.source.project, "url": client.url}
+        where = f"project {p.source.project}"
+    else:
+        file = (base / p.source.from_file).resolve()
+        if not file.is_file():
+            raise UserError(f"source.from_file {file}: no such file")
+        raw = file.read_bytes()
+        tasks, spec = json.loads(raw), default_spec(p.source.template)
+        source = {"type": "file", "name": file.name, "sha256": hashlib.sha256(raw).hexdigest()}
+        where = str(file)
+    check_template_matches(tasks, spec, where)
+    out, manifest = export_to_dataset(tasks, spec, options, source, datasets, since_last=True)
+    versions = sorted(p.name for p in datasets.glob("v[0-9][0-9][0-9][0-9]") if (p / "manifest.json").is_file())
+    new = None if out is None else {"version": out.name, "annotations": manifest["counts"]["annotations"],
+                                    "records": manifest["counts"]["records"]}
+    return {"new": new, "versions": versions}
+
+
+def _merge_versions(datasets: Path, versions: list[str], folder: Path) -> dict:
+    """All versions' records in one dataset dir (versions hold disjoint annotations)."""
+    counts = {}
+    digest = hashlib.sha256()
+    for split in ("train", "validation"):
+        parts = [(datasets / v / split / "data.jsonl").read_bytes() for v in versions
+                 if (datasets / v / split / "data.jsonl").is_file()]
+        data = b"".join(parts)
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        (folder / split / "data.jsonl").write_bytes(data)
+        counts[split] = data.count(b"\n")
+        digest.update(hashlib.sha256(data).digest())
+    manifest = {"dataset_sha256": digest.hexdigest(), "versions": versions, "records": counts}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if counts["train"] == 0:
+        raise StepFailed("the exported versions hold no training records yet (all annotations were rejected?); "
+                         f"see rejects.jsonl under {datasets}")
+    return manifest
+
+
+def _train_local(p: Pipeline, base: Path, dataset: Path, folder: Path) -> dict:
+    from training.entry import prepare_local_tree, run_job
+
+    model = Path(base / p.train.model).resolve() if p.train.model else None
+    overrides = {k: v if isinstance(v, str) else json.dumps(v) for k, v in p.train.set.items()}
+    opt_ml = prepare_local_tree(folder / "job", p.train.recipe, dataset, model, overrides)
+    rc = run_job(opt_ml)
+    if rc != 0:
+        reason = opt_ml.failure_file.read_text().strip() if opt_ml.failure_file.is_file() else f"exit code {rc}"
+        raise StepFailed(f"training failed: {reason} (rerun the pipeline to resume from the last checkpoint)")
+    return {"model_dir": str(opt_ml.model_dir)}
+
+
+def _train_sagemaker(p: Pipeline, base: Path, dataset: Path, folder: Path, key: str) -> dict:
+    """Submit once (the job name is the step hash), wait, download and unpack the artifacts."""
+    from botocore.exceptions import ClientError
+
+    from container.package import extract_model_tar
+    from hilt.aws import clients, split_s3_uri
+    from training.launch import LaunchSpec, launch
+
+    sm = p.train.sagemaker
+    name = f"hilt-{p.name}"[:46].rstrip("-") + f"-{key}"
+    _, sagemaker = clients(region=sm.region)
+    try:
+        job = sagemaker.describe_training_job(TrainingJobName=name)
+        print(f"[pipeline] train: SageMaker job {name} exists ({job['TrainingJobStatus']}), not submitted again")
+    except ClientError as err:
+        if "ValidationException" not in str(err) and "ResourceNotFound" not in str(err):
+            raise
+        model = p.train.model
+        if model and not model.startswith("s3://"):
+            model = str((base / model).resolve())
+        launch(LaunchSpec(recipe=p.train.recipe, image=sm.image, role=sm.role, data=str(dataset),
+                          instance_type=sm.instance_type, instance_count=sm.instance_count, s3=sm.s3, model=model,
+                          overrides={k: v if isinstance(v, str) else json.dumps(v) for k, v in p.train.set.items()},
+                          spot=sm.spot, max_wait=sm.max_wait, max_run=sm.max_run, job_name=name),
+               dry_run=False, out=folder / "create-training-job.json", region=sm.region)
+    deadline = time.monotonic() + sm.timeout_seconds
+    while True:
+        job = sagemaker.describe_training_job(TrainingJobName=name)
+        status = job["TrainingJobStatus"]
+        if status in ("Completed", "Failed", "Stopped"):
+            break
+        if time.monotonic() > deadline:
+            raise StepFailed(f"SageMaker job {name} still {status} after {sm.timeout_seconds}s; rerun to keep waiting")
+        time.sleep(sm.poll_seconds)
+    if status != "Completed":
+        raise StepFailed(f"SageMaker job {name} {status}: {job.get('FailureReason', 'no reason given')}")
+    uri = job["ModelArtifacts"]["S3ModelArtifacts"]
+    bucket, key_ = split_s3_uri(uri)
+    s3, _ = clients(region=sm.region)
+    archive = folder / "model.tar.gz"
+    try:
+        s3.download_file(bucket, key_, str(archive))
+    except ClientError as err:
+        raise StepFailed(f"SageMaker job {name} completed but its model artifacts are not at {uri} ({err}); "
+                         "rerun once they are there") from None
+    extract_model_tar(archive, folder / "model")
+    return {"model_dir": str(folder / "model"), "training_job": name, "model_artifacts": uri}
+
+
+def _validation_input(dataset: Path, out: Path, n: int, max_new_tokens: int) -> int:
+    from training.evaluate import read_eval_records
+
+    records, _ = read_eval_records(dataset)
+    rows = records[:n]
+    out.write_text("".join(json.dumps({"inputs": r["prompt"], "parameters": {"max_new_tokens": max_new_tokens}})
+                           + "\n" for r in rows))
+    return len(rows)
+
+
+def run_pipeline(path: Path) -> int:
+    """Run (or resume) the pipeline. Returns the exit code: 0 done or nothing new, 1 refused or failed."""
+    pipeline, base = load_pipeline(path)
+    p = pipeline
+    workdir = (base / p.workdir).resolve()
+    datasets = workdir / "datasets"
+    runner = Runner(workdir)
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"pipeline": p.name, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def finish(code: int, outcome: str) -> int:
+        summary.update(outcome=outcome, exit_code=code, steps=runner.log,
+                       seconds=round(time.perf_counter() - started, 1))
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / RUN_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"\npipeline {p.name}: {outcome}")
+        for entry in runner.log:
+            print(f"  {entry['step']:<9} {entry['status']:<7} {Path(entry['dir']).name}")
+        return code
+
+    exported = _export(p, base, datasets)
+    runner.log.append({"step": "export", "hash": "-", "status": "ran" if exported["new"] else "nothing new",
+                       "dir": str(datasets / (exported["new"]["version"] if exported["new"] else ""))})
+    summary["export"] = exported
+    if not exported["versions"]:
+        return finish(0, "no annotations exported yet; nothing to train on")
+    manifests = [json.loads((datasets / v / "manifest.json").read_text())["dataset_sha256"]
+                 for v in exported["versions"]]
+    try:
+        data_dir, data = runner.step("dataset", {"versions": list(zip(exported["versions"], manifests))},
+                                     lambda folder: _merge_versions(datasets, exported["versions"], folder))
+        from training.recipe import load_recipe
+
+        recipe = load_recipe(p.train.recipe, p.train.set).model_dump(mode="json")
+        train_inputs = {"dataset": data["dataset_sha256"], "recipe": recipe, "target": p.train.target,
+                        "model": model_fingerprint(str(base / p.train.model) if p.train.model and not
+                                                   p.train.model.startswith("s3://") else p.train.model),
+                        "sagemaker": p.train.sagemaker.model_dump() if p.train.sagemaker else None}
+        if p.train.target == "local":
+            train_dir, trained = runner.step("train", train_inputs, lambda f: _train_local(p, base, data_dir, f))
+        else:
+            key = _hash(train_inputs)
+            train_dir, trained = runner.step("train", train_inputs,
+                                             lambda f: _train_sagemaker(p, base, data_dir, f, key))
+        model_dir = Path(trained["model_dir"])
+        summary["model_dir"] = str(model_dir)
+
+        baseline = p.evaluate.baseline or p.train.model
+        baseline_dir = (base / baseline).resolve() if baseline else None
+        eval_inputs = {"train": train_dir.name, "dataset": data["dataset_sha256"],
+                       "baseline": model_fingerprint(str(baseline_dir)) if baseline_dir else None,
+                       **p.evaluate.model_dump()}
+
+        def evaluate_step(folder: Path) -> dict:
+            from training.evaluate import evaluate
+
+            result = evaluate(model_dir, data_dir, folder, baseline_dir, p.evaluate.gates, p.evaluate.metric,
+                              p.evaluate.max_new_tokens, p.evaluate.max_samples)
+            return {"passed": result["passed"], "gates": result["gates"], "deltas": result.get("deltas"),
+                    "eval_json": str(folder / "eval.json")}
+
+        _, evaluated = runner.step("evaluate", eval_inputs, evaluate_step)
+        summary["evaluate"] = evaluated
+        if not evaluated["passed"]:
+            failed = [g["gate"] + f" (got {g['value']:+.4f})" for g in evaluated["gates"] if not g["passed"]]
+            return finish(1, f"REFUSED: gate failed: {', '.join(failed)}; nothing packaged")
+
+        def package_step(folder: Path) -> dict:
+            from container.package import build_model_tar
+
+            built = build_model_tar(model_dir, folder / "model.tar.gz")
+            return {"model_tar": str(folder / "model.tar.gz"), "sha256": built["archive_sha256"]}
+
+        package_dir, packaged = runner.step("package", {"train": train_dir.name}, package_step)
+
+        def validate_step(folder: Path) -> dict:
+            from container.validate import validate_model_tar
+
+            source = folder / "validation-input.jsonl"
+            _validation_input(data_dir, source, p.package.validation_records, p.package.max_new_tokens)
+            report = validate_model_tar(Path(packaged["model_tar"]), source, "application/jsonlines", "Line",
+                                        "Line", folder / "report")
+            return {"passed": report["passed"], "failures": report["failures"], "input": str(source),
+                    "report": str(folder / "report" / "validation-report.json")}
+
+        _, validated = runner.step("validate", {"package": packaged["sha256"], **p.package.model_dump()},
+                                   validate_step)
+        summary["validate"] = validated
+        if not validated["passed"]:
+            return finish(1, f"REFUSED: SageMaker validation replay failed: {'; '.join(validated['failures'])}")
+
+        def request_step(folder: Path) -> dict:
+            from container.marketplace import model_package_request, write_listing
+            from hilt.aws import validate_request
+
+            r = p.request
+            prefix = f"{r.s3.rstrip('/')}/{packaged['sha256'][:16]}"
+            request = model_package_request(r.name, r.image, f"{prefix}/model.tar.gz", r.role,
+                                            f"{prefix}/validation-input.jsonl", f"{prefix}/validation-output",
+                                            r.hardware, r.metering_unit)
+            validate_request("CreateModelPackage", request)
+            (folder / "model-package.json").write_text(json.dumps(request, indent=2) + "\n")
+            report = json.loads(Path(validated["report"]).read_text())
+            write_listing(model_dir, folder / "LISTING.md", report, r.metering_unit)
+            return {"request": str(folder / "model-package.json"), "listing": str(folder / "LISTING.md"),
+                    "uploads": {packaged["model_tar"]: f"{prefix}/model.tar.gz",
+                                validated["input"]: f"{prefix}/validation-input.jsonl"}}
+
+        _, requested = runner.step("request", {"package": packaged["sha256"], **p.request.model_dump()},
+                                   request_step)
+        summary["request"] = requested
+    except StepFailed as err:
+        return finish(1, f"FAILED: {err}")
+    return finish(0, f"done: {requested['request']}")
