@@ -184,3 +184,46 @@ def test_watch_runs_after_n_webhooks_from_label_studio(hilt_exe, studio, warm_ba
     assert json.loads((workdir / "last-run.json").read_text())["exit_code"] == 0
     assert statuses(workdir)["request"] == "ran"
     assert not [h for h in client.sdk.webhooks.list(project=project) if h.id == info["webhook"]]
+
+
+def test_sagemaker_target_submits_once_and_resumes_when_artifacts_land(hilt_exe, moto_server, lora_run,
+                                                                       warm_base_dir, tmp_path):
+    import boto3
+
+    from container.package import build_model_tar
+
+    aws = dict(endpoint_url=moto_server["url"], region_name="us-east-1", aws_access_key_id="testing",
+               aws_secret_access_key="testing")
+    s3, sagemaker = boto3.client("s3", **aws), boto3.client("sagemaker", **aws)
+    s3.create_bucket(Bucket="hilt-pipe")
+    (tmp_path / "export.json").write_text(json.dumps(uppercase_export(60)))
+    pipeline = write_pipeline(
+        tmp_path / "sm.yaml", warm_base_dir, {"from_file": "export.json"}, ["exact_match>=+0.3"],
+        train={"recipe": "quickstart-tiny-sft", "model": str(warm_base_dir), "target": "sagemaker",
+               "sagemaker": {"image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-train:1",
+                             "role": "arn:aws:iam::123456789012:role/SageMakerExecution",
+                             "instance_type": "ml.g5.2xlarge", "s3": "s3://hilt-pipe/hilt", "spot": True,
+                             "max_wait": 90000, "poll_seconds": 1}})
+
+    # moto marks the job Completed at once, but nothing has uploaded its model yet: the step fails, resumable.
+    first = run_hilt(hilt_exe, "pipeline", "run", str(pipeline), env=moto_server["env"])
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "model artifacts are not at s3://hilt-pipe/hilt/jobs/" in first.stdout
+    jobs = [j["TrainingJobName"] for j in sagemaker.list_training_jobs()["TrainingJobSummaries"]
+            if j["TrainingJobName"].startswith("hilt-upper-")]
+    assert len(jobs) == 1
+    job = sagemaker.describe_training_job(TrainingJobName=jobs[0])
+    assert job["EnableManagedSpotTraining"] and job["HyperParameters"]["recipe"] == "quickstart-tiny-sft"
+
+    # What SageMaker does at the end of a job: the container's /opt/ml/model lands as model.tar.gz.
+    archive = tmp_path / "model.tar.gz"
+    build_model_tar(lora_run[0] / "model", archive)
+    bucket, key = job["ModelArtifacts"]["S3ModelArtifacts"][5:].split("/", 1)
+    s3.upload_file(str(archive), bucket, key)
+
+    second = run_hilt(hilt_exe, "pipeline", "run", str(pipeline), env=moto_server["env"])
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "exists (Completed), not submitted again" in second.stdout
+    assert len([j for j in sagemaker.list_training_jobs()["TrainingJobSummaries"]
+                if j["TrainingJobName"].startswith("hilt-upper-")]) == 1
+    assert statuses(tmp_path / "runs")["request"] == "ran"
