@@ -194,6 +194,17 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
     metrics = manifest.get("metrics", {})
     data = manifest.get("dataset", {})
     records = {k: v.get("records") for k, v in data.items()}
+    extra: list[str] = []
+    evaluation = manifest.get("evaluation")
+    if evaluation:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in evaluation["metrics"].items())
+        extra += [f"Held-out scoring after training ({evaluation['records']} records, greedy answers): {scores}; "
+                  f"headline metric {evaluation['task_metric']}.", ""]
+    if manifest.get("human_side_by_side"):
+        from training.compare import SECTION, summary_markdown
+
+        extra += [f"<!-- hilt:{SECTION} -->", summary_markdown(manifest["human_side_by_side"]).rstrip(),
+                  f"<!-- /hilt:{SECTION} -->", ""]
     lines = [
         f"# {recipe.get('name', model_dir.name)} — Marketplace listing draft",
         "",
@@ -218,6 +229,7 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
         "",
         f"Validation data: the held-out split of the same export ({records.get('validation', 0)} records).",
         "",
+        *extra,
         "## Input and output",
         f"- MIME types: `{JSON}` (one request) and `{JSONLINES}` (one request per line; batch transform "
         "with SplitType=Line).",

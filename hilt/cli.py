@@ -171,13 +171,9 @@ def _cmd_label_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_label_compare(args: argparse.Namespace) -> int:
-    import hashlib
-
     from hil.client import connect
-    from hil.importing import load_prompts, model_version
-    from hil.templates import template_xml
-    from training.compare import MAPPING_VERSION, blind_pairs
-    from training.generation import greedy_answers
+    from hil.importing import load_prompts
+    from training.compare import create_compare_project
 
     models = {"baseline": Path(args.baseline), "candidate": Path(args.candidate)}
     for flag, directory in models.items():
@@ -185,32 +181,12 @@ def _cmd_label_compare(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag} {directory}: no config.json; pass a save_pretrained model directory")
     rows = load_prompts(Path(args.prompts), "sft")
     client = connect()  # fail on a bad server or token before generating anything
-    conversations = [([{"role": "system", "content": r["system"]}] if r.get("system") else [])
-                     + [{"role": "user", "content": str(r["prompt"])}] for r in rows]
-    answers = {name: greedy_answers(d, conversations, max_new_tokens=args.max_new_tokens)
-               for name, d in models.items()}
-    tasks, pairs = blind_pairs(rows, answers["candidate"], answers["baseline"], args.seed)
-    if not tasks:
-        raise UserError(f"both models answer all {len(rows)} prompts with the same text; nothing to compare")
-    title = args.title or f"hilt compare: {models['candidate'].name} vs {models['baseline'].name}"
-    project = client.create_project(title, template_xml("preference"),
-                                    description="Pick the better answer. The order of the answers is random.")
-    client.import_tasks(project, tasks)
-    mapping = {
-        "version": MAPPING_VERSION, "project": project, "url": client.url, "seed": args.seed,
-        "prompts": {"file": str(Path(args.prompts).resolve()),
-                    "sha256": hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest()
-                    if Path(args.prompts).is_file() else None},
-        "max_new_tokens": args.max_new_tokens,
-        **{name: {"path": str(d.resolve()), "version": model_version(d)} for name, d in models.items()},
-        "pairs": pairs,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    mapping_file = out / f"project-{project}.json"
-    mapping_file.write_text(json.dumps(mapping, indent=2) + "\n")
-    print(f"project {project} ({title}): {len(tasks)} blinded pairs, {len(pairs) - len(tasks)} identical answers "
-          f"kept out (ties) -> {client.url}/projects/{project}")
+    project, mapping_file, mapping = create_compare_project(
+        client, models["baseline"], models["candidate"], rows, Path(args.out), seed=args.seed,
+        max_new_tokens=args.max_new_tokens, title=args.title, prompts_file=Path(args.prompts))
+    shown = sum(1 for p in mapping["pairs"].values() if "candidate" in p)
+    print(f"project {project}: {shown} blinded pairs, {len(rows) - shown} identical answers kept out (ties) "
+          f"-> {client.url}/projects/{project}")
     print(f"mapping (keep it away from annotators): {mapping_file}")
     print(project)
     return 0
@@ -218,36 +194,14 @@ def _cmd_label_compare(args: argparse.Namespace) -> int:
 
 def _cmd_compare_report(args: argparse.Namespace) -> int:
     from hil.client import connect
-    from training.compare import compare_report, read_mapping, summary_markdown, upsert_section
+    from training.compare import report_compare
 
     mapping_file = Path(args.mapping or Path(args.compare_dir) / f"project-{args.project}.json")
-    mapping = read_mapping(mapping_file)
-    if mapping["project"] != args.project:
-        raise UserError(f"--mapping {mapping_file} belongs to project {mapping['project']}, not {args.project}; "
-                        "pass the matching mapping file")
-    report = compare_report(connect().export_tasks(args.project), mapping)
-    section = summary_markdown(report)
-    eval_dir = Path(args.eval_dir or mapping_file.parent)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    eval_file = eval_dir / "eval.json"
-    result = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
-    result["human_side_by_side"] = report
-    eval_file.write_text(json.dumps(result, indent=2) + "\n")
-    written = [str(eval_file)]
-    candidate = Path(mapping["candidate"]["path"])
-    if (candidate / "hilt.json").is_file():
-        manifest = json.loads((candidate / "hilt.json").read_text())
-        manifest["human_side_by_side"] = report
-        (candidate / "hilt.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        written.append(str(candidate / "hilt.json"))
-    if (candidate / "README.md").is_file():
-        upsert_section(candidate / "README.md", section)
-        written.append(str(candidate / "README.md"))
-    if args.listing:
-        upsert_section(Path(args.listing), section)
-        written.append(args.listing)
+    report, section, written = report_compare(connect(), args.project, mapping_file,
+                                              Path(args.eval_dir) if args.eval_dir else None,
+                                              Path(args.listing) if args.listing else None)
     print(section)
-    print("written: " + ", ".join(written))
+    print("written: " + ", ".join(map(str, written)))
     return 0
 
 
@@ -539,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
-        "compare-report", help="win rate (Wilson 95% CI), ties, agreement of a `label compare` project",
+        "compare-report", help="win rate (Wilson 95%% CI), ties, agreement of a `label compare` project",
         description="Export a compare project, undo the blinding with its mapping, and report the "
         "candidate's win rate over decided pairs with a Wilson 95%% interval, ties and per-annotator "
         "agreement. Writes it into eval.json (--eval-dir), the candidate's hilt.json and model card, "

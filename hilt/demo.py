@@ -21,6 +21,7 @@ DOUBLE_ANNOTATED_EVERY = 5  # every 5th task also gets the second annotator's an
 DEMO_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:0.1.0"  # placeholder: your ECR image
 DEMO_ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"  # placeholder: your SageMaker role
 DEMO_BUCKET = "s3://your-bucket/hilt-demo"  # placeholder
+DEMO_GATES = ("exact_match>=+0.3",)  # the tuned model must beat its base by 30 points to be packaged
 
 
 def _port(preferred: int = 8080) -> int:
@@ -31,13 +32,6 @@ def _port(preferred: int = 8080) -> int:
         except OSError:
             sock.bind(("127.0.0.1", 0))
             return sock.getsockname()[1]
-
-
-def _exact_match(model_dir: Path, records: list[dict]) -> float:
-    from training.generation import greedy_answers
-
-    answers = greedy_answers(model_dir, [r["messages"][:-1] for r in records], max_new_tokens=48)
-    return sum(a == r["messages"][-1]["content"] for a, r in zip(answers, records)) / len(records)
 
 
 def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[int, int]:
@@ -80,6 +74,31 @@ def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[i
             client.create_annotation(task["id"], result, completed_by=second, lead_time=25.0)
             posted += 1
     return project, posted
+
+
+def _side_by_side(workdir: Path, base: Path, tuned: Path, validation: list[dict], state: dict) -> int:
+    """Blinded base-vs-tuned project; two stand-in judges pick the answer closer to the reference."""
+    from hil.client import StudioClient
+    from training.compare import create_compare_project, report_compare
+    from training.evaluate import rouge_l
+
+    client = StudioClient(state["url"], state["token"])
+    rows = [{"id": i, "system": r["messages"][0]["content"] if r["messages"][0]["role"] == "system" else None,
+             "prompt": r["messages"][-2]["content"]} for i, r in enumerate(validation)]
+    reference = {row["prompt"]: r["messages"][-1]["content"] for row, r in zip(rows, validation)}
+    project, mapping_file, _ = create_compare_project(client, base, tuned, rows, workdir / "compare", seed=0,
+                                                      max_new_tokens=48, title="hilt demo: which answer is better?")
+    judge = client.create_user("judge-2", f"judge-2-{project}@hilt.local")
+    print(f"[demo] stand-in judges (the admin and judge-2) compare blinded answers: {state['url']}/projects/{project}")
+    for task in client.export_tasks(project):
+        d = task["data"]
+        ref = reference[d["prompt"]]
+        side = "left" if rouge_l(d["answer1"], ref) >= rouge_l(d["answer2"], ref) else "right"
+        result = [{"from_name": "comparison", "to_name": "answer1", "type": "pairwise", "value": {"selected": side}}]
+        for who in (None, judge):
+            client.create_annotation(task["id"], result, completed_by=who, lead_time=12.0)
+    report_compare(client, project, mapping_file, eval_dir=workdir / "eval")
+    return project
 
 
 def run_demo(workdir: Path) -> int:
@@ -170,13 +189,40 @@ def run_demo(workdir: Path) -> int:
     if "eval_loss" in metrics:
         rows.append(("eval loss", f"{metrics['eval_loss']:.3f}"))
 
-    # 5. Base vs tuned on the held-out prompts.
-    if "exact_match" not in progress:
-        progress["exact_match"] = {"base": _exact_match(model_dir, validation),
-                                   "tuned": _exact_match(job_dir / "model", validation)}
+    # 5. Base vs tuned on the held-out prompts: loss, perplexity, exact match, ROUGE-L, a gate.
+    eval_dir = workdir / "eval"
+    if not (eval_dir / "eval.json").exists() or json.loads((eval_dir / "eval.json").read_text()).get(
+            "models", {}).get("candidate", {}).get("path") != str((job_dir / "model").resolve()):
+        from training.evaluate import evaluate
+
+        evaluate(job_dir / "model", data_dir, eval_dir, baseline_dir=model_dir, gates=list(DEMO_GATES),
+                 max_new_tokens=48)
+    result = json.loads((eval_dir / "eval.json").read_text())
+    base_m, tuned_m = result["models"]["baseline"]["metrics"], result["models"]["candidate"]["metrics"]
+    rows.append(("held-out loss", f"base {base_m['loss']:.3f} -> tuned {tuned_m['loss']:.3f} "
+                                  f"(perplexity {base_m['perplexity']:.1f} -> {tuned_m['perplexity']:.2f})"))
+    for metric in ("exact_match", "rougeL"):
+        rows.append((metric, f"base {base_m[metric]:.2f} -> tuned {tuned_m[metric]:.2f} "
+                             f"({result['deltas'][metric]:+.2f}) on {result['data']['records']} held-out prompts"))
+    rows.append(("gate", ", ".join(f"{g['gate']} {'pass' if g['passed'] else 'FAIL'}" for g in result["gates"])
+                 + f"; report {eval_dir / 'report.md'}"))
+    if not result["passed"]:
+        print("[demo] the tuned model did not clear the gate; not packaging it")
+        _print_summary(rows, started, state, workdir)
+        return 1
+
+    # 5b. Humans in the loop: a blinded side-by-side of base vs tuned on the held-out prompts,
+    #     judged by stand-in annotators, reported with a Wilson interval.
+    if "compare_project" not in progress:
+        progress["compare_project"] = _side_by_side(workdir, model_dir, job_dir / "model", validation, state)
         save_progress()
-    em = progress["exact_match"]
-    rows.append(("exact match", f"base {em['base']:.2f} -> tuned {em['tuned']:.2f} on {len(validation)} held-out prompts"))
+    else:
+        rows.append(("side-by-side", f"project {progress['compare_project']} (reused)"))
+    sbs = json.loads((eval_dir / "eval.json").read_text())["human_side_by_side"]
+    ci = sbs["win_rate_ci95"]
+    rows.append(("human win rate", f"tuned wins {sbs['wins']} of {sbs['wins'] + sbs['losses']} decided pairs: "
+                                   f"{sbs['win_rate']:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}), ties {sbs['ties']['total']}, "
+                                   f"judges agree {sbs['percent_agreement']:.0%}"))
 
     # 6. Package, and replay SageMaker's validation with `serve`.
     package_dir = workdir / "package"
@@ -205,11 +251,14 @@ def run_demo(workdir: Path) -> int:
     write_listing(job_dir / "model", package_dir / "LISTING.md", report, "output_tokens")
     rows.append(("requests", f"{package_dir / 'model-package.json'} (image, role, bucket are placeholders), "
                              f"{package_dir / 'LISTING.md'}"))
-    rows.append(("elapsed", f"{time.perf_counter() - started:.0f}s"))
+    _print_summary(rows, started, state, workdir)
+    return 0 if report.get("passed") else 1
 
+
+def _print_summary(rows: list[tuple[str, str]], started: float, state: dict, workdir: Path) -> None:
+    rows = [*rows, ("elapsed", f"{time.perf_counter() - started:.0f}s")]
     width = max(len(name) for name, _ in rows)
     print("\nhilt demo summary")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     print(f"\nLabel Studio keeps running at {state['url']}; stop it with: hilt studio stop --data-dir {workdir / 'studio'}")
-    return 0 if report.get("passed") else 1

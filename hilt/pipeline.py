@@ -114,7 +114,7 @@ def load_pipeline(path: Path) -> tuple[Pipeline, Path]:
     Raises:
         UserError: every problem, each naming its key.
     """
-    from training.recipe import _describe
+    from training.recipe import describe_error
 
     if not path.is_file():
         raise UserError(f"{path}: no such pipeline file")
@@ -125,7 +125,7 @@ def load_pipeline(path: Path) -> tuple[Pipeline, Path]:
     try:
         pipeline = Pipeline.model_validate(data)
     except ValidationError as err:
-        problems = [_describe(e, Pipeline) for e in err.errors()]
+        problems = [describe_error(e, Pipeline) for e in err.errors()]
         raise UserError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems)) from None
     problems = []
     if (pipeline.source.project is None) == (pipeline.source.from_file is None):

@@ -15,7 +15,7 @@ def run(*args: str, exe) -> subprocess.CompletedProcess:
 def test_help_lists_subcommands(hilt_exe):
     result = run("--help", exe=hilt_exe)
     assert result.returncode == 0
-    for command in ("version", "model", "demo"):
+    for command in ("version", "model", "demo", "evaluate", "compare-report", "launch", "pipeline"):
         assert command in result.stdout
 
 

@@ -18,8 +18,17 @@ def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
         first = run_hilt(hilt_exe, "demo", "--workdir", str(workdir), timeout=1200)
         assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
         assert "hilt demo summary" in first.stdout and "stand-in annotators" in first.stdout
-        base, tuned = map(float, re.search(r"exact match\s+base ([0-9.]+) -> tuned ([0-9.]+)", first.stdout).groups())
+        base, tuned = map(float, re.search(r"exact_match\s+base ([0-9.]+) -> tuned ([0-9.]+)", first.stdout).groups())
         assert tuned >= base + 0.3
+        loss_base, loss_tuned = map(float, re.search(r"held-out loss\s+base ([0-9.]+) -> tuned ([0-9.]+)",
+                                                     first.stdout).groups())
+        assert loss_tuned < loss_base
+        evaluation = json.loads((workdir / "eval" / "eval.json").read_text())
+        assert evaluation["passed"] and evaluation["gates"][0]["gate"] == "exact_match>=+0.3"
+        assert (workdir / "eval" / "report.md").is_file() and (workdir / "eval" / "metrics.png").is_file()
+        sbs = evaluation["human_side_by_side"]
+        assert sbs["win_rate"] > 0.5 and sbs["win_rate_ci95"][0] > 0.5 and sbs["judgements"] == 2 * (sbs["pairs"] - sbs["ties"]["identical_answers"])
+        assert "## Human side-by-side evaluation" in (workdir / "package" / "LISTING.md").read_text()
         before, after = map(float, re.search(r"train loss\s+([0-9.]+) -> ([0-9.]+)", first.stdout).groups())
         assert after < before / 2
         assert re.search(r"validation\s+PASSED on 10 records", first.stdout)
@@ -35,7 +44,7 @@ def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
 
         second = run_hilt(hilt_exe, "demo", "--workdir", str(workdir), timeout=600)
         assert second.returncode == 0, second.stderr[-3000:]
-        assert second.stdout.count("(reused)") == 3
+        assert second.stdout.count("(reused)") == 4
         assert "stand-in annotators" not in second.stdout
     finally:
         run_hilt(hilt_exe, "studio", "stop", "--data-dir", str(workdir / "studio"))

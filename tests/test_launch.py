@@ -78,6 +78,20 @@ def test_launch_uploads_once_and_submits(hilt_exe, moto_server, dataset_dir, tin
     assert {"hilt-first", "hilt-second"} <= {j["TrainingJobName"] for j in
                                              sagemaker.list_training_jobs()["TrainingJobSummaries"]}
 
+    # The uploaded prefix itself as --data: its channels are found by listing, its hash kept.
+    third = _launch(hilt_exe, moto_server, "--data", f"s3://hilt-launch/{prefix}", "--model", MODEL_S3,
+                    "--s3", "s3://hilt-launch/team", "--job-name", "hilt-third")
+    assert third.returncode == 0, third.stderr[-2000:]
+    job = sagemaker.describe_training_job(TrainingJobName="hilt-third")
+    assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]} == {
+        "train": f"s3://hilt-launch/{prefix}/train/", "validation": f"s3://hilt-launch/{prefix}/validation/",
+        "model": MODEL_S3}
+    assert {"Key": "hilt:dataset-sha256", "Value": data_hash} in sagemaker.list_tags(
+        ResourceArn=job["TrainingJobArn"])["Tags"]
+    empty = _launch(hilt_exe, moto_server, "--data", "s3://hilt-launch/nothing-here", "--model", MODEL_S3,
+                    "--s3", "s3://hilt-launch/team")
+    assert empty.returncode == 2 and "nothing under train/" in empty.stderr
+
 
 def test_dry_run_writes_a_valid_request_and_sends_nothing(hilt_exe, moto_server, dataset_dir, tmp_path):
     from hilt.aws import validate_request

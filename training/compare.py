@@ -224,3 +224,79 @@ def read_mapping(path: Path) -> dict:
     if mapping.get("version") != MAPPING_VERSION or "pairs" not in mapping:
         raise UserError(f"{path}: not a mapping file of `hilt label compare` (version {MAPPING_VERSION})")
     return mapping
+
+
+def create_compare_project(client, baseline: Path, candidate: Path, rows: list[dict], out: Path, seed: int = 0,
+                           max_new_tokens: int = 64, title: str | None = None,
+                           prompts_file: Path | None = None) -> tuple[int, Path, dict]:
+    """Answer ``rows`` with both models, create the blinded project, write its mapping file.
+
+    Returns:
+        (project id, mapping file, mapping).
+
+    Raises:
+        UserError: when the two models answer every prompt identically (nothing to judge).
+    """
+    from hil.importing import model_version
+    from hil.templates import template_xml
+    from training.generation import greedy_answers
+
+    models = {"baseline": baseline, "candidate": candidate}
+    conversations = [([{"role": "system", "content": r["system"]}] if r.get("system") else [])
+                     + [{"role": "user", "content": str(r["prompt"])}] for r in rows]
+    answers = {name: greedy_answers(d, conversations, max_new_tokens=max_new_tokens) for name, d in models.items()}
+    tasks, pairs = blind_pairs(rows, answers["candidate"], answers["baseline"], seed)
+    if not tasks:
+        raise UserError(f"both models answer all {len(rows)} prompts with the same text; nothing to compare")
+    title = title or f"hilt compare: {candidate.name} vs {baseline.name}"
+    project = client.create_project(title, template_xml("preference"),
+                                    description="Pick the better answer. The order of the answers is random.")
+    client.import_tasks(project, tasks)
+    mapping = {
+        "version": MAPPING_VERSION, "project": project, "url": client.url, "seed": seed,
+        "prompts": {"file": str(prompts_file.resolve()) if prompts_file else None,
+                    "sha256": hashlib.sha256(prompts_file.read_bytes()).hexdigest()
+                    if prompts_file and prompts_file.is_file() else None},
+        "max_new_tokens": max_new_tokens,
+        **{name: {"path": str(d.resolve()), "version": model_version(d)} for name, d in models.items()},
+        "pairs": pairs,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    mapping_file = out / f"project-{project}.json"
+    mapping_file.write_text(json.dumps(mapping, indent=2) + "\n")
+    return project, mapping_file, mapping
+
+
+def report_compare(client, project: int, mapping_file: Path, eval_dir: Path | None = None,
+                   listing: Path | None = None) -> tuple[dict, str, list[Path]]:
+    """Export the project, report, and write the result into eval.json, the candidate and a listing.
+
+    Returns:
+        (report, Markdown section, files written).
+    """
+    mapping = read_mapping(mapping_file)
+    if mapping["project"] != project:
+        raise UserError(f"--mapping {mapping_file} belongs to project {mapping['project']}, not {project}; "
+                        "pass the matching mapping file")
+    report = compare_report(client.export_tasks(project), mapping)
+    section = summary_markdown(report)
+    eval_dir = eval_dir or mapping_file.parent
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    eval_file = eval_dir / "eval.json"
+    result = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
+    result["human_side_by_side"] = report
+    eval_file.write_text(json.dumps(result, indent=2) + "\n")
+    written = [eval_file]
+    candidate = Path(mapping["candidate"]["path"])
+    if (candidate / "hilt.json").is_file():
+        manifest = json.loads((candidate / "hilt.json").read_text())
+        manifest["human_side_by_side"] = report
+        (candidate / "hilt.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        written.append(candidate / "hilt.json")
+    if (candidate / "README.md").is_file():
+        upsert_section(candidate / "README.md", section)
+        written.append(candidate / "README.md")
+    if listing is not None:
+        upsert_section(listing, section)
+        written.append(listing)
+    return report, section, written

@@ -210,7 +210,8 @@ def _apply_override(data: dict, key: str, value: Any, problems: list[str]) -> No
     node[parts[-1]] = value
 
 
-def _describe(error: dict, model: type[BaseModel]) -> str:
+def describe_error(error: dict, model: type[BaseModel]) -> str:
+    """One pydantic error as ``key: what is wrong; the fix`` (any strict hilt schema)."""
     loc = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         # Suggest the nearest real key of the same section.
@@ -260,7 +261,7 @@ def load_recipe(source: str | Path | dict, overrides: dict[str, Any] | None = No
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        problems += [_describe(e, Recipe) for e in err.errors()]
+        problems += [describe_error(e, Recipe) for e in err.errors()]
         recipe = None
     if recipe is not None and recipe.distributed.deepspeed is not None:
         ds_path = recipe.deepspeed_config_path()
