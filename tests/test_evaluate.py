@@ -54,6 +54,31 @@ def test_wilson_interval_known_values():
     assert wilson_interval(0, 0) is None
 
 
+def test_heldout_records_from_sft_and_preference_files(tmp_path):
+    from training.evaluate import read_eval_records
+
+    sft = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello"}], "meta": {"kind": "greeting"}}
+    pref = {"prompt": [{"role": "user", "content": "upper: ab"}], "chosen": [{"role": "assistant", "content": "AB"}],
+            "rejected": [{"role": "assistant", "content": "ab"}]}
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "validation" / "data.jsonl").write_text(json.dumps(sft) + "\n\n" + json.dumps(pref) + "\n")
+    records, _ = read_eval_records(tmp_path)
+    assert records == [
+        {"prompt": sft["messages"][:2], "reference": "hello", "kind": "greeting"},
+        {"prompt": pref["prompt"], "reference": "AB", "kind": None},
+    ]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    with pytest.raises(UserError, match="bad.jsonl:1: no assistant message"):
+        read_eval_records(tmp_path / "bad.jsonl")
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    with pytest.raises(UserError, match="broken.jsonl:1: not valid JSON"):
+        read_eval_records(tmp_path / "broken.jsonl")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no validation/\*\.jsonl"):
+        read_eval_records(tmp_path / "empty")
+
+
 # ---------------------------------------------------------------- blinding
 
 

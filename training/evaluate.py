@@ -138,7 +138,12 @@ def read_eval_records(data: Path) -> tuple[list[dict], Path]:
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{line_no}: not valid JSON ({err.msg}); one record per line") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{line_no}: each line must be a JSON object (an SFT or preference record)")
             if "messages" in record:
                 messages = record["messages"]
                 last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
