@@ -100,13 +100,14 @@ def test_dry_run_writes_a_valid_request_and_sends_nothing(hilt_exe, moto_server,
     s3.create_bucket(Bucket="hilt-dry")
     out = tmp_path / "request.json"
     result = _launch(hilt_exe, moto_server, "--data", str(dataset_dir), "--s3", "s3://hilt-dry/x", "--dry-run",
-                     "--model", MODEL_S3,
+                     "--model", MODEL_S3, "--checkpoint-s3", "s3://hilt-dry/ckpt/run-1",
                      "--out", str(out), "--job-name", "hilt-dry-run")
     assert result.returncode == 0, result.stderr
     request = json.loads(out.read_text())
     validate_request("CreateTrainingJob", request)
     assert all(isinstance(v, str) for v in request["HyperParameters"].values())
     assert request["EnableManagedSpotTraining"] is False and "MaxWaitTimeInSeconds" not in request["StoppingCondition"]
+    assert request["CheckpointConfig"] == {"S3Uri": "s3://hilt-dry/ckpt/run-1", "LocalPath": "/opt/ml/checkpoints"}
     assert {d["Name"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]} >= {"train_loss", "eval_loss"}
     assert _objects(s3, "hilt-dry") == {}
     names = {j["TrainingJobName"] for j in _aws(moto_server, "sagemaker").list_training_jobs()["TrainingJobSummaries"]}
