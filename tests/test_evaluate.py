@@ -306,3 +306,15 @@ def test_side_by_side_in_label_studio(hilt_exe, studio, lora_run, warm_base_dir,
     assert len(graded) >= len(records) // 2
     for r in graded:
         assert r["chosen"][0]["content"] == reference[r["prompt"][-1]["content"]]
+
+
+def test_headline_metric_comes_from_the_models_recipe(tmp_path):
+    from training.evaluate import task_metric_of
+    from training.recipe import load_recipe
+
+    recipe = load_recipe("quickstart-tiny-sft", {"eval.metric": "rougeL"}).model_dump(mode="json")
+    (tmp_path / "hilt.json").write_text(json.dumps({"recipe": recipe}))
+    assert task_metric_of(tmp_path) == "rougeL"
+    assert task_metric_of(tmp_path / "no-such-model") == "exact_match"
+    with pytest.raises(UserError, match="eval.metric"):
+        load_recipe("quickstart-tiny-sft", {"eval.metric": "bleu"})

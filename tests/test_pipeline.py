@@ -185,6 +185,20 @@ def test_watch_runs_after_n_webhooks_from_label_studio(hilt_exe, studio, warm_ba
     assert statuses(workdir)["request"] == "ran"
     assert not [h for h in client.sdk.webhooks.list(project=project) if h.id == info["webhook"]]
 
+    # Annotations made while no watcher listened: no webhook will ever bring them (Label Studio
+    # does not retry), so a watcher started later finds them by polling.
+    for task in exported[25:28]:
+        word = task["data"]["prompt"].split(": ")[1]
+        client.create_annotation(task["id"], [{"from_name": "answer", "to_name": "prompt", "type": "textarea",
+                                               "value": {"text": [word.upper()]}}])
+    later = subprocess.run([str(hilt_exe), "pipeline", "watch", str(pipeline), "--secret", secret, "--no-register",
+                            "--min-annotations", "3", "--max-runs", "1", "--poll", "1"],
+                           capture_output=True, text=True, timeout=900, env={**os.environ, **studio["env"]})
+    assert later.returncode == 0, later.stdout[-4000:] + later.stderr[-2000:]
+    assert "run 1: 3 annotation(s) not exported yet (reconciled by polling)" in later.stdout
+    assert json.loads((workdir / "datasets" / "v0002" / "manifest.json").read_text())["counts"]["annotations"] == 3
+    assert statuses(workdir)["train"] == "ran"  # a new dataset hash: trained again on all 28
+
 
 def test_sagemaker_target_submits_once_and_resumes_when_artifacts_land(hilt_exe, moto_server, lora_run,
                                                                        warm_base_dir, tmp_path):
