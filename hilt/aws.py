@@ -102,8 +102,12 @@ def operation_of(request: dict) -> str:
 def clients(endpoint_url: str | None = None, region: str | None = None):
     """(s3, sagemaker) boto3 clients; ``AWS_ENDPOINT_URL`` (e.g. a moto server) is honoured by boto3."""
     import boto3
+    from botocore.exceptions import ProfileNotFound
 
-    session = boto3.session.Session(region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    try:
+        session = boto3.session.Session(region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    except ProfileNotFound as err:
+        raise UserError(f"{err}; set AWS_PROFILE to a profile in ~/.aws/config or unset it") from None
     if session.get_credentials() is None:
         raise UserError("no AWS credentials: the request is written and validated but cannot be sent; "
                         "configure credentials (AWS_PROFILE or AWS_ACCESS_KEY_ID) to submit it")

@@ -7,6 +7,7 @@ And the contract between the two ends: the request's HyperParameters, written in
 from __future__ import annotations
 
 import json
+import os
 
 import boto3
 import pytest
@@ -171,3 +172,17 @@ def test_launched_hyperparameters_give_the_entry_point_the_same_recipe(custom, d
     assert job.recipe == load_recipe(recipe, overrides)
     assert job.recipe.train.max_steps == 7 and job.recipe.peft.r == 8
     assert (job.recipe.name == "mine") is custom
+
+
+def test_without_credentials_launch_says_so_and_dry_run_still_works(hilt_exe, dataset_dir, tmp_path):
+    assert "AWS_PROFILE" not in os.environ
+    no_aws = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+              "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+              "AWS_EC2_METADATA_DISABLED": "true"}
+    args = ["launch", "quickstart-tiny-sft", "--image", IMAGE, "--role", ROLE, "--instance-type", "ml.m5.xlarge",
+            "--data", str(dataset_dir), "--model", MODEL_S3]
+    result = run_hilt(hilt_exe, *args, env=no_aws)
+    assert result.returncode == 2 and "no AWS credentials" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    dry = run_hilt(hilt_exe, *args, "--s3", "s3://b/p", "--dry-run", "--out", str(tmp_path / "r.json"), env=no_aws)
+    assert dry.returncode == 0 and (tmp_path / "r.json").is_file()

@@ -276,17 +276,20 @@ def launch(spec: LaunchSpec, dry_run: bool, out: Path | None, region: str | None
     Returns:
         ``{"request": ..., "uploaded": [...], "arn": ..., "status": ...}``.
     """
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from hilt.aws import clients, validate_request
 
     check_spec(spec)
-    s3_root = spec.s3 or (None if dry_run else default_s3_root(region))
-    if s3_root is None:
+    if spec.s3 is None and dry_run:
         raise UserError("--dry-run needs --s3 s3://bucket/prefix (where datasets and outputs go); without it "
                         "hilt asks AWS for the default SageMaker bucket, which needs credentials")
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    s3, sagemaker = (None, None) if dry_run else clients(region=region)  # no credentials: one-line error
+    try:
+        s3_root = spec.s3 or default_s3_root(region)
+    except (BotoCoreError, ClientError) as err:
+        raise UserError(f"could not find the default SageMaker bucket ({err}); pass --s3 s3://bucket/prefix") from None
     _split(s3_root)
-    s3, sagemaker = (None, None) if dry_run else clients(region=region)
     try:
         channel_uris, uploads, data_hash = plan(spec, s3_root, s3)
         request = build_request(spec, channel_uris, s3_root, data_hash)
