@@ -92,3 +92,15 @@ def test_output_with_other_settings_is_refused(hilt_exe, warm_base_dir, data, tm
                       "--output", str(out), "--set", "train.max_steps=3")
     assert second.returncode == 2
     assert "holds a run with other settings" in second.stderr
+
+
+def test_a_checkpoint_cut_off_mid_save_is_skipped(tmp_path):
+    # What SIGKILL during a save leaves: an empty or missing trainer_state.json in the newest dir.
+    for step, state in ((10, '{"global_step": 10}'), (20, ""), (30, None), (40, '{"global_')):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert latest_checkpoint(tmp_path / "missing") is None

@@ -121,15 +121,25 @@ class StopOnSigterm(TrainerCallback):
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest *complete* ``checkpoint-N`` under the dir, or None.
 
-    A checkpoint counts as complete once ``trainer_state.json`` exists in it: the Trainer
-    writes that file after the weights and optimizer state, so a job killed while saving
-    leaves a directory without it, which is skipped.
+    A checkpoint counts as complete once ``trainer_state.json`` in it parses: the Trainer
+    writes that file after the weights and optimizer state, and not atomically, so a job
+    killed while saving leaves a directory without it or with a truncated one (seen: an
+    empty file after SIGKILL). Such a directory is skipped; training resumes from the one
+    before and saves that step again.
     """
+    import json
+
     if not checkpoint_dir.is_dir():
         return None
     complete = []
     for path in checkpoint_dir.glob("checkpoint-*"):
         suffix = path.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+        if not suffix.isdigit():
+            continue
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and "global_step" in state:
             complete.append((int(suffix), path))
     return max(complete)[1] if complete else None
