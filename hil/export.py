@@ -90,7 +90,8 @@ class _Scrubber:
         return text
 
 
-def _annotator(annotation: dict) -> Any:
+def annotator(annotation: dict) -> Any:
+    """Who made an annotation: the user id, or the email where the export expands the user."""
     who = annotation.get("completed_by")
     if isinstance(who, dict):  # some exports expand the user
         return who.get("email") or who.get("id")
@@ -101,7 +102,7 @@ def _base_meta(task: dict, annotation: dict) -> dict:
     meta = {
         "task_id": task.get("id"),
         "annotation_id": annotation.get("id"),
-        "annotator": _annotator(annotation),
+        "annotator": annotator(annotation),
         "created_at": annotation.get("created_at"),
         "updated_at": annotation.get("updated_at"),
         "lead_time": annotation.get("lead_time"),
@@ -121,6 +122,12 @@ def _basic_reject(task: dict, annotation: dict, spec: LabelingSpec, prompt: list
     if prompt is None:
         return _reject(task, annotation, MISSING_PROMPT, f"task data has no '{spec.prompt_key}'")
     return None
+
+
+def pairwise_choice(results: list[dict], control: str | None = None) -> str | None:
+    """The ``selected`` side (``left`` = first object) of the Pairwise result (of ``control``, if named)."""
+    return next(((r.get("value") or {}).get("selected") for r in results
+                 if r.get("type") == "pairwise" and (control is None or r.get("from_name") == control)), None)
 
 
 def _results(annotation: dict, spec: LabelingSpec) -> tuple[list[dict], list[str]]:
@@ -157,7 +164,8 @@ def _prompt_messages(task: dict, spec: LabelingSpec, scrub: _Scrubber) -> list[d
     return messages
 
 
-def _sorted_annotations(task: dict) -> list[dict]:
+def sorted_annotations(task: dict) -> list[dict]:
+    """A task's annotations oldest first (by id), so "latest" means the same in every pass."""
     return sorted(task.get("annotations") or [], key=lambda a: (a.get("id") is None, a.get("id") or 0))
 
 
@@ -166,7 +174,7 @@ def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, s
     for task in tasks:
         prompt = _prompt_messages(task, spec, scrub)
         candidates = []
-        for annotation in _sorted_annotations(task):
+        for annotation in sorted_annotations(task):
             rejected = _basic_reject(task, annotation, spec, prompt)
             if rejected is not None:
                 out.rejects.append(rejected)
@@ -227,7 +235,7 @@ def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub:
         data = task.get("data") or {}
         left, right = data.get(spec.left_key), data.get(spec.right_key)
         votes: list[tuple[dict, str, str | None]] = []
-        for annotation in _sorted_annotations(task):
+        for annotation in sorted_annotations(task):
             rejected = _basic_reject(task, annotation, spec, prompt)
             if rejected is not None:
                 out.rejects.append(rejected)
@@ -240,12 +248,7 @@ def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub:
             if unknown:
                 out.rejects.append(_reject(task, annotation, UNKNOWN_CONTROL, f"from_name not in config: {unknown}"))
                 continue
-            selected = next(
-                ((r.get("value") or {}).get("selected") for r in results
-                 if r.get("type") == "pairwise"
-                 and (spec.comparison_control is None or r.get("from_name") == spec.comparison_control)),
-                None,
-            )
+            selected = pairwise_choice(results, spec.comparison_control)
             if selected not in ("left", "right"):
                 out.rejects.append(_reject(task, annotation, NO_SELECTION, "no Pairwise left/right choice"))
                 continue
@@ -275,7 +278,7 @@ def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub:
         del meta["annotation_id"], meta["annotator"]
         meta.update(
             annotation_ids=[v[0].get("id") for v in votes],
-            annotators=[_annotator(v[0]) for v in votes],
+            annotators=[annotator(v[0]) for v in votes],
             votes={"left": tally["left"], "right": tally["right"]},
             chosen_side=winner,
             rationales=[scrub(v[2]) for v in votes if v[2]],
@@ -306,17 +309,17 @@ def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
     for task in tasks:
         labels: dict[Any, str] = {}
         gold_label = None
-        done = [a for a in _sorted_annotations(task) if not a.get("was_cancelled")]
+        done = [a for a in sorted_annotations(task) if not a.get("was_cancelled")]
         for annotation in done:
-            per_annotator[_annotator(annotation)].append(float(annotation.get("lead_time") or 0.0))
+            per_annotator[annotator(annotation)].append(float(annotation.get("lead_time") or 0.0))
         # Labels only matter where there is something to compare: 2+ annotations or a gold one.
         if len(done) < 2 and not any(a.get("ground_truth") for a in done):
             continue
         for annotation in done:
-            who = _annotator(annotation)
+            who = annotator(annotation)
             results = annotation.get("result") or []
             if spec.kind == "preference":
-                label = next(((r.get("value") or {}).get("selected") for r in results if r.get("type") == "pairwise"), None)
+                label = pairwise_choice(results)
             else:
                 text = _textarea(results, spec, spec.answer_control)
                 label = _normalize(text) if text else None

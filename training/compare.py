@@ -91,28 +91,14 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _selected(annotation: dict) -> str | None:
-    for result in annotation.get("result") or []:
-        if result.get("type") == "pairwise":
-            selected = (result.get("value") or {}).get("selected")
-            if selected in ("left", "right"):
-                return selected
-    return None
-
-
-def _who(annotation: dict) -> str:
-    who = annotation.get("completed_by")
-    if isinstance(who, dict):
-        who = who.get("email") or who.get("id")
-    return str(who)
-
-
 def compare_report(tasks: list[dict], mapping: dict) -> dict[str, Any]:
     """Win rate, ties and agreement from the export of a compare project.
 
     Raises:
         UserError: when a task's pair is not in the mapping (the wrong mapping file).
     """
+    from hil.export import annotator, pairwise_choice, sorted_annotations
+
     pairs = mapping["pairs"]
     votes: dict[str, dict[str, str]] = {}  # pair -> annotator -> winner
     judgements = 0
@@ -121,12 +107,12 @@ def compare_report(tasks: list[dict], mapping: dict) -> dict[str, Any]:
         if pid not in pairs or "candidate" not in pairs[pid]:
             raise UserError(f"task {task.get('id')} (pair_id {pid!r}) is not in the mapping of project "
                             f"{mapping.get('project')}; pass the --mapping file `hilt label compare` wrote for it")
-        for annotation in task.get("annotations") or []:
-            selected = None if annotation.get("was_cancelled") else _selected(annotation)
-            if selected is None:
+        for annotation in sorted_annotations(task):
+            selected = None if annotation.get("was_cancelled") else pairwise_choice(annotation.get("result") or [])
+            if selected not in ("left", "right"):
                 continue
             # An annotator's latest judgement of a pair counts once.
-            votes.setdefault(pid, {})[_who(annotation)] = winner_of(selected, pairs[pid]["candidate"])
+            votes.setdefault(pid, {})[str(annotator(annotation))] = winner_of(selected, pairs[pid]["candidate"])
             judgements += 1
     outcome: dict[str, str] = {}
     for pid, by_annotator in votes.items():
