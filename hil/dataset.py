@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hil.export import ExportOptions, ExportResult
+from hilt.errors import UserError
 
 FORMAT = "hilt-dataset/1"
 SPLITS = ("train", "validation")
@@ -152,6 +153,48 @@ def exported_annotation_ids(root: Path) -> set[int]:
 def next_version_dir(root: Path) -> Path:
     versions = sorted(int(p.name[1:]) for p in root.glob("v[0-9][0-9][0-9][0-9]") if p.is_dir())
     return root / f"v{(versions[-1] + 1 if versions else 1):04d}"
+
+
+def read_export_source(project: int | None, from_file: Path | None, template: str | None,
+                       label_config: Path | None = None) -> tuple[list[dict], Any, dict, str]:
+    """What to export: (tasks, spec, source for the manifest, a name for messages).
+
+    From a Label Studio JSON export file (``template`` required, ``label_config`` to check
+    controls against) or a live project (its config read from the server, ``template``
+    checked against it).
+
+    Raises:
+        UserError: a missing or malformed file, a missing template, a template mismatch.
+    """
+    from hil.templates import default_spec, parse_label_config
+
+    if from_file is not None:
+        if not template:
+            raise UserError("--from-file needs --template sft|preference (the export file has no labeling config)")
+        try:
+            raw = from_file.read_bytes()
+            tasks = json.loads(raw)
+        except FileNotFoundError:
+            raise UserError(f"--from-file {from_file}: no such file") from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"{from_file}: not valid JSON ({err.msg} at line {err.lineno}); "
+                            "pass Label Studio's JSON export (Export > JSON)") from None
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise UserError(f"{from_file}: expected Label Studio's JSON export, a list of tasks")
+        spec = default_spec(template)
+        if label_config:
+            spec = parse_label_config(label_config.read_text(), where=str(label_config))
+        source = {"type": "file", "name": from_file.name, "sha256": hashlib.sha256(raw).hexdigest()}
+        return tasks, spec, source, str(from_file)
+    from hil.client import connect
+
+    client = connect()
+    spec = parse_label_config(client.label_config(project), where=f"project {project}")
+    if template and template != spec.kind:
+        raise UserError(f"project {project} is a {spec.kind} project, not {template}; "
+                        f"use --template {spec.kind} or leave it out")
+    tasks = client.export_tasks(project)
+    return tasks, spec, {"type": "project", "project_id": project, "url": client.url}, f"project {project}"
 
 
 def export_to_dataset(tasks: list[dict], spec, options: ExportOptions, source: dict, out: Path,

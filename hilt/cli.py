@@ -206,39 +206,11 @@ def _cmd_compare_report(args: argparse.Namespace) -> int:
 
 
 def _read_export_source(args: argparse.Namespace):
-    """(tasks, spec, source) from --from-file or --project."""
-    import hashlib
+    """(tasks, spec, source, where) from --from-file or --project."""
+    from hil.dataset import read_export_source
 
-    from hil.templates import default_spec, parse_label_config
-
-    if args.from_file:
-        path = Path(args.from_file)
-        if not args.template:
-            raise UserError("--from-file needs --template sft|preference (the export file has no labeling config)")
-        try:
-            raw = path.read_bytes()
-            tasks = json.loads(raw)
-        except FileNotFoundError:
-            raise UserError(f"--from-file {path}: no such file") from None
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); "
-                            "pass Label Studio's JSON export (Export > JSON)") from None
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-            raise UserError(f"{path}: expected Label Studio's JSON export, a list of tasks")
-        spec = default_spec(args.template)
-        if args.label_config:
-            spec = parse_label_config(Path(args.label_config).read_text(), where=args.label_config)
-        source = {"type": "file", "name": path.name, "sha256": hashlib.sha256(raw).hexdigest()}
-        return tasks, spec, source, str(path)
-    from hil.client import connect
-
-    client = connect()
-    spec = parse_label_config(client.label_config(args.project), where=f"project {args.project}")
-    if args.template and args.template != spec.kind:
-        raise UserError(f"project {args.project} is a {spec.kind} project, not {args.template}; "
-                        f"use --template {spec.kind} or leave it out")
-    tasks = client.export_tasks(args.project)
-    return tasks, spec, {"type": "project", "project_id": args.project, "url": client.url}, f"project {args.project}"
+    return read_export_source(args.project, Path(args.from_file) if args.from_file else None, args.template,
+                              Path(args.label_config) if args.label_config else None)
 
 
 def _export_options(args: argparse.Namespace):

@@ -193,28 +193,14 @@ class Runner:
 
 
 def _export(p: Pipeline, base: Path, datasets: Path) -> dict:
-    from hil.dataset import export_to_dataset
+    from hil.dataset import export_to_dataset, read_export_source
     from hil.export import ExportOptions, check_template_matches
-    from hil.templates import default_spec, parse_label_config
 
     options = ExportOptions(policy=p.export.policy, validation_fraction=p.export.validation_fraction,
                             max_chars=p.export.max_chars, scrub_pii=p.export.scrub_pii)
-    if p.source.project is not None:
-        from hil.client import connect
-
-        client = connect()
-        spec = parse_label_config(client.label_config(p.source.project), where=f"project {p.source.project}")
-        tasks = client.export_tasks(p.source.project)
-        source = {"type": "project", "project_id": p.source.project, "url": client.url}
-        where = f"project {p.source.project}"
-    else:
-        file = (base / p.source.from_file).resolve()
-        if not file.is_file():
-            raise UserError(f"source.from_file {file}: no such file")
-        raw = file.read_bytes()
-        tasks, spec = json.loads(raw), default_spec(p.source.template)
-        source = {"type": "file", "name": file.name, "sha256": hashlib.sha256(raw).hexdigest()}
-        where = str(file)
+    from_file = (base / p.source.from_file).resolve() if p.source.from_file else None
+    tasks, spec, source, where = read_export_source(p.source.project, from_file,
+                                                    p.source.template if from_file else None)
     check_template_matches(tasks, spec, where)
     out, manifest = export_to_dataset(tasks, spec, options, source, datasets, since_last=True)
     versions = sorted(p.name for p in datasets.glob("v[0-9][0-9][0-9][0-9]") if (p / "manifest.json").is_file())
