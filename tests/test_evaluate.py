@@ -69,7 +69,7 @@ def test_heldout_records_from_sft_and_preference_files(tmp_path):
         {"prompt": pref["prompt"], "reference": "AB", "kind": None},
     ]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
-    with pytest.raises(UserError, match="bad.jsonl:1: no assistant message"):
+    with pytest.raises(UserError, match="bad.jsonl:1: SFT record has no assistant message"):
         read_eval_records(tmp_path / "bad.jsonl")
     (tmp_path / "broken.jsonl").write_text("{not json\n")
     with pytest.raises(UserError, match="broken.jsonl:1: not valid JSON"):

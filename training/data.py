@@ -62,24 +62,31 @@ def check_record(record: dict, method: str, where: str) -> dict:
     return {k: record[k] for k in ("prompt", "chosen", "rejected")}
 
 
-def read_records(channel: Path, method: str) -> list[dict]:
-    """All checked records of a channel, ``meta`` dropped.
+def iter_jsonl(files: list[Path]):
+    """``(object, "file:line")`` for every non-blank line of JSON Lines files.
 
     Raises:
-        UserError: on the first malformed line, naming file and line number.
+        UserError: on a line that is not JSON, naming file and line number.
     """
-    records = []
-    for path in channel_files(channel):
+    for path in files:
         with path.open(encoding="utf-8") as handle:
             for line_no, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
                 where = f"{path}:{line_no}"
                 try:
-                    record = json.loads(line)
+                    yield json.loads(line), where
                 except json.JSONDecodeError as err:
                     raise UserError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
-                records.append(check_record(record, method, where))
+
+
+def read_records(channel: Path, method: str) -> list[dict]:
+    """All checked records of a channel, ``meta`` dropped.
+
+    Raises:
+        UserError: on the first malformed line, naming file and line number.
+    """
+    records = [check_record(record, method, where) for record, where in iter_jsonl(channel_files(channel))]
     if not records:
         raise UserError(f"{channel}: the dataset is empty")
     return records

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hilt.errors import UserError
+from training.data import check_record, iter_jsonl
 
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -134,28 +135,15 @@ def read_eval_records(data: Path) -> tuple[list[dict], Path]:
         raise UserError(f"--data {data}: no validation/*.jsonl or *.jsonl to evaluate on; "
                         "export with --validation-fraction > 0 or pass a JSONL file")
     out = []
-    for path in files:
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{line_no}: not valid JSON ({err.msg}); one record per line") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{line_no}: each line must be a JSON object (an SFT or preference record)")
-            if "messages" in record:
-                messages = record["messages"]
-                last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-                if last is None:
-                    raise UserError(f"{path}:{line_no}: no assistant message to use as the reference answer")
-                prompt, reference = messages[:last], messages[last]["content"]
-            elif "chosen" in record and "prompt" in record:
-                prompt, reference = record["prompt"], record["chosen"][-1]["content"]
-            else:
-                raise UserError(f"{path}:{line_no}: neither an SFT ('messages') nor a preference "
-                                "('prompt'/'chosen') record")
-            out.append({"prompt": prompt, "reference": reference, "kind": (record.get("meta") or {}).get("kind")})
+    for record, where in iter_jsonl(files):
+        checked = check_record(record, "sft" if isinstance(record, dict) and "messages" in record else "dpo", where)
+        if "messages" in checked:
+            messages = checked["messages"]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            prompt, reference = messages[:last], messages[last]["content"]
+        else:
+            prompt, reference = checked["prompt"], checked["chosen"][-1]["content"]
+        out.append({"prompt": prompt, "reference": reference, "kind": (record.get("meta") or {}).get("kind")})
     if not out:
         raise UserError(f"--data {data}: the held-out files are empty")
     return out, data
