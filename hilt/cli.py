@@ -57,13 +57,13 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.entry import prepare_local_tree, run_job
-    from training.recipe import load_recipe, parse_set_option
+    from training.recipe import hyperparameter_strings, load_recipe, parse_set_option
 
     overrides = dict(parse_set_option(item) for item in args.set)
     load_recipe(args.recipe, overrides)  # every recipe problem, before any file is written
     opt_ml = prepare_local_tree(
         Path(args.output), args.recipe, Path(args.data), Path(args.model) if args.model else None,
-        {k: v if isinstance(v, str) else json.dumps(v) for k, v in overrides.items()},
+        hyperparameter_strings(overrides),
     )
     print(f"[hilt] /opt/ml tree: {opt_ml.base}")
     return run_job(opt_ml)
@@ -71,12 +71,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_launch(args: argparse.Namespace) -> int:
     from training.launch import LaunchSpec, launch
-    from training.recipe import parse_set_option
+    from training.recipe import hyperparameter_strings, parse_set_option
 
     spec = LaunchSpec(
         recipe=args.recipe, image=args.image, role=args.role, data=args.data, instance_type=args.instance_type,
         instance_count=args.instance_count, s3=args.s3, model=args.model,
-        overrides={k: v if isinstance(v, str) else json.dumps(v) for k, v in map(parse_set_option, args.set)},
+        overrides=hyperparameter_strings(dict(map(parse_set_option, args.set))),
         spot=args.spot, max_wait=args.max_wait, max_run=args.max_run, checkpoint_s3=args.checkpoint_s3,
         volume_gb=args.volume_gb, job_name=args.job_name,
     )

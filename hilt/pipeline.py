@@ -231,10 +231,10 @@ def _merge_versions(datasets: Path, versions: list[str], folder: Path) -> dict:
 
 def _train_local(p: Pipeline, base: Path, dataset: Path, folder: Path) -> dict:
     from training.entry import prepare_local_tree, run_job
+    from training.recipe import hyperparameter_strings
 
     model = Path(base / p.train.model).resolve() if p.train.model else None
-    overrides = {k: v if isinstance(v, str) else json.dumps(v) for k, v in p.train.set.items()}
-    opt_ml = prepare_local_tree(folder / "job", p.train.recipe, dataset, model, overrides)
+    opt_ml = prepare_local_tree(folder / "job", p.train.recipe, dataset, model, hyperparameter_strings(p.train.set))
     rc = run_job(opt_ml)
     if rc != 0:
         reason = opt_ml.failure_file.read_text().strip() if opt_ml.failure_file.is_file() else f"exit code {rc}"
@@ -249,6 +249,7 @@ def _train_sagemaker(p: Pipeline, base: Path, dataset: Path, folder: Path, key: 
     from container.package import extract_model_tar
     from hilt.aws import clients, split_s3_uri
     from training.launch import LaunchSpec, launch
+    from training.recipe import hyperparameter_strings
 
     sm = p.train.sagemaker
     name = f"hilt-{p.name}"[:46].rstrip("-") + f"-{key}"
@@ -264,7 +265,7 @@ def _train_sagemaker(p: Pipeline, base: Path, dataset: Path, folder: Path, key: 
             model = str((base / model).resolve())
         launch(LaunchSpec(recipe=p.train.recipe, image=sm.image, role=sm.role, data=str(dataset),
                           instance_type=sm.instance_type, instance_count=sm.instance_count, s3=sm.s3, model=model,
-                          overrides={k: v if isinstance(v, str) else json.dumps(v) for k, v in p.train.set.items()},
+                          overrides=hyperparameter_strings(p.train.set),
                           spot=sm.spot, max_wait=sm.max_wait, max_run=sm.max_run, job_name=name),
                dry_run=False, out=folder / "create-training-job.json", region=sm.region)
     deadline = time.monotonic() + sm.timeout_seconds

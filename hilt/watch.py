@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import signal
 import threading
 import time
@@ -116,7 +117,7 @@ def watch(pipeline_file: Path, secret: str | None, port: int = 0, min_annotation
     """Serve webhooks and run the pipeline when enough annotations arrived. Returns an exit code."""
     from hilt.pipeline import load_pipeline, run_pipeline
 
-    secret = secret or __import__("os").environ.get(SECRET_ENV)
+    secret = secret or os.environ.get(SECRET_ENV)
     if not secret:
         raise UserError(f"no shared secret: pass --secret or set {SECRET_ENV}; Label Studio sends it in "
                         f"{SECRET_HEADER} and the watcher refuses webhooks without it")

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hilt.aws import split_s3_uri
 from hilt.errors import UserError
 from training.recipe import BUNDLED_RECIPES_DIR, load_recipe, recipes_dir, resolve_recipe_path
 
@@ -114,11 +115,11 @@ def recipe_hyperparameters(recipe: str, overrides: dict[str, str]) -> dict[str, 
     return {"recipe": value, **{k: str(v) for k, v in overrides.items()}}
 
 
-def build_request(spec: LaunchSpec, channel_uris: dict[str, str], s3_root: str, dataset_sha256: str) -> dict:
-    """The ``CreateTrainingJob`` request (not yet validated)."""
+def build_request(spec: LaunchSpec, recipe, channel_uris: dict[str, str], s3_root: str,
+                  dataset_sha256: str) -> dict:
+    """The ``CreateTrainingJob`` request (not yet validated) for the spec's loaded ``recipe``."""
     from training.callbacks import METRIC_DEFINITIONS
 
-    recipe = load_recipe(spec.recipe, spec.overrides)
     name = spec.job_name or job_name(recipe.name)
     stopping = {"MaxRuntimeInSeconds": spec.max_run}
     if spec.spot:
@@ -158,8 +159,8 @@ def build_request(spec: LaunchSpec, channel_uris: dict[str, str], s3_root: str, 
     return request
 
 
-def check_spec(spec: LaunchSpec) -> None:
-    """Problems the service model cannot see, caught before anything is uploaded."""
+def check_spec(spec: LaunchSpec):
+    """Problems the service model cannot see, caught before anything is uploaded. Returns the recipe."""
     if spec.max_wait is not None and not spec.spot:
         raise UserError("--max-wait applies to managed spot training only; add --spot or drop --max-wait")
     if spec.spot and spec.max_wait is not None and spec.max_wait < spec.max_run:
@@ -175,6 +176,7 @@ def check_spec(spec: LaunchSpec) -> None:
                         "has no GPU: pick an ml.g5/ml.p4d/ml.p5 type")
     if spec.data.startswith("s3://") is False and not Path(spec.data).is_dir():
         raise UserError(f"--data {spec.data}: no such directory; pass the folder `hilt export` wrote or an s3:// prefix")
+    return recipe
 
 
 def _exists(s3, bucket: str, key: str) -> bool:
@@ -193,7 +195,7 @@ def upload_once(s3, local: Path, uri: str, label: str) -> bool:
     """Upload ``local``'s files under ``uri`` unless its marker is there. Returns True if uploaded."""
     from tqdm.auto import tqdm
 
-    bucket, prefix = _split(uri)
+    bucket, prefix = split_s3_uri(uri)
     marker = prefix + MARKER_SUFFIX
     if _exists(s3, bucket, marker):
         print(f"[hilt] {label}: {uri} already uploaded (same hash), reused")
@@ -204,12 +206,6 @@ def upload_once(s3, local: Path, uri: str, label: str) -> bool:
     s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps({"files": len(files)}).encode())
     print(f"[hilt] {label}: {len(files)} files uploaded to {uri}")
     return True
-
-
-def _split(uri: str) -> tuple[str, str]:
-    from hilt.aws import split_s3_uri
-
-    return split_s3_uri(uri)
 
 
 def default_s3_root(region: str | None) -> str:
@@ -238,7 +234,7 @@ def plan(spec: LaunchSpec, s3_root: str, s3=None) -> tuple[dict[str, str], dict[
     bucket_path = s3_root[5:]
     if spec.data.startswith("s3://"):
         # A prefix laid out as hilt uploads datasets: train/ and, if present, validation/.
-        bucket, prefix = _split(spec.data)
+        bucket, prefix = split_s3_uri(spec.data)
         last = prefix.rsplit("/", 1)[-1]
         data_hash = last if re.fullmatch(r"[0-9a-f]{64}", last) else hashlib.sha256(spec.data.encode()).hexdigest()
         for channel in ("train", "validation"):
@@ -280,7 +276,7 @@ def launch(spec: LaunchSpec, dry_run: bool, out: Path | None, region: str | None
 
     from hilt.aws import clients, validate_request
 
-    check_spec(spec)
+    recipe = check_spec(spec)
     if spec.s3 is None and dry_run:
         raise UserError("--dry-run needs --s3 s3://bucket/prefix (where datasets and outputs go); without it "
                         "hilt asks AWS for the default SageMaker bucket, which needs credentials")
@@ -289,10 +285,10 @@ def launch(spec: LaunchSpec, dry_run: bool, out: Path | None, region: str | None
         s3_root = spec.s3 or default_s3_root(region)
     except (BotoCoreError, ClientError) as err:
         raise UserError(f"could not find the default SageMaker bucket ({err}); pass --s3 s3://bucket/prefix") from None
-    _split(s3_root)
+    split_s3_uri(s3_root)
     try:
         channel_uris, uploads, data_hash = plan(spec, s3_root, s3)
-        request = build_request(spec, channel_uris, s3_root, data_hash)
+        request = build_request(spec, recipe, channel_uris, s3_root, data_hash)
         validate_request("CreateTrainingJob", request)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

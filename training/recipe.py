@@ -198,6 +198,11 @@ def parse_set_option(text: str) -> tuple[str, Any]:
     return key.strip(), decode_hyperparameter(value)
 
 
+def hyperparameter_strings(overrides: dict[str, Any]) -> dict[str, str]:
+    """Overrides as SageMaker writes hyperparameters: strings, JSON for anything not a string."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in overrides.items()}
+
+
 def _apply_override(data: dict, key: str, value: Any, problems: list[str]) -> None:
     node = data
     parts = key.split(".")
