@@ -72,6 +72,13 @@ def check_answer(status: int, headers: dict, body: bytes, content_type: str, exp
     return problems
 
 
+def write_validation_input(prompts: list[list[dict]], out: Path, max_new_tokens: int) -> Path:
+    """The JSON Lines input of a validation transform: one serve request per held-out prompt."""
+    out.write_text("".join(json.dumps({"inputs": p, "parameters": {"max_new_tokens": max_new_tokens}}) + "\n"
+                           for p in prompts))
+    return out
+
+
 def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, split_type: str = "Line",
                        assemble_with: str = "Line", output_dir: Path | None = None,
                        ping_timeout: float = 600.0, request_timeout: float = 600.0) -> dict:

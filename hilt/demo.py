@@ -113,7 +113,7 @@ def run_demo(workdir: Path) -> int:
     from hilt.aws import validate_request
     from container.marketplace import model_package_request, write_listing
     from container.package import build_model_tar
-    from container.validate import validate_model_tar
+    from container.validate import validate_model_tar, write_validation_input
     from hil import studio
     from training.entry import prepare_local_tree, run_job
     from training.tiny_model import build_tiny_model, warm_up
@@ -232,10 +232,8 @@ def run_demo(workdir: Path) -> int:
     if not report_file.exists():
         built = build_model_tar(job_dir / "model", tar)
         progress["model_tar_sha256"] = built["archive_sha256"]
-        validation_input = package_dir / "validation-input.jsonl"
-        validation_input.write_text("".join(
-            json.dumps({"inputs": r["messages"][:-1], "parameters": {"max_new_tokens": 48}}) + "\n"
-            for r in validation[:10]))
+        validation_input = write_validation_input([r["messages"][:-1] for r in validation[:10]],
+                                                  package_dir / "validation-input.jsonl", max_new_tokens=48)
         validate_model_tar(tar, validation_input, "application/jsonlines", "Line", "Line", package_dir / "validation")
         save_progress()
     report = json.loads(report_file.read_text())

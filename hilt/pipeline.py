@@ -292,16 +292,6 @@ def _train_sagemaker(p: Pipeline, base: Path, dataset: Path, folder: Path, key: 
     return {"model_dir": str(folder / "model"), "training_job": name, "model_artifacts": uri}
 
 
-def _validation_input(dataset: Path, out: Path, n: int, max_new_tokens: int) -> int:
-    from training.evaluate import read_eval_records
-
-    records, _ = read_eval_records(dataset)
-    rows = records[:n]
-    out.write_text("".join(json.dumps({"inputs": r["prompt"], "parameters": {"max_new_tokens": max_new_tokens}})
-                           + "\n" for r in rows))
-    return len(rows)
-
-
 def run_pipeline(path: Path) -> int:
     """Run (or resume) the pipeline. Returns the exit code: 0 done or nothing new, 1 refused or failed."""
     pipeline, base = load_pipeline(path)
@@ -378,10 +368,12 @@ def run_pipeline(path: Path) -> int:
         package_dir, packaged = runner.step("package", {"train": train_dir.name}, package_step)
 
         def validate_step(folder: Path) -> dict:
-            from container.validate import validate_model_tar
+            from container.validate import validate_model_tar, write_validation_input
+            from training.evaluate import read_eval_records
 
-            source = folder / "validation-input.jsonl"
-            _validation_input(data_dir, source, p.package.validation_records, p.package.max_new_tokens)
+            records, _ = read_eval_records(data_dir)
+            source = write_validation_input([r["prompt"] for r in records[: p.package.validation_records]],
+                                            folder / "validation-input.jsonl", p.package.max_new_tokens)
             report = validate_model_tar(Path(packaged["model_tar"]), source, "application/jsonlines", "Line",
                                         "Line", folder / "report")
             return {"passed": report["passed"], "failures": report["failures"], "input": str(source),

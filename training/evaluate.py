@@ -159,12 +159,6 @@ def records_sha256(records: list[dict]) -> str:
 # ---------------------------------------------------------------- model side
 
 
-def _device():
-    import torch
-
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def heldout_loss(model, tokenizer, records: list[dict], max_length: int = 1024, batch_size: int = 8) -> float:
     """Mean per-token NLL of each reference answer given its prompt (chat template applied)."""
     import torch
@@ -206,24 +200,12 @@ def heldout_loss(model, tokenizer, records: list[dict], max_length: int = 1024, 
     return total_nll / total_tokens
 
 
-def load_for_eval(model_dir: Path):
-    """(model, tokenizer) from a ``save_pretrained`` dir, on the GPU when there is one."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (Path(model_dir) / "config.json").is_file():
-        raise UserError(f"{model_dir}: no config.json; pass a save_pretrained model directory (a job's model/)")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.chat_template is None:
-        raise UserError(f"{model_dir}: the tokenizer has no chat template; evaluation renders prompts with it")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(_device())
-    model.eval()
-    return model, tokenizer
-
-
 def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
                 max_length: int = 1024, label: str = "model") -> tuple[dict[str, float], list[str]]:
     """Loss, perplexity, exact match and ROUGE-L of one model. Returns (metrics, answers)."""
-    model, tokenizer = load_for_eval(model_dir)
+    from training.generation import load_model
+
+    model, tokenizer = load_model(model_dir)
     loss = heldout_loss(model, tokenizer, records, max_length=max_length)
     from training.generation import generate_answers
 

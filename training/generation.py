@@ -4,6 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hilt.errors import UserError
+
+
+def load_model(model_dir: str | Path):
+    """(model, tokenizer) from a ``save_pretrained`` dir, in eval mode, on the GPU when there is one.
+
+    Raises:
+        UserError: when the dir holds no model or its tokenizer has no chat template.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir}: no config.json; pass a save_pretrained model directory (a job's model/)")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.chat_template is None:
+        raise UserError(f"{model_dir}: the tokenizer has no chat template; prompts are rendered with it")
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device)
+    model.eval()
+    return model, tokenizer
+
 
 def greedy_answers(model_dir: str | Path, conversations: list[list[dict]], max_new_tokens: int = 32,
                    batch_size: int = 32) -> list[str]:
@@ -18,11 +41,7 @@ def greedy_answers(model_dir: str | Path, conversations: list[list[dict]], max_n
     Returns:
         The decoded answers, without special tokens, in input order.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.eval()
+    model, tokenizer = load_model(model_dir)
     return generate_answers(model, tokenizer, conversations, max_new_tokens, batch_size)
 
 
