@@ -527,7 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="LISTING.md")
     p.set_defaults(func=_cmd_package)
 
-    set_help = "override a recipe key, e.g. --set train.learning_rate=1e-4 (repeatable)"
+    def add_recipe_flags(p):
+        p.add_argument("recipe", help="recipe name (see recipes/) or path to a recipe YAML")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. --set train.learning_rate=1e-4 (repeatable)")
+
     p = sub.add_parser(
         "train",
         help="run a recipe as a SageMaker training job over a local /opt/ml tree",
@@ -536,11 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
         "The model ends up in OUTPUT/model; rerunning with the same flags resumes from the "
         "newest checkpoint in OUTPUT/checkpoints.",
     )
-    p.add_argument("recipe", help="recipe name (see recipes/) or path to a recipe YAML")
+    add_recipe_flags(p)
     p.add_argument("--data", required=True, help="dataset dir from `hilt export` (train/, validation/)")
     p.add_argument("--output", required=True, help="job dir: becomes the /opt/ml tree")
     p.add_argument("--model", help="base model dir, mounted as the `model` channel")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -550,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
         "managed spot, stopping condition), validate it strictly against botocore's SageMaker model and "
         "submit it. --dry-run writes the request and sends nothing. AWS_ENDPOINT_URL is honoured.",
     )
-    p.add_argument("recipe", help="recipe name (see recipes/) or path to a recipe YAML")
+    add_recipe_flags(p)
     p.add_argument("--image", required=True, help="training image URI (ECR) whose entry point is `train`")
     p.add_argument("--role", required=True, help="IAM role ARN the job runs as")
     p.add_argument("--data", required=True, help="dataset dir from `hilt export`, or an s3:// prefix with train/")
@@ -567,7 +570,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume-gb", type=_positive_int, default=100, help="EBS volume per host (100)")
     p.add_argument("--job-name", help="TrainingJobName (default hilt-RECIPE-TIMESTAMP)")
     p.add_argument("--region", help="AWS region (default $AWS_DEFAULT_REGION or us-east-1)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--dry-run", action="store_true", help="write the validated request; upload and submit nothing")
     p.add_argument("--out", help="where to write the request JSON (default launch-request.json with --dry-run)")
     p.set_defaults(func=_cmd_launch)
@@ -577,19 +579,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = recipe_sub.add_parser("schema", help="print the recipe JSON schema")
     p.set_defaults(func=_cmd_recipe_schema)
     p = recipe_sub.add_parser("check", help="validate a recipe (+ overrides), print it resolved")
-    p.add_argument("recipe", help="recipe name or YAML path")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    add_recipe_flags(p)
     p.set_defaults(func=_cmd_recipe_check)
 
     p = sub.add_parser(
         "inspect-data",
         help="print tokenized samples with the tokens that count toward the loss marked",
     )
-    p.add_argument("recipe", help="recipe name or YAML path")
+    add_recipe_flags(p)
     p.add_argument("--data", required=True, help="dataset dir (train/data.jsonl)")
     p.add_argument("--model", help="model dir whose tokenizer to use (else model.name_or_path)")
     p.add_argument("--samples", type=_positive_int, default=2, help="records to show (2)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=_cmd_inspect_data)
 
     p = sub.add_parser(
