@@ -256,5 +256,6 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
         f"`{METERING_DIMENSION}` is the only dimension.",
         "",
     ]
-    out.write_text("\n".join(lines))
-    return out
+    from hilt.outputs import write_atomic
+
+    return write_atomic(out, "\n".join(lines))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -22,9 +23,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from container.package import extract_model_tar
+from container.package import DEFAULT_MAX_UNPACKED_BYTES, extract_model_tar
 from container.serve import JSON, JSONLINES, METERING_DIMENSION, METERING_HEADER
 from hilt.errors import UserError
+from hilt.outputs import claim_output_dir
 
 
 def _free_port() -> int:
@@ -81,8 +83,12 @@ def write_validation_input(prompts: list[list[dict]], out: Path, max_new_tokens:
 
 def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, split_type: str = "Line",
                        assemble_with: str = "Line", output_dir: Path | None = None,
-                       ping_timeout: float = 600.0, request_timeout: float = 600.0) -> dict:
+                       ping_timeout: float = 600.0, request_timeout: float = 600.0,
+                       max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES) -> dict:
     """Run the replay and return the report (also written to ``output_dir/validation-report.json``).
+
+    The model is extracted into a temporary /opt/ml tree that is removed afterwards, also
+    when the replay fails or is interrupted.
 
     Raises:
         UserError: on bad arguments or inputs (a failing model is a report, not an error).
@@ -100,11 +106,28 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
         records = [raw]
     if not records:
         raise UserError(f"--input {input_file}: empty")
-    output_dir = Path(output_dir or tempfile.mkdtemp(prefix="hilt-validate-"))
-    output_dir.mkdir(parents=True, exist_ok=True)
-
+    if output_dir is not None:
+        output_dir = claim_output_dir(Path(output_dir), "validation", "--output", recognise=_is_validation_dir,
+                                      hint="the --output of an earlier `hilt package validate`")
+    else:
+        output_dir = Path(tempfile.mkdtemp(prefix="hilt-validate-"))
     base = Path(tempfile.mkdtemp(prefix="hilt-validate-opt-ml-"))
-    package = extract_model_tar(model_tar, base / "model")
+    try:
+        package = extract_model_tar(model_tar, base / "model", max_unpacked_bytes=max_unpacked_bytes)
+        return _replay(base, package, model_tar, input_file, records, content_type, split_type, assemble_with,
+                       output_dir, ping_timeout, request_timeout)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _is_validation_dir(folder: Path) -> bool:
+    return (folder / "validation-report.json").is_file()
+
+
+def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, records: list[bytes], content_type: str,
+            split_type: str, assemble_with: str, output_dir: Path, ping_timeout: float,
+            request_timeout: float) -> dict:
+    """Serve the extracted model from ``base`` and send it the transform's requests."""
     port = _free_port()
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port),
            "HILT_SERVE_HOST": "127.0.0.1"}

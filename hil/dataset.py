@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hil.export import ExportOptions, ExportResult
 from hilt.errors import UserError
+from hilt.outputs import MARKER, check_output_dir, make_staging_dir, os_error_message, replace_dir
 
 FORMAT = "hilt-dataset/1"
 SPLITS = ("train", "validation")
@@ -112,47 +110,151 @@ def build_files(result: ExportResult, source: dict, options: ExportOptions) -> t
         "pii": result.pii,
         "dataset_sha256": digest.hexdigest(),
         "annotation_ids": result.annotation_ids,
+        "annotation_versions": result.annotation_versions,
     }
     files["README.md"] = dataset_card(manifest).encode("utf-8")
     manifest["files"] = {path: _sha256(data) for path, data in sorted(files.items())}
     return files, manifest
 
 
-def write_dataset(out: Path, files: dict[str, bytes], manifest: dict) -> Path:
-    """Write the files and manifest to ``out`` atomically (replacing an older export)."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+def is_dataset_dir(folder: Path) -> bool:
+    """Whether ``folder`` is a dataset ``hilt export`` wrote (its manifest names the format)."""
     try:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _files_not_in_dataset(folder: Path) -> list[str]:
+    """Files under a dataset dir that its manifest does not list (someone else's: never deleted)."""
+    listed = set(json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("files", {}))
+    listed |= {"manifest.json", MARKER}
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if (p.is_file() or p.is_symlink()) and p.relative_to(folder).as_posix() not in listed)
+
+
+def check_dataset_target(out: Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that replacing would cost the user files.
+
+    Allowed: a new or empty folder, or a dataset an earlier ``hilt export`` wrote that holds
+    only the files its manifest lists (replaced atomically).
+
+    Raises:
+        UserError: naming the folder, what is in the way, and the fix.
+    """
+    check_output_dir(out, "dataset", flag, recognise=is_dataset_dir,
+                     hint="the folder of an earlier `hilt export`")
+    if is_dataset_dir(out):
+        extra = _files_not_in_dataset(out)
+        if extra:
+            shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+            raise UserError(f"{flag} {out} is an earlier export, but also holds files it did not write ({shown}); "
+                            "move them out of it, or export to a new folder (nothing was changed)")
+
+
+def check_versions_root(root: Path, flag: str = "--out") -> None:
+    """``--since-last`` only adds ``vNNNN`` folders under ``root``; a file there is refused."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{flag} {root} is a file, not a folder; pass the folder that holds (or will hold) "
+                        "the versions v0001, v0002... (nothing was changed)")
+
+
+def write_dataset(out: Path, files: dict[str, bytes], manifest: dict) -> Path:
+    """Write the files and manifest to ``out`` atomically (replacing an older export).
+
+    Raises:
+        UserError: when ``out`` holds anything but an earlier export, or on a full disk or a
+            folder that cannot be written; nothing half-written is left behind.
+    """
+    check_dataset_target(out)
+    out = out.resolve()
+    staging = None
+    try:
+        staging = make_staging_dir(out)
         for rel, data in files.items():
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old)
+        if out.is_dir() and not is_dataset_dir(out):
+            # An empty folder (perhaps the working directory): fill it instead of renaming it away.
+            for entry in sorted(staging.iterdir(), key=lambda p: p.name == "manifest.json"):
+                entry.replace(out / entry.name)
+            staging.rmdir()
         else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            replace_dir(staging, out)
+    except OSError as err:
+        raise UserError(os_error_message(err, out)) from None
+    finally:
+        if staging is not None and staging.exists():
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
+def exported_annotations(root: Path) -> dict[int, str | None]:
+    """Annotations the versions under ``root`` cover: id -> ``updated_at`` when exported.
+
+    An annotation edited in Label Studio after its export has a newer ``updated_at`` and
+    so goes into the next ``--since-last`` version. Versions written before hilt tracked
+    ``updated_at`` map their ids to None (matched by id alone).
+    """
+    seen: dict[int, str | None] = {}
+    for manifest_file in sorted(root.glob("v[0-9][0-9][0-9][0-9]/manifest.json")):
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        versions = manifest.get("annotation_versions")
+        if versions is None:
+            seen.update({int(i): None for i in manifest.get("annotation_ids", [])})
+        else:
+            seen.update({int(i): at for i, at in versions.items()})
+    return seen
+
+
 def exported_annotation_ids(root: Path) -> set[int]:
-    """Annotation ids covered by the versions already under ``root`` (``--since-last``)."""
-    ids: set[int] = set()
-    for manifest in sorted(root.glob("v[0-9][0-9][0-9][0-9]/manifest.json")):
-        ids.update(json.loads(manifest.read_text()).get("annotation_ids", []))
-    return ids
+    """Annotation ids covered by the versions already under ``root``."""
+    return set(exported_annotations(root))
 
 
 def next_version_dir(root: Path) -> Path:
     versions = sorted(int(p.name[1:]) for p in root.glob("v[0-9][0-9][0-9][0-9]") if p.is_dir())
     return root / f"v{(versions[-1] + 1 if versions else 1):04d}"
+
+
+def parse_export_json(raw: bytes, path: Path) -> Any:
+    """Label Studio's JSON export from its bytes, with file and line in every error.
+
+    Raises:
+        UserError: on bytes that are not UTF-8, or text that is not JSON.
+    """
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                        "export again from Label Studio or re-save the file as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); "
+                        "pass Label Studio's JSON export (Export > JSON)") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to be a Label Studio export; "
+                        "pass Label Studio's JSON export (Export > JSON)") from None
+
+
+def read_text_file(path: Path, flag: str) -> str:
+    """A small UTF-8 text file a flag names (a labeling config), or one line saying why not."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{flag} {path} is a folder; pass the file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{flag} {path}: not UTF-8 text (offset {err.start}); re-save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(os_error_message(err, path, "read")) from None
 
 
 def read_export_source(project: int | None, from_file: Path | None, template: str | None,
@@ -168,22 +270,24 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
     """
     from hil.templates import default_spec, parse_label_config
 
+    from hil.export import check_export_shape
+
     if from_file is not None:
         if not template:
             raise UserError("--from-file needs --template sft|preference (the export file has no labeling config)")
         try:
             raw = from_file.read_bytes()
-            tasks = json.loads(raw)
         except FileNotFoundError:
             raise UserError(f"--from-file {from_file}: no such file") from None
-        except json.JSONDecodeError as err:
-            raise UserError(f"{from_file}: not valid JSON ({err.msg} at line {err.lineno}); "
-                            "pass Label Studio's JSON export (Export > JSON)") from None
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-            raise UserError(f"{from_file}: expected Label Studio's JSON export, a list of tasks")
+        except IsADirectoryError:
+            raise UserError(f"--from-file {from_file} is a folder; pass the export's .json file") from None
+        except OSError as err:
+            raise UserError(os_error_message(err, from_file, "read")) from None
+        tasks = parse_export_json(raw, from_file)
+        check_export_shape(tasks, str(from_file))
         spec = default_spec(template)
         if label_config:
-            spec = parse_label_config(label_config.read_text(), where=str(label_config))
+            spec = parse_label_config(read_text_file(label_config, "--label-config"), where=str(label_config))
         source = {"type": "file", "name": from_file.name, "sha256": hashlib.sha256(raw).hexdigest()}
         return tasks, spec, source, str(from_file)
     from hil.client import connect
@@ -194,6 +298,7 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
         raise UserError(f"project {project} is a {spec.kind} project, not {template}; "
                         f"use --template {spec.kind} or leave it out")
     tasks = client.export_tasks(project)
+    check_export_shape(tasks, f"project {project}")
     return tasks, spec, {"type": "project", "project_id": project, "url": client.url}, f"project {project}"
 
 
@@ -206,7 +311,11 @@ def export_to_dataset(tasks: list[dict], spec, options: ExportOptions, source: d
     """
     from hil.export import export_annotations
 
-    skip = exported_annotation_ids(out) if since_last else set()
+    if since_last:
+        check_versions_root(out)
+    else:
+        check_dataset_target(out)
+    skip = exported_annotations(out) if since_last else {}
     result = export_annotations(tasks, spec, options, skip_annotation_ids=skip)
     if since_last and result.counts["annotations"] == 0:
         return None, None

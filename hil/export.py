@@ -37,6 +37,7 @@ UNKNOWN_CONTROL = "unknown_control"
 NO_SELECTION = "no_selection"
 IDENTICAL_ANSWERS = "identical_answers"
 CONFLICTING_PREFERENCE = "conflicting_preference"
+NUL_BYTES = "nul_bytes"
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<!\w)(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}(?!\w)")
@@ -63,6 +64,8 @@ class ExportResult:
     quality: dict[str, Any]
     pii: dict[str, int] = field(default_factory=dict)
     annotation_ids: list[int] = field(default_factory=list)
+    # id -> updated_at: an annotation edited after its export is exported again (--since-last).
+    annotation_versions: dict[str, str | None] = field(default_factory=dict)
 
 
 def split_of(task_id: Any, validation_fraction: float) -> str:
@@ -131,10 +134,26 @@ def pairwise_choice(results: list[dict], control: str | None = None) -> str | No
 
 
 def _results(annotation: dict, spec: LabelingSpec) -> tuple[list[dict], list[str]]:
-    """The annotation's results, and the from_names the config does not know (when known)."""
+    """The annotation's results, and the from_names the config does not know.
+
+    With the project's config at hand, a control it does not name is unknown. Without it
+    (an export file and no ``--label-config``) only what the template reads is known: a
+    TextArea on the prompt (the SFT answer, or a preference rationale) and, for
+    preferences, a Pairwise; several differently named TextAreas on the prompt of an SFT
+    annotation are ambiguous, so they are unknown too.
+    """
     results = annotation.get("result") or []
-    unknown = sorted({r.get("from_name") for r in results if spec.controls and r.get("from_name") not in spec.controls})
-    return results, unknown
+    if spec.controls:
+        return results, sorted({str(r.get("from_name")) for r in results if r.get("from_name") not in spec.controls})
+    known_types = {"textarea", "pairwise"} if spec.kind == "preference" else {"textarea"}
+    unknown = {str(r.get("from_name")) for r in results
+               if r.get("type") not in known_types
+               or (r.get("type") == "textarea" and r.get("to_name") != spec.prompt_object)}
+    answers = {str(r.get("from_name")) for r in results
+               if r.get("type") == "textarea" and r.get("to_name") == spec.prompt_object}
+    if spec.kind == "sft" and len(answers) > 1:
+        unknown |= answers
+    return results, sorted(unknown)
 
 
 def _textarea(results: list[dict], spec: LabelingSpec, control: str | None, exclude: str | None = None) -> str | None:
@@ -164,9 +183,15 @@ def _prompt_messages(task: dict, spec: LabelingSpec, scrub: _Scrubber) -> list[d
     return messages
 
 
+def _id_order(item: dict) -> tuple:
+    """Sort key for tasks and annotations by id, whatever type the ids have (checked before)."""
+    value = item.get("id")
+    return (value is None, str(type(value).__name__), value if value is not None else 0)
+
+
 def sorted_annotations(task: dict) -> list[dict]:
     """A task's annotations oldest first (by id), so "latest" means the same in every pass."""
-    return sorted(task.get("annotations") or [], key=lambda a: (a.get("id") is None, a.get("id") or 0))
+    return sorted(task.get("annotations") or [], key=_id_order)
 
 
 def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
@@ -192,6 +217,9 @@ def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, s
                 continue
             if len(answer) > options.max_chars:
                 out.rejects.append(_reject(task, annotation, TOO_LONG, f"{len(answer)} > {options.max_chars} chars"))
+                continue
+            if "\x00" in answer:
+                out.rejects.append(_reject(task, annotation, NUL_BYTES, "the answer holds NUL (\\x00) characters"))
                 continue
             candidates.append((annotation, answer.strip()))
 
@@ -251,6 +279,9 @@ def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub:
             selected = pairwise_choice(results, spec.comparison_control)
             if selected not in ("left", "right"):
                 out.rejects.append(_reject(task, annotation, NO_SELECTION, "no Pairwise left/right choice"))
+                continue
+            if "\x00" in left + right:
+                out.rejects.append(_reject(task, annotation, NUL_BYTES, "an answer holds NUL (\\x00) characters"))
                 continue
             if _normalize(left) == _normalize(right):
                 out.rejects.append(_reject(task, annotation, IDENTICAL_ANSWERS, "both answers are the same text"))
@@ -391,26 +422,34 @@ def _pairwise_cohen(multi: dict[Any, dict[Any, str]]) -> dict[str, float | None]
 
 
 def export_annotations(tasks: list[dict], spec: LabelingSpec, options: ExportOptions,
-                       skip_annotation_ids: set[int] | None = None) -> ExportResult:
+                       skip_annotation_ids: dict[int, str | None] | set[int] | None = None) -> ExportResult:
     """Turn Label Studio export tasks into records and rejects.
 
     Args:
         tasks: Label Studio JSON export (list of task dicts with ``annotations``).
         spec: where prompt, answers and judgements are (from the project's config).
         options: policy, validation fraction, limits, PII scrubbing.
-        skip_annotation_ids: annotations exported before (``--since-last``); left out.
+        skip_annotation_ids: annotations exported before (``--since-last``): id -> the
+            ``updated_at`` it had then (None: any). Left out unless edited since.
 
     Returns:
         The records by split, the rejects, and counts that add up:
         ``annotations == annotations_in_records + rejects``.
     """
-    skip = skip_annotation_ids or set()
-    tasks = sorted(tasks, key=lambda t: (t.get("id") is None, t.get("id") or 0))
+    skip = skip_annotation_ids or {}
+    if not isinstance(skip, dict):
+        skip = dict.fromkeys(skip)
+
+    def exported_before(annotation: dict) -> bool:
+        if annotation.get("id") not in skip:
+            return False
+        then = skip[annotation.get("id")]
+        return then is None or then == annotation.get("updated_at")
+
+    tasks = sorted(tasks, key=_id_order)
     if skip:
-        tasks = [
-            {**t, "annotations": [a for a in (t.get("annotations") or []) if a.get("id") not in skip]}
-            for t in tasks
-        ]
+        tasks = [{**t, "annotations": [a for a in (t.get("annotations") or []) if not exported_before(a)]}
+                 for t in tasks]
     scrub = _Scrubber(options.scrub_pii)
     out = ExportResult(kind=spec.kind, records={"train": [], "validation": []}, rejects=[],
                        counts=Counter(), quality={})
@@ -433,8 +472,78 @@ def export_annotations(tasks: list[dict], spec: LabelingSpec, options: ExportOpt
     out.quality = quality_report(tasks, spec)
     out.quality["duplicate_rate"] = round(reasons[DUPLICATE] / annotations, 4) if annotations else 0.0
     out.pii = dict(scrub.counts) if options.scrub_pii else {}
-    out.annotation_ids = sorted(a["id"] for t in tasks for a in (t.get("annotations") or []) if a.get("id") is not None)
+    exported = [a for t in tasks for a in (t.get("annotations") or []) if a.get("id") is not None]
+    out.annotation_ids = sorted(a["id"] for a in exported)
+    out.annotation_versions = {str(a["id"]): a.get("updated_at") for a in sorted(exported, key=_id_order)}
     return out
+
+
+def _first_bad_string(value: Any, path: str) -> str | None:
+    """The path of the first string (key or value) that cannot be written as UTF-8 (a lone surrogate)."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _first_bad_string(key, where) is not None:
+                    return f"{where} (a key)"
+                stack.append((child, f"{where}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def check_export_shape(tasks: Any, where: str) -> None:
+    """Refuse, with one line, an export that is not Label Studio's JSON export shape.
+
+    Checked: a list of task objects; ``data`` an object; ``annotations`` a list of objects;
+    ``result`` a list of objects; task and annotation ids integers; every string valid
+    Unicode (a lone surrogate such as ``\\ud800`` cannot be written as UTF-8).
+
+    Raises:
+        UserError: naming the task (position and id), the key, and the fix.
+    """
+    from hilt.errors import UserError
+
+    fix = "pass Label Studio's own JSON export (Export > JSON), unedited"
+    if not isinstance(tasks, list):
+        raise UserError(f"{where}: expected a list of tasks, got a JSON {type(tasks).__name__}; {fix}")
+
+    def is_id(value: Any) -> bool:
+        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+    for index, task in enumerate(tasks, 1):
+        if not isinstance(task, dict):
+            raise UserError(f"{where}: task #{index} is a {type(task).__name__}, not an object; {fix}")
+        name = f"task #{index} (id {task.get('id')!r})"
+        if not is_id(task.get("id")):
+            raise UserError(f"{where}: {name} has a non-integer id; Label Studio's ids are integers; {fix}")
+        if not isinstance(task.get("data", {}), dict):
+            raise UserError(f"{where}: {name}: 'data' is a {type(task['data']).__name__}, not an object; {fix}")
+        annotations = task.get("annotations") or []
+        if not isinstance(annotations, list):
+            raise UserError(f"{where}: {name}: 'annotations' is a {type(annotations).__name__}, not a list; {fix}")
+        for annotation in annotations:
+            if not isinstance(annotation, dict):
+                raise UserError(f"{where}: {name}: an annotation is a {type(annotation).__name__}, not an object; {fix}")
+            if not is_id(annotation.get("id")):
+                raise UserError(f"{where}: {name}: annotation id {annotation.get('id')!r} is not an integer; {fix}")
+            results = annotation.get("result") or []
+            if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+                raise UserError(f"{where}: {name}: annotation {annotation.get('id')}: 'result' must be a list of "
+                                f"objects, got {str(results)[:40]!r}; {fix}")
+            if any(not isinstance(r.get("value", {}), dict) for r in results):
+                raise UserError(f"{where}: {name}: annotation {annotation.get('id')}: a result's 'value' is not "
+                                f"an object; {fix}")
+        bad = _first_bad_string(task, f"task #{index}")
+        if bad is not None:
+            raise UserError(f"{where}: {bad} holds a lone surrogate (an invalid \\uD800-\\uDFFF escape), which is "
+                            "not text; fix that string in the export")
 
 
 def check_template_matches(tasks: list[dict], spec: LabelingSpec, where: str) -> None:

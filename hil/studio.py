@@ -45,6 +45,14 @@ def read_state(data_dir: str | Path | None = None) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a secret-bearing file readable by its owner only (0600), also when it existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -107,6 +115,8 @@ def start(port: int = 8080, data_dir: str | Path | None = None, timeout: float =
     """
     directory = studio_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
+    # The folder holds the admin password, the API token and the database: owner only.
+    directory.chmod(0o700)
     state = read_state(directory)
     if state and _alive(state["pid"]) and healthy(state["url"]):
         return {**state, "already_running": True}
@@ -123,7 +133,7 @@ def start(port: int = 8080, data_dir: str | Path | None = None, timeout: float =
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             env=studio_env(directory, state), cwd=directory, start_new_session=True)
     state.update(pid=proc.pid, port=port, url=f"http://127.0.0.1:{port}", data_dir=str(directory), log=str(log_path))
-    (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_private(directory / STATE_FILE, json.dumps(state, indent=2))
     started = time.monotonic()
     last_report = 0.0
     while not healthy(state["url"]):

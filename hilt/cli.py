@@ -63,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     load_recipe(args.recipe, overrides)  # every recipe problem, before any file is written
     opt_ml = prepare_local_tree(
         Path(args.output), args.recipe, Path(args.data), Path(args.model) if args.model else None,
-        hyperparameter_strings(overrides),
+        hyperparameter_strings(overrides), fresh=args.fresh,
     )
     print(f"[hilt] /opt/ml tree: {opt_ml.base}")
     return run_job(opt_ml)
@@ -223,7 +223,7 @@ def _export_options(args: argparse.Namespace):
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hil.dataset import export_to_dataset
+    from hil.dataset import check_dataset_target, check_versions_root, export_to_dataset
     from hil.export import check_template_matches
 
     if bool(args.from_file) == bool(args.project):
@@ -231,6 +231,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.since_last and not args.project:
         raise UserError("--since-last needs --project (it tracks what a project already exported)")
     options = _export_options(args)
+    # The output folder first: a folder that is not a dataset is refused before any work.
+    (check_versions_root if args.since_last else check_dataset_target)(Path(args.out))
     tasks, spec, source, where = _read_export_source(args)
     check_template_matches(tasks, spec, where)
     out, manifest = export_to_dataset(tasks, spec, options, source, Path(args.out), since_last=args.since_last)
@@ -271,7 +273,8 @@ def _cmd_package(args: argparse.Namespace) -> int:
         from container.validate import validate_model_tar
 
         report = validate_model_tar(Path(args.model_tar), Path(args.input), args.content_type, args.split_type,
-                                    args.assemble_with, Path(args.output) if args.output else None)
+                                    args.assemble_with, Path(args.output) if args.output else None,
+                                    max_unpacked_bytes=int(args.max_unpacked_gb * 1024**3))
         verdict = "PASSED" if report["passed"] else "FAILED"
         print(f"validation {verdict}: {report['records']} records, output {report.get('output_file')}, "
               f"latency {report.get('latency_ms')}, report {report['report_file']}")
@@ -291,7 +294,9 @@ def _cmd_package(args: argparse.Namespace) -> int:
                                         args.validation_input, args.validation_output, args.training_output,
                                         args.hardware, args.metering_unit, args.description or "")
         validate_request(operation_of(request), request)
-        Path(args.out).write_text(json.dumps(request, indent=2) + "\n")
+        from hilt.outputs import write_atomic
+
+        write_atomic(Path(args.out), json.dumps(request, indent=2) + "\n")
         print(f"{args.out}: {operation_of(request)} request, validated against botocore's SageMaker model")
         return 0
     if action == "submit":
@@ -495,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-type", default="Line", choices=["Line", "None"])
     p.add_argument("--assemble-with", default="Line", choices=["Line", "None"])
     p.add_argument("--output", help="where <input>.out and validation-report.json go (a temp dir)")
+    p.add_argument("--max-unpacked-gb", type=float, default=256.0,
+                   help="refuse an archive whose files add up to more than this, before extracting (256)")
     p.set_defaults(func=_cmd_package)
     p = package_sub.add_parser("request", help="write a strictly validated CreateModelPackage/CreateAlgorithm request")
     p.add_argument("kind", choices=["model-package", "algorithm"])
@@ -544,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset dir from `hilt export` (train/, validation/)")
     p.add_argument("--output", required=True, help="job dir: becomes the /opt/ml tree")
     p.add_argument("--model", help="base model dir, mounted as the `model` channel")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard OUTPUT's checkpoints and model and train from the start (a rerun otherwise "
+                   "resumes, and refuses checkpoints made from other data, recipe or model)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -653,6 +663,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UserError as err:
         print(f"hilt: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:
+        # A full disk or a folder that cannot be written is the user's to fix, not a bug.
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT):
+            raise
+        from hilt.outputs import os_error_message
+
+        print(f"hilt: error: {os_error_message(err, err.filename or 'a file')}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

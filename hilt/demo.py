@@ -118,8 +118,10 @@ def run_demo(workdir: Path) -> int:
     from training.entry import prepare_local_tree, run_job
     from training.tiny_model import build_tiny_model, warm_up
 
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    from hilt.outputs import claim_output_dir
+
+    workdir = claim_output_dir(workdir, "demo", "--workdir", recognise=lambda d: (d / "demo-state.json").is_file(),
+                               hint="the --workdir of an earlier `hilt demo`")
     rows: list[tuple[str, str]] = []
     started = time.perf_counter()
     progress_file = workdir / "demo-state.json"

@@ -29,6 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hilt.errors import UserError
+from hilt.outputs import claim_output_dir
+from training.provenance import model_fingerprint
 
 STEP_FILE = "step.json"
 RUN_FILE = "last-run.json"
@@ -141,19 +143,6 @@ def _hash(inputs: Any) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def model_fingerprint(path: str | None) -> str | None:
-    """Identity of a base model dir without reading gigabytes: config, file names and sizes."""
-    if path is None or path.startswith("s3://"):
-        return path
-    root = Path(path)
-    if not (root / "config.json").is_file():
-        raise UserError(f"{root}: no config.json; point train.model / evaluate.baseline at a save_pretrained dir")
-    digest = hashlib.sha256((root / "config.json").read_bytes())
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        digest.update(f"{p.relative_to(root).as_posix()}:{p.stat().st_size}".encode())
-    return digest.hexdigest()
-
-
 class StepFailed(Exception):
     """A step did not finish; the run stops (exit 1) and a rerun resumes it."""
 
@@ -209,20 +198,49 @@ def _export(p: Pipeline, base: Path, datasets: Path) -> dict:
     return {"new": new, "versions": versions}
 
 
+def _record_annotation_ids(line: bytes) -> set[int]:
+    meta = json.loads(line).get("meta") or {}
+    ids = meta.get("annotation_ids") or [meta.get("annotation_id")]
+    return {i for i in ids if i is not None}
+
+
 def _merge_versions(datasets: Path, versions: list[str], folder: Path) -> dict:
-    """All versions' records in one dataset dir (versions hold disjoint annotations)."""
-    counts = {}
+    """All versions' records in one dataset dir, each annotation once: its latest export.
+
+    An annotation edited in Label Studio after its export is exported again by a later
+    version; the earlier record made from it is superseded (dropped here and listed in the
+    manifest), so the merged data holds the edited text, and nothing twice.
+    """
+    covered = {v: set(json.loads((datasets / v / "manifest.json").read_text()).get("annotation_ids", []))
+               for v in versions}
+    counts, superseded = {}, []
     digest = hashlib.sha256()
     for split in ("train", "validation"):
-        parts = [(datasets / v / split / "data.jsonl").read_bytes() for v in versions
-                 if (datasets / v / split / "data.jsonl").is_file()]
-        data = b"".join(parts)
+        kept: list[bytes] = []
+        for index, version in enumerate(versions):
+            source = datasets / version / split / "data.jsonl"
+            if not source.is_file():
+                continue
+            later = set().union(*(covered[v] for v in versions[index + 1:]))
+            for line in source.read_bytes().splitlines(keepends=True):
+                if not line.strip():
+                    continue
+                ids = _record_annotation_ids(line)
+                if ids & later:
+                    superseded.append({"version": version, "split": split, "annotation_ids": sorted(ids)})
+                    continue
+                kept.append(line)
+        data = b"".join(kept)
         (folder / split).mkdir(parents=True, exist_ok=True)
         (folder / split / "data.jsonl").write_bytes(data)
-        counts[split] = data.count(b"\n")
+        counts[split] = len(kept)
         digest.update(hashlib.sha256(data).digest())
-    manifest = {"dataset_sha256": digest.hexdigest(), "versions": versions, "records": counts}
+    manifest = {"dataset_sha256": digest.hexdigest(), "versions": versions, "records": counts,
+                "superseded": superseded}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if superseded:
+        print(f"[pipeline] dataset: {len(superseded)} record(s) superseded by later edits of their annotations",
+              flush=True)
     if counts["train"] == 0:
         raise StepFailed("the exported versions hold no training records yet (all annotations were rejected?); "
                          f"see rejects.jsonl under {datasets}")
@@ -288,7 +306,7 @@ def _train_sagemaker(p: Pipeline, base: Path, dataset: Path, folder: Path, key: 
     except ClientError as err:
         raise StepFailed(f"SageMaker job {name} completed but its model artifacts are not at {uri} ({err}); "
                          "rerun once they are there") from None
-    extract_model_tar(archive, folder / "model")
+    extract_model_tar(archive, folder / "model", require_manifest=False)  # SageMaker tars /opt/ml/model itself
     return {"model_dir": str(folder / "model"), "training_job": name, "model_artifacts": uri}
 
 
@@ -297,6 +315,8 @@ def run_pipeline(path: Path) -> int:
     pipeline, base = load_pipeline(path)
     p = pipeline
     workdir = (base / p.workdir).resolve()
+    claim_output_dir(workdir, "pipeline", f"{path}: workdir", hint="the workdir of an earlier `hilt pipeline run`",
+                     recognise=lambda d: (d / RUN_FILE).is_file() or (d / "steps").is_dir())
     datasets = workdir / "datasets"
     runner = Runner(workdir)
     started = time.perf_counter()

@@ -58,6 +58,9 @@ class Inbox:
         return ids
 
 
+MAX_BODY_BYTES = 1024 * 1024  # a Label Studio webhook with the full payload is a few kB
+
+
 def annotation_ids(payload: dict) -> list[int]:
     """The annotation id(s) a Label Studio webhook payload is about."""
     found = []
@@ -80,22 +83,36 @@ def make_handler(inbox: Inbox, secret: str, project: int | None):
             self.wfile.write(data)
 
         def do_POST(self):  # noqa: N802 (http.server's naming)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            # Who is asking first, then how much: nothing is read before the secret matches,
+            # and no body over MAX_BODY_BYTES is read at all.
+            self.close_connection = True
             if self.path.split("?")[0] != PATH:
                 return self._answer(404, {"error": f"post webhooks to {PATH}"})
             if not hmac.compare_digest(self.headers.get(SECRET_HEADER, "").encode(), secret.encode()):
                 inbox.refused += 1
                 return self._answer(403, {"error": f"missing or wrong {SECRET_HEADER}"})
             try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                return self._answer(400, {"error": "Content-Length is not a number"})
+            if length < 0 or length > MAX_BODY_BYTES:
+                return self._answer(413, {"error": f"body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit"})
+            body = self.rfile.read(length) if length else b""
+            try:
                 payload = json.loads(body or b"{}")
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 return self._answer(400, {"error": "body is not JSON"})
+            if not isinstance(payload, dict):
+                return self._answer(400, {"error": "body is not a JSON object"})
             action = payload.get("action")
-            hook_project = (payload.get("project") or {}).get("id")
+            project_field = payload.get("project")
+            hook_project = project_field.get("id") if isinstance(project_field, dict) else project_field
             if action not in ACTIONS or (project is not None and hook_project not in (None, project)):
-                return self._answer(200, {"ignored": action})
-            ids = annotation_ids(payload)
+                return self._answer(200, {"ignored": action if isinstance(action, str) else None})
+            try:
+                ids = annotation_ids(payload)
+            except (TypeError, ValueError):
+                return self._answer(400, {"error": "annotation ids must be integers"})
             inbox.add(ids)
             return self._answer(200, {"counted": ids})
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from training.data import dataset_fingerprint
 from training.job import Job
+from training.provenance import model_fingerprint
 from training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
 
 MANIFEST_FILE = "hilt.json"
@@ -185,6 +186,27 @@ def score_on_validation(job: Job) -> dict | None:
     return {"records": len(records), "task_metric": job.recipe.eval.metric, "metrics": scores}
 
 
+def base_model_name(job: Job) -> str:
+    """What hilt.json and the model card call the base model: a hub id, or a folder's name.
+
+    Shipped files never carry the seller's local absolute paths: a local base model is
+    named by its folder (its identity is the fingerprint beside it).
+    """
+    name = job.recipe.model.name_or_path if "model" not in job.channels else None
+    if name and not Path(name).expanduser().exists():
+        return name  # a hub id
+    return Path(name or job.model_path).expanduser().resolve().name
+
+
+def shipped_hyperparameters(hyperparameters: dict[str, str]) -> dict[str, str]:
+    """The job's hyperparameters with a recipe file path reduced to the file's name."""
+    shipped = dict(hyperparameters)
+    recipe = shipped.get("recipe", "")
+    if recipe.endswith((".yaml", ".yml")):
+        shipped["recipe"] = Path(recipe).name
+    return shipped
+
+
 def finish_model_dir(job: Job) -> dict:
     """Write merged weights, hilt.json, model card and loss plot. Returns the manifest."""
     from training.build import resolve_precision
@@ -205,8 +227,9 @@ def finish_model_dir(job: Job) -> dict:
             dataset[channel] = dataset_fingerprint(job.channels[channel])
     manifest = {
         "recipe": job.recipe.model_dump(mode="json"),
-        "hyperparameters": job.hyperparameters,
-        "base_model": job.recipe.model.name_or_path or str(Path(job.model_path).resolve()),
+        "hyperparameters": shipped_hyperparameters(job.hyperparameters),
+        "base_model": base_model_name(job),
+        "base_model_fingerprint": model_fingerprint(job.model_path),
         "dataset": dataset,
         "metrics": summarize_history(history),
         "seed": job.recipe.train.seed,

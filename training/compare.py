@@ -225,8 +225,12 @@ def create_compare_project(client, baseline: Path, candidate: Path, rows: list[d
     """
     from hil.importing import model_version
     from hil.templates import template_xml
+    from hilt.outputs import claim_output_dir, write_atomic
     from training.generation import greedy_answers
 
+    # The mapping folder first: a folder of someone else's files is refused before any work.
+    claim_output_dir(out, "compare", "--out", recognise=lambda d: any(d.glob("project-*.json")),
+                     hint="the --out of an earlier `hilt label compare`")
     models = {"baseline": baseline, "candidate": candidate}
     conversations = [([{"role": "system", "content": r["system"]}] if r.get("system") else [])
                      + [{"role": "user", "content": str(r["prompt"])}] for r in rows]
@@ -247,9 +251,8 @@ def create_compare_project(client, baseline: Path, candidate: Path, rows: list[d
         **{name: {"path": str(d.resolve()), "version": model_version(d)} for name, d in models.items()},
         "pairs": pairs,
     }
-    out.mkdir(parents=True, exist_ok=True)
     mapping_file = out / f"project-{project}.json"
-    mapping_file.write_text(json.dumps(mapping, indent=2) + "\n")
+    write_atomic(mapping_file, json.dumps(mapping, indent=2) + "\n")
     return project, mapping_file, mapping
 
 

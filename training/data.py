@@ -69,15 +69,20 @@ def iter_jsonl(files: list[Path]):
         UserError: on a line that is not JSON, naming file and line number.
     """
     for path in files:
-        with path.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
-                if not line.strip():
+        with path.open("rb") as handle:
+            for line_no, raw in enumerate(handle, 1):
+                if not raw.strip():
                     continue
                 where = f"{path}:{line_no}"
                 try:
-                    yield json.loads(line), where
+                    yield json.loads(raw.decode("utf-8")), where
+                except UnicodeDecodeError as err:
+                    raise UserError(f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                                    "re-save the file as UTF-8") from None
                 except json.JSONDecodeError as err:
                     raise UserError(f"{where}: not valid JSON ({err.msg}); fix or remove the line") from None
+                except RecursionError:
+                    raise UserError(f"{where}: JSON nested too deeply to be a record; fix or remove the line") from None
 
 
 def read_records(channel: Path, method: str) -> list[dict]:

@@ -16,6 +16,7 @@ SIGTERM after saving a checkpoint (a rerun resumes); anything else is a bug.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -31,6 +32,8 @@ from training.job import Job, read_job, write_failure
 from training.opt_ml import BASE_DIR_ENV, OptML
 
 EXIT_STOPPED = 128 + signal.SIGTERM
+# A full disk or a folder that cannot be written is the user's to fix, not a bug.
+USER_OS_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT)
 DEFAULT_MASTER_PORT = 29500
 
 
@@ -102,6 +105,9 @@ def run_job(opt_ml: OptML) -> int:
             f"model={job.model_path} world_size={job.world_size} gpus_per_host={job.gpus_per_host}",
             flush=True,
         )
+        from training.provenance import check_resume
+
+        check_resume(job)  # never resume checkpoints made from other data, recipe or model
         if job.world_size > 1:
             rc = launch_workers(job)
             if rc not in (0, EXIT_STOPPED) and not opt_ml.failure_file.exists():
@@ -118,11 +124,24 @@ def run_job(opt_ml: OptML) -> int:
         write_failure(opt_ml, str(err))
         print(f"hilt: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as err:
+        if err.errno not in USER_OS_ERRORS:
+            return _bug(opt_ml, err)
+        from hilt.outputs import os_error_message
+
+        message = os_error_message(err, err.filename or opt_ml.base)
+        write_failure(opt_ml, message)
+        print(f"hilt: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as err:
-        # A bug: keep the traceback in the log, and give SageMaker a FailureReason.
-        write_failure(opt_ml, f"internal error: {type(err).__name__}: {err}")
-        traceback.print_exc()
-        return 1
+        return _bug(opt_ml, err)
+
+
+def _bug(opt_ml: OptML, err: BaseException) -> int:
+    """A bug: keep the traceback in the log, and give SageMaker a FailureReason."""
+    write_failure(opt_ml, f"internal error: {type(err).__name__}: {err}")
+    traceback.print_exc()
+    return 1
 
 
 def main() -> int:
@@ -141,19 +160,27 @@ def _link(target: Path, link: Path) -> None:
     link.symlink_to(target.resolve(), target_is_directory=True)
 
 
+def is_job_tree(folder: Path) -> bool:
+    """Whether ``folder`` is an /opt/ml tree ``hilt train`` laid out (older ones had no marker)."""
+    return OptML(folder).hyperparameters_file.is_file()
+
+
 def prepare_local_tree(
-    output: Path, recipe: str, data: Path, model: Path | None, overrides: dict[str, str]
+    output: Path, recipe: str, data: Path, model: Path | None, overrides: dict[str, str], fresh: bool = False
 ) -> OptML:
     """Lay out ``output`` as the /opt/ml tree SageMaker would give the job.
 
     Channels are symlinks to the dataset's ``train/`` and ``validation/`` and to the
     model directory; hyperparameters are written as strings, as SageMaker writes them.
     Rerunning with the same settings reuses the tree, so training resumes from its
-    newest checkpoint.
+    newest checkpoint (``run_job`` checks the checkpoints were made from the same
+    recipe, data and model); ``fresh`` discards the checkpoints and model first.
 
     Raises:
-        UserError: when a path is missing or ``output`` holds a run with other settings.
+        UserError: when a path is missing, or ``output`` is a folder hilt did not lay out.
     """
+    from hilt.outputs import claim_output_dir
+    from training.provenance import discard_checkpoints
     from training.recipe import resolve_recipe_path
 
     if not data.is_dir():
@@ -161,15 +188,15 @@ def prepare_local_tree(
     if model is not None and not (model / "config.json").is_file():
         raise UserError(f"--model {model}: no config.json there; pass a save_pretrained model directory")
     recipe_path = resolve_recipe_path(recipe)
+    claim_output_dir(output, "training-job", "--output", recognise=is_job_tree,
+                     hint="the --output of an earlier `hilt train`")
     opt_ml = OptML(output.resolve())
     hyperparameters = {"recipe": str(recipe_path.resolve()), **{k: str(v) for k, v in overrides.items()}}
-    if opt_ml.hyperparameters_file.is_file():
-        before = json.loads(opt_ml.hyperparameters_file.read_text())
-        if before != hyperparameters:
-            raise UserError(
-                f"--output {output} holds a run with other settings ({opt_ml.hyperparameters_file}); "
-                "use a new --output, or delete it to start over"
-            )
+    if fresh:
+        removed = discard_checkpoints(opt_ml.checkpoint_dir)
+        if opt_ml.model_dir.is_dir():
+            shutil.rmtree(opt_ml.model_dir)
+        print(f"[hilt] --fresh: discarded {removed} checkpoint(s) and the model of the earlier run", flush=True)
     opt_ml.create()
     opt_ml.hyperparameters_file.write_text(json.dumps(hyperparameters, indent=2, sort_keys=True))
     train = data / "train" if (data / "train").is_dir() else data

@@ -306,7 +306,11 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
     Raises:
         UserError: bad gate, relative gate without a baseline, missing model or data.
     """
+    from hilt.outputs import claim_output_dir
+
     parsed = [parse_gate(g) for g in gates or []]
+    claim_output_dir(out, "evaluation", "--out", recognise=lambda d: (d / EVAL_FILE).is_file(),
+                     hint="the --out of an earlier `hilt evaluate`")
     if baseline_dir is None and any(g.relative for g in parsed):
         bad = next(g.text for g in parsed if g.relative)
         raise UserError(f"--gate '{bad}' compares against a baseline (signed number); pass --baseline DIR "
@@ -315,7 +319,6 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
     if max_samples:
         records = records[:max_samples]
     metric = task_metric or task_metric_of(model_dir)
-    out.mkdir(parents=True, exist_ok=True)
     models: dict[str, dict] = {}
     answers: dict[str, list[str]] = {}
     for name, directory in (("baseline", baseline_dir), ("candidate", model_dir)):

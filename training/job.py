@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,11 @@ class Job:
 
 def _read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: {what} is not UTF-8 text; write it as UTF-8 JSON") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: {what} is not valid JSON ({err.msg} at line {err.lineno}); fix the file") from None
 
@@ -93,13 +96,14 @@ def read_hosts(opt_ml: OptML) -> Hosts:
     raw = _read_json(opt_ml.resource_config_file, "resourceconfig.json")
     if raw is None:
         return Hosts(hosts=["algo-1"], current_host="algo-1")
-    try:
-        hosts = sorted(raw["hosts"])
-        current = raw["current_host"]
-    except (KeyError, TypeError):
+    hosts = raw.get("hosts") if isinstance(raw, dict) else None
+    current = raw.get("current_host") if isinstance(raw, dict) else None
+    if not (isinstance(hosts, list) and hosts and all(isinstance(h, str) for h in hosts)) or not isinstance(current, str):
         raise UserError(
-            f"{opt_ml.resource_config_file}: needs 'hosts' (list) and 'current_host'"
-        ) from None
+            f"{opt_ml.resource_config_file}: needs 'hosts' (a list of host names, e.g. [\"algo-1\"]) and "
+            f"'current_host' (a string), got {json.dumps(raw)[:120]}; write the file as SageMaker does"
+        )
+    hosts = sorted(hosts)
     if current not in hosts:
         raise UserError(f"{opt_ml.resource_config_file}: current_host '{current}' is not in hosts {hosts}")
     return Hosts(hosts=hosts, current_host=current)
@@ -109,6 +113,9 @@ def read_channels(opt_ml: OptML) -> dict[str, Path]:
     """Channels present on disk, cross-checked with inputdataconfig.json when present."""
     declared = _read_json(opt_ml.input_data_config_file, "inputdataconfig.json")
     on_disk = {p.name: p for p in sorted(opt_ml.input_data_dir.glob("*")) if p.is_dir()}
+    if declared is not None and not (isinstance(declared, dict) and all(isinstance(v, dict) for v in declared.values())):
+        raise UserError(f"{opt_ml.input_data_config_file}: expected an object of channel name -> settings "
+                        f"(e.g. {{\"train\": {{\"TrainingInputMode\": \"File\"}}}}), got {json.dumps(declared)[:80]}")
     if declared is not None:
         for name, spec in declared.items():
             if name not in on_disk:
@@ -162,6 +169,7 @@ def read_job(opt_ml: OptML | None = None) -> Job:
         model_path = str(channels["model"])
     elif recipe.model.name_or_path:
         model_path = recipe.model.name_or_path
+        check_model_reachable(model_path)
     else:
         raise UserError(
             "no base model: mount a 'model' channel (hilt train --model DIR) or set model.name_or_path"
@@ -187,7 +195,57 @@ def read_job(opt_ml: OptML | None = None) -> Job:
     )
 
 
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the model hub answers at all (one connection attempt, no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_model_reachable(name_or_path: str) -> None:
+    """Fail in the first seconds when ``model.name_or_path`` cannot be loaded here.
+
+    A local directory must exist; a hub id must be in the local cache when the hub is
+    switched off (``HF_HUB_OFFLINE``, Marketplace's network isolation) or does not answer.
+    Without this, transformers retries the hub for a minute and then fails deep inside.
+
+    Raises:
+        UserError: naming the key, what is wrong and the fix.
+    """
+    fix = "mount the weights as the 'model' channel (hilt train --model DIR) or set model.name_or_path to a local dir"
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return
+    looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") != 1 or path.exists()
+    if looks_like_path:
+        raise UserError(f"model.name_or_path {name_or_path}: no such directory; {fix}")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001  (an invalid repo id is reported below)
+        pass
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if offline or not _hub_reachable():
+        why = "the hub is switched off here (HF_HUB_OFFLINE)" if offline else "the model hub cannot be reached"
+        raise UserError(f"model.name_or_path {name_or_path}: a hub id that is not in the local cache and {why}; {fix}")
+
+
 def write_failure(opt_ml: OptML, message: str) -> None:
-    """Write the reason to /opt/ml/output/failure, which SageMaker shows as FailureReason."""
-    opt_ml.failure_file.parent.mkdir(parents=True, exist_ok=True)
-    opt_ml.failure_file.write_text(message.rstrip() + "\n")
+    """Write the reason to /opt/ml/output/failure, which SageMaker shows as FailureReason.
+
+    Never raises: when the output folder cannot be written (read-only, full disk) the
+    reason still reaches the log, which the caller prints.
+    """
+    try:
+        opt_ml.failure_file.parent.mkdir(parents=True, exist_ok=True)
+        opt_ml.failure_file.write_text(message.rstrip() + "\n")
+    except OSError as err:
+        print(f"hilt: warning: could not write {opt_ml.failure_file} ({err.strerror})", file=sys.stderr)

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import typing
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hilt.errors import UserError
 
@@ -30,6 +32,17 @@ BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1: `--set train.max_steps=true` would run one step.
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = set(typing.get_args(annotation)) or {annotation}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("expected a number, got a boolean")
+        return value
 
 
 class ModelSection(_Section):
@@ -162,7 +175,15 @@ def resolve_recipe_path(name_or_path: str) -> Path:
         UserError: when neither a file nor a bundled recipe of that name exists.
     """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in (".yaml", ".yml"):
+        if path.is_file():
+            return path
+        if path.is_dir():
+            raise UserError(f"recipe {path} is a folder; pass the recipe's .yaml file")
+        if path.parent != Path(".") or not (recipes_dir() / path.name).is_file():
+            raise UserError(f"recipe file {path}: no such file; check the path, or pass a bundled recipe by name "
+                            f"({', '.join(sorted(p.stem for p in recipes_dir().glob('*.yaml')))})")
+        path = recipes_dir() / path.name
         return path
     candidate = recipes_dir() / f"{name_or_path}.yaml"
     if candidate.is_file():
@@ -255,7 +276,11 @@ def load_recipe(source: str | Path | dict, overrides: dict[str, Any] | None = No
         path = resolve_recipe_path(str(source))
         where = str(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_bytes().decode("utf-8-sig")) or {}
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}: not UTF-8 text (byte offset {err.start}); re-save the recipe as UTF-8") from None
+        except OSError as err:
+            raise UserError(f"{path}: cannot be read ({err.strerror}); check the file") from None
         except yaml.YAMLError as err:
             raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
         if not isinstance(data, dict):
