@@ -222,7 +222,7 @@ def check_model_reachable(name_or_path: str) -> None:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return
-    looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") != 1 or path.exists()
+    looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or path.exists()
     if looks_like_path:
         raise UserError(f"model.name_or_path {name_or_path}: no such directory; {fix}")
     try:
