@@ -39,13 +39,31 @@ def resolve_dtype(job: Job):
     return getattr(torch, wanted)
 
 
+def model_class_of(model_path: str):
+    """The transformers causal-LM class a saved model loads as (None when unknown)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(model_path))]
+    except (KeyError, OSError, ValueError):
+        return None
+
+
 def resolve_attention(job: Job) -> str:
+    """The attention kernel for this model on this machine.
+
+    ``auto``: flash attention where it is installed on a GPU and the architecture supports
+    it, else sdpa where the architecture supports it, else eager (Gemma 2: sdpa cannot do
+    its logit soft-capping). ``model.attn_implementation`` overrides.
+    """
     wanted = job.recipe.model.attn_implementation
     if wanted != "auto":
         return wanted
-    if has_cuda() and importlib.util.find_spec("flash_attn") is not None:
+    cls = model_class_of(job.model_path)
+    if has_cuda() and importlib.util.find_spec("flash_attn") is not None and getattr(cls, "_supports_flash_attn", True):
         return "flash_attention_2"
-    return "sdpa"
+    return "sdpa" if getattr(cls, "_supports_sdpa", True) else "eager"
 
 
 def is_distributed() -> bool:
@@ -130,7 +148,15 @@ def load_model(job: Job):
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_quant_storage=torch.bfloat16,
         )
-    model = AutoModelForCausalLM.from_pretrained(job.model_path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(job.model_path, **kwargs)
+    except ValueError as err:
+        if "attention" not in str(err).lower():
+            raise
+        from hilt.errors import UserError
+
+        raise UserError(f"model.attn_implementation={kwargs['attn_implementation']}: "
+                        f"{str(err).splitlines()[0][:160]}; use auto (picks what the model supports) or eager") from None
     model.config.use_cache = False  # the KV cache is useless (and warns) while training
     return model
 
@@ -146,7 +172,8 @@ def lora_config(job: Job):
         r=p.r,
         lora_alpha=p.alpha,
         lora_dropout=p.dropout,
-        target_modules=p.target_modules,
+        # "default": PEFT's per-architecture choice (the attention projections).
+        target_modules=None if p.target_modules == "default" else p.target_modules,
         bias="none",
         task_type="CAUSAL_LM",
     )

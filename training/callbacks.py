@@ -42,12 +42,28 @@ def format_metrics(step: int, values: dict[str, float]) -> str:
     return "[hilt] " + " ".join(parts)
 
 
+def check_first_loss(step: int, logs: dict) -> None:
+    """Stop a run whose first logged loss is exactly 0 with no gradient: it learns nothing.
+
+    Raises:
+        UserError: naming the step and the likely causes.
+    """
+    from hilt.errors import UserError
+
+    loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
+    if loss is not None and float(loss) == 0.0 and grad_norm is not None and float(grad_norm) == 0.0:
+        raise UserError(f"train_loss is 0 and grad_norm is 0 at step {step}: no token is in the loss, so the model "
+                        "learns nothing; check the loss mask with `hilt inspect-data` (chat template, "
+                        "data.max_length, data.assistant_only_loss)")
+
+
 class MetricsLogger(TrainerCallback):
     """Print train/eval metrics in the MetricDefinitions format, on the main process only."""
 
     def __init__(self) -> None:
         self._last_time: float | None = None
         self._last_tokens = 0
+        self._checked_first_loss = False
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._last_time = time.perf_counter()
@@ -64,7 +80,12 @@ class MetricsLogger(TrainerCallback):
             print(f"[hilt] resumed at step={state.global_step} of max_steps={state.max_steps}", flush=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not logs:
+            return
+        if "loss" in logs and not self._checked_first_loss:
+            self._checked_first_loss = True
+            check_first_loss(state.global_step, logs)
+        if not state.is_world_process_zero:
             return
         values: dict[str, float] = {}
         if "loss" in logs:

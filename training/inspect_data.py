@@ -16,14 +16,13 @@ from training.recipe import Recipe
 
 
 def loss_mask(tokenizer, record: dict, recipe: Recipe) -> tuple[list[int], list[int]]:
-    """Token ids of one record and a 0/1 mask of the tokens in the loss."""
+    """Token ids of one record and a 0/1 mask of the tokens in the loss (the same masks training uses)."""
     if recipe.method == "sft":
-        encoded = tokenizer.apply_chat_template(
-            record["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
-        ids = list(encoded["input_ids"])
-        mask = list(encoded["assistant_masks"]) if recipe.data.assistant_only_loss else [1] * len(ids)
-        return ids, mask
+        from training.chat_masks import encode_conversation
+
+        encoded = encode_conversation(tokenizer, record["messages"], recipe.data.max_length,
+                                      recipe.data.assistant_only_loss, recipe.data.assistant_turns == "last")
+        return encoded.input_ids, encoded.mask
     prompt = tokenizer.apply_chat_template(record["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True)
     full = tokenizer.apply_chat_template(record["prompt"] + record["chosen"], tokenize=True, return_dict=True)
     ids, n_prompt = list(full["input_ids"]), len(prompt["input_ids"])
@@ -49,11 +48,9 @@ def inspect_data(recipe: Recipe, data: Path, model: Path | None, samples: int) -
     if not source:
         raise UserError("no tokenizer: pass --model DIR or set model.name_or_path in the recipe")
     tokenizer = AutoTokenizer.from_pretrained(source)
-    if recipe.method == "sft" and recipe.data.assistant_only_loss and "generation" not in (tokenizer.chat_template or ""):
-        raise UserError(
-            f"{source}: the chat template has no {{% generation %}} markers, so assistant-only loss "
-            "cannot be computed; set data.assistant_only_loss=false or use a template with the markers"
-        )
+    if not tokenizer.chat_template:
+        raise UserError(f"{source}: the tokenizer has no chat template; save one with the model "
+                        "(tokenizer.chat_template) so conversations can be rendered")
     train = data / "train" if (data / "train").is_dir() else data
     records = read_records(train, "sft" if recipe.method == "sft" else "dpo")
     color = sys.stdout.isatty()

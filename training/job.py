@@ -163,7 +163,6 @@ def read_job(opt_ml: OptML | None = None) -> Job:
     recipe = load_recipe(json.loads(recipe_name) if recipe_name.lstrip().startswith("{") else recipe_name, overrides)
     channels = read_channels(opt_ml)
     hosts = read_hosts(opt_ml)
-    gpus = detect_gpus()
 
     if "model" in channels:
         model_path = str(channels["model"])
@@ -176,6 +175,7 @@ def read_job(opt_ml: OptML | None = None) -> Job:
         )
     if Path(model_path).exists() and not (Path(model_path) / "config.json").is_file():
         raise UserError(f"{model_path}: no config.json; the model channel must hold a save_pretrained directory")
+    gpus = detect_gpus()
     if recipe.peft.method == "qlora" and gpus == 0:
         raise UserError(
             "peft.method=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU set peft.method=lora"

@@ -22,21 +22,70 @@ from typing import Any
 IGNORE = -100
 
 
-def tokenize_conversations(dataset, tokenizer, max_length: int, assistant_only: bool):
+def tokenize_conversations(dataset, tokenizer, max_length: int, assistant_only: bool, split: str = "train",
+                           last_turn_only: bool = False):
     """Chat-template each record; keep ``input_ids`` and the 0/1 ``loss_mask``.
 
-    Longer sequences are truncated to ``max_length`` (keeping the start), as TRL does.
+    The mask covers every assistant turn's content and its end-of-turn token, for any chat
+    template (``training.chat_masks``). Longer sequences are truncated to ``max_length``
+    (keeping the start), as TRL does.
+
+    Raises:
+        UserError: when records have nothing to learn (see ``check_learnable``).
     """
+    from training.chat_masks import encode_conversation, end_of_turn, has_generation_markers
+
+    needs_eot = assistant_only and (last_turn_only or not has_generation_markers(tokenizer))
+    eot = end_of_turn(tokenizer) if needs_eot else None
 
     def encode(record: dict) -> dict:
-        encoded = tokenizer.apply_chat_template(
-            record["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=assistant_only
-        )
-        ids = list(encoded["input_ids"])[:max_length]
-        mask = list(encoded["assistant_masks"])[:max_length] if assistant_only else [1] * len(ids)
-        return {"input_ids": ids, "loss_mask": mask}
+        encoded = encode_conversation(tokenizer, record["messages"], max_length, assistant_only, last_turn_only, eot)
+        answered = any(m["role"] == "assistant" and str(m["content"]).strip() for m in record["messages"])
+        return {"input_ids": encoded.input_ids, "loss_mask": encoded.mask,
+                "learnable_before_truncation": encoded.learnable_before_truncation if answered else -1}
 
-    return dataset.map(encode, remove_columns=dataset.column_names, desc="tokenizing")
+    tokenized = dataset.map(encode, remove_columns=dataset.column_names, desc=f"tokenizing {split}")
+    check_learnable(tokenized, split, max_length)
+    return tokenized.remove_columns(["learnable_before_truncation"])
+
+
+def check_learnable(tokenized, split: str, max_length: int) -> None:
+    """Never train on nothing: every record must keep at least one token in the loss.
+
+    Raises:
+        UserError: naming how many records have nothing to learn and why: the chat
+            template gives no assistant tokens, ``data.max_length`` cuts the answer off,
+            or the answers are empty.
+    """
+    from hilt.errors import UserError
+
+    empty = template = cut = 0
+    learnable = 0
+    for before, mask in zip(tokenized["learnable_before_truncation"], tokenized["loss_mask"]):
+        kept = sum(mask)
+        learnable += kept
+        if kept:
+            continue
+        if before < 0:
+            empty += 1
+        elif before == 0:
+            template += 1
+        else:
+            cut += 1
+    if not (empty or template or cut):
+        return
+    causes = []
+    if template:
+        causes.append(f"{template} where the chat template marks no assistant tokens (check the template renders "
+                      "each assistant message's content verbatim, or set data.assistant_only_loss=false)")
+    if cut:
+        causes.append(f"{cut} whose answer starts after token {max_length} (raise data.max_length or shorten them)")
+    if empty:
+        causes.append(f"{empty} with empty answers (re-export; empty answers are rejects)")
+    total = len(tokenized)
+    nothing = " - the run would learn nothing" if learnable == 0 else ""
+    raise UserError(f"{split} data: {empty + template + cut} of {total} records have no tokens to learn{nothing}: "
+                    + "; ".join(causes))
 
 
 def pack_rows(dataset, max_length: int):

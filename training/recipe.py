@@ -69,8 +69,9 @@ class PeftSection(_Section):
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.", json_schema_extra={"tune": [4, 128]})
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).", json_schema_extra={"tune": [4, 256]})
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.", json_schema_extra={"tune": [0.0, 0.3]})
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Modules that get adapters: a list of names, or all-linear."
+    target_modules: list[str] | Literal["all-linear", "default"] = Field(
+        "all-linear", description="Modules that get adapters: a list of names, all-linear, or default "
+        "(PEFT's choice for the architecture, usually the attention projections)."
     )
 
 
@@ -81,8 +82,13 @@ class DataSection(_Section):
         description="Pack sequences padding-free (best-fit decreasing); attention stays within each "
         "sequence through reset position ids.",
     )
+    assistant_turns: Literal["all", "last"] = Field(
+        "all", description="SFT with assistant_only_loss: learn every assistant turn of a conversation, or only "
+        "the last one."
+    )
     assistant_only_loss: bool = Field(
-        True, description="SFT: train only on assistant tokens (needs {% generation %} in the chat template)."
+        True, description="SFT: train only on the assistant turns (content and end-of-turn token), found in the "
+        "rendered conversation for any chat template; false = every token."
     )
 
 

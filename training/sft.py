@@ -22,10 +22,22 @@ def build_sft_trainer(job: Job):
     from trl import SFTConfig, SFTTrainer
 
     recipe = job.recipe
-    # Data: conversational records; TRL applies the chat template and builds the
-    # assistant mask from its {% generation %} markers.
+    # Data: conversational records, chat-templated here with the model's own template; the
+    # loss mask covers every assistant turn and its end-of-turn token, for templates with
+    # or without {% generation %} markers (training/chat_masks.py). A record with nothing
+    # to learn is a user error before the first step.
     train_ds = load_dataset(job.channels["train"], "sft")
     eval_ds = load_dataset(job.channels["validation"], "sft") if "validation" in job.channels else None
+    tokenizer = build.load_tokenizer(job)
+
+    from training.packing import PackedRowCollator, pack_rows, tokenize_conversations
+
+    def tokenize(dataset, split):
+        return tokenize_conversations(dataset, tokenizer, recipe.data.max_length, recipe.data.assistant_only_loss,
+                                      split, last_turn_only=recipe.data.assistant_turns == "last")
+
+    train_ds = tokenize(train_ds, "train")
+    eval_ds = tokenize(eval_ds, "validation") if eval_ds is not None else None
 
     # Packing: flash attention reads sequence boundaries from cu_seq_lens, so TRL's
     # padding-free batches suit it; kernels without varlen support (sdpa, eager) get
@@ -33,18 +45,15 @@ def build_sft_trainer(job: Job):
     packing = recipe.data.packing
     varlen = build.resolve_attention(job) == "flash_attention_2"
     rows = packing and not varlen
-    tokenizer = build.load_tokenizer(job)
     collator = None
     if rows:
-        from training.packing import PackedRowCollator, pack_rows, tokenize_conversations
-
-        def prepare(dataset):
-            tokenized = tokenize_conversations(dataset, tokenizer, recipe.data.max_length, recipe.data.assistant_only_loss)
-            return pack_rows(tokenized, recipe.data.max_length)
-
-        train_ds = prepare(train_ds)
-        eval_ds = prepare(eval_ds) if eval_ds is not None else None
+        train_ds = pack_rows(train_ds, recipe.data.max_length)
+        eval_ds = pack_rows(eval_ds, recipe.data.max_length) if eval_ds is not None else None
         collator = PackedRowCollator(tokenizer.pad_token_id)
+    else:
+        # TRL builds labels from an "assistant_masks" column of a tokenized dataset.
+        train_ds = train_ds.rename_column("loss_mask", "assistant_masks")
+        eval_ds = eval_ds.rename_column("loss_mask", "assistant_masks") if eval_ds is not None else None
 
     # Arguments before the model: with ZeRO-3 they decide how the weights are loaded.
     args = SFTConfig(
@@ -53,7 +62,8 @@ def build_sft_trainer(job: Job):
         packing=packing and varlen,
         packing_strategy="bfd",
         padding_free=packing and varlen,
-        assistant_only_loss=recipe.data.assistant_only_loss and not rows,
+        # The masks are ours (any template); TRL must not swap in its own template.
+        assistant_only_loss=False,
         eval_packing=packing and varlen,
         dataset_num_proc=None,
         # Packed rows arrive tokenized, with columns the model does not take by name.
