@@ -161,6 +161,29 @@ def load_model(job: Job):
     return model
 
 
+# Architectures PEFT has no default LoRA targets for; their attention projections, fused or not.
+_EXTRA_LORA_TARGETS = {"phi3": ["qkv_proj"], "gemma3": ["q_proj", "v_proj"]}
+
+
+def default_target_modules(model_path: str) -> list[str]:
+    """PEFT's default LoRA targets for the architecture (the attention projections).
+
+    Raises:
+        UserError: for an architecture neither PEFT nor hilt has a default for.
+    """
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(model_path).model_type
+    targets = PEFT_DEFAULTS.get(model_type) or _EXTRA_LORA_TARGETS.get(model_type)
+    if not targets:
+        from hilt.errors import UserError
+
+        raise UserError(f"peft.target_modules=default: no default LoRA targets for model type {model_type}; "
+                        "name the modules (e.g. --set 'peft.target_modules=[\"q_proj\",\"v_proj\"]') or use all-linear")
+    return list(targets)
+
+
 def lora_config(job: Job):
     """A PEFT LoraConfig for lora/qlora recipes; None for full fine-tuning."""
     p = job.recipe.peft
@@ -172,8 +195,7 @@ def lora_config(job: Job):
         r=p.r,
         lora_alpha=p.alpha,
         lora_dropout=p.dropout,
-        # "default": PEFT's per-architecture choice (the attention projections).
-        target_modules=None if p.target_modules == "default" else p.target_modules,
+        target_modules=default_target_modules(job.model_path) if p.target_modules == "default" else p.target_modules,
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -52,6 +52,7 @@ def end_of_turn(tokenizer) -> str:
     header or by whatever ends a conversation (Phi-3 adds its EOS there): what both
     renderings share is the marker.
     """
+    _require_fast(tokenizer)
     user, answer, later = {"role": "user", "content": "u"}, {"role": "assistant", "content": _SENTINEL}, \
         {"role": "user", "content": _SENTINEL + "-next"}
     last = _render(tokenizer, [user, answer])
@@ -61,10 +62,23 @@ def end_of_turn(tokenizer) -> str:
         middle = middle[middle.find(_SENTINEL) + len(_SENTINEL):]
     except Exception:  # noqa: BLE001  (a template that refuses a trailing user turn)
         return last.strip()
-    shared = 0
-    while shared < min(len(last), len(middle)) and last[shared] == middle[shared]:
-        shared += 1
-    return last[:shared].strip()
+    # Compare tokens, not characters: "<|end|>\n<|user|>" and "<|end|>\n<|end|>" share the
+    # characters "<|end|>\n<|" but only the tokens "<|end|>", "\n".
+    a = tokenizer(last, add_special_tokens=False, return_offsets_mapping=True)
+    b = tokenizer(middle, add_special_tokens=False)["input_ids"]
+    end = 0
+    for index, (token, (_, stop)) in enumerate(zip(a["input_ids"], a["offset_mapping"])):
+        if index >= len(b) or b[index] != token:
+            break
+        end = stop
+    return last[:end].strip()
+
+
+def _require_fast(tokenizer) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"{type(tokenizer).__name__} is a slow tokenizer (no character offsets), so assistant "
+                        "tokens cannot be found; save the model with its fast tokenizer (tokenizer.json) or set "
+                        "data.assistant_only_loss=false")
 
 
 def _render(tokenizer, messages: list[dict], **kwargs) -> str:
@@ -117,10 +131,7 @@ def encode_conversation(tokenizer, messages: list[dict], max_length: int, assist
                                                 return_assistant_tokens_mask=True)
         ids, mask = list(encoded["input_ids"]), list(encoded["assistant_masks"])
     else:
-        if not getattr(tokenizer, "is_fast", False):
-            raise UserError(f"{type(tokenizer).__name__} is a slow tokenizer (no character offsets), so assistant "
-                            "tokens cannot be found; save the model with its fast tokenizer (tokenizer.json) or set "
-                            "data.assistant_only_loss=false")
+        _require_fast(tokenizer)
         text = _render(tokenizer, messages)
         eot = end_of_turn(tokenizer) if eot is None else eot
         spans = assistant_spans(tokenizer, messages, text, eot, last_turn_only)
