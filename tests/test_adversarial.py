@@ -614,3 +614,28 @@ def test_serve_budget_disconnect_and_sigterm(long_model_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.studio
+@pytest.mark.slow
+def test_an_answer_edited_in_label_studio_reaches_the_next_version(hilt_exe, studio, tmp_path):
+    from hil.client import StudioClient
+    from test_hil_studio import all_records, create_project, textarea
+
+    client = StudioClient(studio["url"], studio["token"])
+    project = create_project(hilt_exe, studio, tmp_path, "sft", [{"prompt": f"Book room {i}"} for i in range(3)])
+    tasks = sorted(t["id"] for t in client.export_tasks(project))
+    ids = [client.create_annotation(t, textarea(f"Room {t} is booked.")) for t in tasks]
+    out = tmp_path / "versions"
+    args = ("export", "--project", str(project), "--out", str(out), "--since-last")
+    assert run_hilt(hilt_exe, *args, env=studio["env"]).returncode == 0
+
+    time.sleep(1.1)  # updated_at has second resolution in some exports
+    client.sdk.annotations.update(ids[1], result=textarea(f"Room {tasks[1]} is booked for 10:00."))
+    edited = run_hilt(hilt_exe, *args, env=studio["env"])
+    assert edited.returncode == 0 and "nothing new" not in edited.stdout, edited.stdout + edited.stderr
+    v2 = all_records(out / "v0002")
+    assert [(r["meta"]["annotation_id"], r["messages"][-1]["content"]) for r in v2] == [
+        (ids[1], f"Room {tasks[1]} is booked for 10:00.")]
+    again = run_hilt(hilt_exe, *args, env=studio["env"])
+    assert again.returncode == 0 and "nothing new" in again.stdout
