@@ -163,22 +163,18 @@ def heldout_loss(model, tokenizer, records: list[dict], max_length: int = 1024, 
     """Mean per-token NLL of each reference answer given its prompt (chat template applied)."""
     import torch
 
+    from training.chat_masks import encode_conversation, end_of_turn
+
+    # The answer's tokens are found the way training finds them (any chat template): its
+    # content and end-of-turn token, not the template's text after it.
+    eot = end_of_turn(tokenizer)
     rows = []
     for r in records:
-        prompt_text = tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
-        full_text = tokenizer.apply_chat_template(
-            [*r["prompt"], {"role": "assistant", "content": r["reference"]}], tokenize=False)
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"][:max_length]
-        answer = full_ids[len(prompt_ids):]
-        # Score through the end-of-turn token, not the template's text after it (a trailing
-        # newline no trainer learns, as assistant-only loss leaves it out too).
-        if tokenizer.eos_token_id in answer:
-            answer = answer[: answer.index(tokenizer.eos_token_id) + 1]
-        full_ids = full_ids[: len(prompt_ids) + len(answer)]
-        labels = [-100] * min(len(prompt_ids), len(full_ids)) + answer
+        encoded = encode_conversation(tokenizer, [*r["prompt"], {"role": "assistant", "content": r["reference"]}],
+                                      max_length, last_turn_only=True, eot=eot)
+        labels = [t if bit else -100 for t, bit in zip(encoded.input_ids, encoded.mask)]
         if any(l != -100 for l in labels[1:]):
-            rows.append((full_ids, labels))
+            rows.append((encoded.input_ids, labels))
     if not rows:
         raise UserError("no held-out record has answer tokens within the max length; raise eval max_length")
     device = next(model.parameters()).device
