@@ -194,3 +194,15 @@ def test_architecture_trains_merges_serves_and_validates(hilt_exe, tiny_model_di
     assert default.returncode == 0, default.stderr[-3000:]
     trainable = int(re.search(r"trainable_parameters=(\d+)", default.stdout).group(1))
     assert 0 < trainable < int(re.search(r"trainable_parameters=(\d+)", result.stdout).group(1))
+
+
+@pytest.mark.slow
+def test_hilt_train_refuses_data_with_nothing_to_learn(hilt_exe, tiny_model_dir, upper_data, tmp_path):
+    job = tmp_path / "job"
+    result = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(tiny_model_dir), "--data",
+                      str(upper_data), "--output", str(job), "--set", "data.max_length=8")
+    assert result.returncode == 2, result.stdout[-2000:]
+    failure = (job / "output" / "failure").read_text()
+    assert "train data: 64 of 64 records have no tokens to learn" in failure
+    assert "answer starts after token 8" in failure and failure.count("\n") == 1
+    assert "Traceback" not in result.stderr and not (job / "model" / "hilt.json").exists()
