@@ -38,6 +38,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# What a record of each template's dataset looks like, for the dataset card.
+RECORD_FORMATS = {
+    "sft": '`{"messages": [system?, user, assistant], "meta": {...}}`',
+    "preference": '`{"prompt": [...], "chosen": [assistant], "rejected": [assistant], "meta": {...}}`',
+}
+
+
 def dataset_card(manifest: dict) -> str:
     c = manifest["counts"]
     reasons = "\n".join(f"| {k} | {v} |" for k, v in c["rejects"]["by_reason"].items()) or "| (none) | 0 |"
@@ -46,8 +53,7 @@ def dataset_card(manifest: dict) -> str:
         f"| {who} | {v['annotations']} | {v['median_lead_time_s']} |" for who, v in q.get("annotators", {}).items()
     ) or "| (none) | 0 | - |"
     kind = manifest["template"]
-    fmt = ('`{"messages": [system?, user, assistant], "meta": {...}}`' if kind == "sft"
-           else '`{"prompt": [...], "chosen": [assistant], "rejected": [assistant], "meta": {...}}`')
+    fmt = RECORD_FORMATS[kind]
     agreement = ", ".join(
         f"{k} {q[k]}" for k in ("percent_agreement", "fleiss_kappa", "gold_accuracy") if q.get(k) is not None
     ) or "n/a (no task has two annotations or a gold answer)"

@@ -326,6 +326,11 @@ def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub:
         out.counts["annotations_in_records"] += len(votes)
 
 
+# One exporter per labeling template (hil.templates.TEMPLATE_NAMES): a new template is one
+# function and one entry here.
+EXPORTERS = {"sft": _export_sft, "preference": _export_preference}
+
+
 def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
     """Per-annotator counts and median lead time, agreement, gold accuracy.
 
@@ -453,10 +458,7 @@ def export_annotations(tasks: list[dict], spec: LabelingSpec, options: ExportOpt
     scrub = _Scrubber(options.scrub_pii)
     out = ExportResult(kind=spec.kind, records={"train": [], "validation": []}, rejects=[],
                        counts=Counter(), quality={})
-    if spec.kind == "sft":
-        _export_sft(tasks, spec, options, scrub, out)
-    else:
-        _export_preference(tasks, spec, options, scrub, out)
+    EXPORTERS[spec.kind](tasks, spec, options, scrub, out)
     annotations = sum(len(t.get("annotations") or []) for t in tasks)
     reasons = Counter(r["reason"] for r in out.rejects)
     out.counts = {

@@ -46,7 +46,10 @@ def load_prompts(path: Path, kind: str) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{line_no}: not valid JSON ({err.msg}); one JSON object per line") from None
         where = lambda i: f"{path} record {i + 1}"  # noqa: E731
-    required = ("prompt",) if kind == "sft" else ("prompt", "answer1", "answer2")
+    from hil.templates import REQUIRED_COLUMNS, template_xml
+
+    template_xml(kind)  # refuses an unknown template
+    required = REQUIRED_COLUMNS[kind]
     for i, row in enumerate(rows):
         missing = [key for key in required if not str(row.get(key) or "").strip()]
         if missing:

@@ -17,6 +17,8 @@ from hilt.errors import UserError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAMES = ("sft", "preference")
+# Task data columns each template's prompts file must give (JSONL/CSV/HF dataset).
+REQUIRED_COLUMNS = {"sft": ("prompt",), "preference": ("prompt", "answer1", "answer2")}
 OBJECT_TAGS = {"Text", "HyperText", "Paragraphs"}
 
 

@@ -52,15 +52,3 @@ def scenario_prompts(n: int, seed: int = 0) -> list[dict]:
         seen.add(prompt)
         out.append({"id": len(out), "kind": kind, "system": SYSTEM_PROMPT, "prompt": prompt, "reference": reference})
     return out
-
-
-def as_sft_record(item: dict) -> dict:
-    """A prompt with its reference answer as an SFT record (TRL conversational format)."""
-    return {
-        "messages": [
-            {"role": "system", "content": item["system"]},
-            {"role": "user", "content": item["prompt"]},
-            {"role": "assistant", "content": item["reference"]},
-        ],
-        "meta": {"source": "scenario", "id": item["id"], "kind": item["kind"]},
-    }

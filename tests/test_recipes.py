@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 import subprocess
 
 import pytest
@@ -122,3 +123,22 @@ def test_recipe_schema_and_check_commands(hilt_exe):
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "train.epochs" in result.stderr
+
+
+def test_methods_and_templates_are_looked_up_in_one_table_each():
+    from hil.export import EXPORTERS
+    from hil.templates import REQUIRED_COLUMNS, TEMPLATE_NAMES
+    from training.data import RECORD_CHECKS, check_record
+    from training.methods import METHODS, method_of
+    from training.recipe import Recipe
+
+    assert set(typing.get_args(Recipe.model_fields["method"].annotation)) == set(METHODS)
+    assert all(m.record_kind in RECORD_CHECKS for m in METHODS.values())
+    assert set(EXPORTERS) == set(REQUIRED_COLUMNS) == set(TEMPLATE_NAMES)
+    with pytest.raises(UserError, match="method 'kto' is not known"):
+        method_of("kto")
+    with pytest.raises(UserError, match="neither a record kind"):
+        check_record({"messages": []}, "kto", "x:1")
+    # A DPO recipe checks preference records: an SFT line is refused with the hint.
+    with pytest.raises(UserError, match="preference record has no 'prompt'.*use an sft recipe"):
+        check_record({"messages": [{"role": "user", "content": "a"}]}, "dpo", "x:1")

@@ -42,24 +42,46 @@ def _check_messages(messages, where: str, field: str) -> None:
             raise UserError(f"{where}: {field}[{i}].content must be a string")
 
 
-def check_record(record: dict, method: str, where: str) -> dict:
-    """Validate one record for ``method`` and return it without ``meta``."""
-    if not isinstance(record, dict):
-        raise UserError(f"{where}: each line must be a JSON object")
-    if method == "sft":
-        if "messages" not in record:
-            hint = " (this looks like a preference record: use a dpo recipe)" if "chosen" in record else ""
-            raise UserError(f"{where}: SFT record has no 'messages'{hint}")
-        _check_messages(record["messages"], where, "messages")
-        if not any(m["role"] == "assistant" for m in record["messages"]):
-            raise UserError(f"{where}: SFT record has no assistant message to learn from")
-        return {"messages": record["messages"]}
+def _check_sft(record: dict, where: str) -> dict:
+    if "messages" not in record:
+        hint = " (this looks like a preference record: use a dpo recipe)" if "chosen" in record else ""
+        raise UserError(f"{where}: SFT record has no 'messages'{hint}")
+    _check_messages(record["messages"], where, "messages")
+    if not any(m["role"] == "assistant" for m in record["messages"]):
+        raise UserError(f"{where}: SFT record has no assistant message to learn from")
+    return {"messages": record["messages"]}
+
+
+def _check_preference(record: dict, where: str) -> dict:
     for key in ("prompt", "chosen", "rejected"):
         if key not in record:
             hint = " (this looks like an SFT record: use an sft recipe)" if "messages" in record else ""
             raise UserError(f"{where}: preference record has no '{key}'{hint}")
         _check_messages(record[key], where, key)
     return {k: record[k] for k in ("prompt", "chosen", "rejected")}
+
+
+# Record kinds a dataset line can be, each with its check (training.methods names one per method).
+RECORD_CHECKS = {"sft": _check_sft, "preference": _check_preference}
+
+
+def record_kind_of(method_or_kind: str) -> str:
+    """The record kind a method trains on (a kind passes through)."""
+    from training.methods import METHODS
+
+    if method_or_kind in RECORD_CHECKS:
+        return method_or_kind
+    if method_or_kind in METHODS:
+        return METHODS[method_or_kind].record_kind
+    raise UserError(f"'{method_or_kind}' is neither a record kind ({', '.join(RECORD_CHECKS)}) "
+                    f"nor a method ({', '.join(METHODS)})")
+
+
+def check_record(record: dict, kind: str, where: str) -> dict:
+    """Validate one record of ``kind`` (a record kind or a method name); return it without ``meta``."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: each line must be a JSON object")
+    return RECORD_CHECKS[record_kind_of(kind)](record, where)
 
 
 def iter_jsonl(files: list[Path]):

@@ -39,11 +39,9 @@ DEFAULT_MASTER_PORT = 29500
 
 def run_worker(job: Job) -> int:
     """Train in this process (one worker of possibly many). Returns the exit code."""
-    if job.recipe.method == "sft":
-        from training.sft import train_sft as train
-    else:
-        from training.dpo import train_dpo as train
-    outcome = train(job)
+    from training.methods import method_of
+
+    outcome = method_of(job.recipe.method).train(job)
     return EXIT_STOPPED if outcome.stopped_early else 0
 
 

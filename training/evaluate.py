@@ -40,7 +40,6 @@ REPORT_FILE = "report.md"
 PLOT_FILE = "metrics.png"
 TASK_METRICS = ("exact_match", "rougeL")
 METRICS = ("loss", "perplexity", *TASK_METRICS)
-LOWER_IS_BETTER = {"loss", "perplexity"}
 _GATE = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|>|<)\s*([+-]?)\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)\s*$")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -136,7 +135,9 @@ def read_eval_records(data: Path) -> tuple[list[dict], Path]:
                         "export with --validation-fraction > 0 or pass a JSONL file")
     out = []
     for record, where in iter_jsonl(files):
-        checked = check_record(record, "sft" if isinstance(record, dict) and "messages" in record else "dpo", where)
+        # Held-out data of either kind: the kind is read off the record, then checked like training data.
+        kind = "sft" if isinstance(record, dict) and "messages" in record else "preference"
+        checked = check_record(record, kind, where)
         if "messages" in checked:
             messages = checked["messages"]
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")

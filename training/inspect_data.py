@@ -17,7 +17,9 @@ from training.recipe import Recipe
 
 def loss_mask(tokenizer, record: dict, recipe: Recipe) -> tuple[list[int], list[int]]:
     """Token ids of one record and a 0/1 mask of the tokens in the loss (the same masks training uses)."""
-    if recipe.method == "sft":
+    from training.data import record_kind_of
+
+    if record_kind_of(recipe.method) == "sft":
         from training.chat_masks import encode_conversation
 
         encoded = encode_conversation(tokenizer, record["messages"], recipe.data.max_length,
@@ -52,7 +54,7 @@ def inspect_data(recipe: Recipe, data: Path, model: Path | None, samples: int) -
         raise UserError(f"{source}: the tokenizer has no chat template; save one with the model "
                         "(tokenizer.chat_template) so conversations can be rendered")
     train = data / "train" if (data / "train").is_dir() else data
-    records = read_records(train, "sft" if recipe.method == "sft" else "dpo")
+    records = read_records(train, recipe.method)
     color = sys.stdout.isatty()
     total = counted = 0
     for index, record in enumerate(records[:samples]):

@@ -24,6 +24,7 @@ import typing
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hilt.errors import UserError
+from training.methods import METHODS
 
 RECIPES_DIR_ENV = "HILT_RECIPES_DIR"
 # Bundled recipes sit beside the packages in the source tree (and in the images).
@@ -150,7 +151,8 @@ class Recipe(_Section):
 
     name: str = Field(description="Recipe name, recorded in hilt.json and the model card.")
     description: str = Field("", description="One line on what this recipe is for.")
-    method: Literal["sft", "dpo"] = Field("sft", description="sft on messages records; dpo on preference records.")
+    method: Literal[tuple(METHODS)] = Field(  # type: ignore[valid-type]  (choices from the methods table)
+        "sft", description="sft on messages records; dpo on preference records.")
     model: ModelSection = Field(default_factory=ModelSection, description="Base model and how to load it.")
     peft: PeftSection = Field(default_factory=PeftSection, description="Adapter or full fine-tuning.")
     data: DataSection = Field(default_factory=DataSection, description="Tokenization and packing.")
