@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from container.serve import JSON, JSONLINES, METERING_DIMENSION, METERING_UNITS
+from container.contract import JSON, JSONLINES, METERING_DIMENSION, METERING_UNITS
 from training.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
 from training.recipe import flat_fields, load_recipe, tuning_range
 

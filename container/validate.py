@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from container.package import DEFAULT_MAX_UNPACKED_BYTES, extract_model_tar
-from container.serve import JSON, JSONLINES, METERING_DIMENSION, METERING_HEADER
+from container.contract import JSON, JSONLINES, METERING_DIMENSION, METERING_HEADER
 from hilt.errors import UserError
 from hilt.outputs import claim_output_dir
 

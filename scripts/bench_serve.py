@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "serve.json"))
     args = parser.parse_args()
 
-    from container.serve import Generation, metering_header
+    from container.contract import Generation, metering_header
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     model = Path(args.model) if args.model else None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from container.serve import Generation, metering_units, parse_request, RequestError
+from container.contract import Generation, RequestError, metering_units, parse_request
 
 METERING = "x-amzn-inference-metering"
 
@@ -191,3 +191,12 @@ def test_parse_request_rules():
     assert parse_request({"inputs": "hi", "parameters": {"temperature": 0}})[1]["do_sample"] is False
     with pytest.raises(RequestError):
         parse_request({"inputs": [{"role": "robot", "content": "x"}]})
+
+
+def test_packaging_code_does_not_inherit_the_servers_offline_switches():
+    # The contract's constants are shared; the server's environment (hub offline) is not.
+    code = ("import os, container.marketplace, container.validate, container.contract; "
+            "print([k for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE') if k in os.environ])")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
