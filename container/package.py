@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import tarfile
+import zlib
 from pathlib import Path
 
 from hilt.errors import UserError
@@ -144,7 +145,7 @@ def extract_model_tar(archive: Path, dest: Path, require_manifest: bool = True,
             tar.extractall(dest, filter="data")
     except UserError:
         raise
-    except (tarfile.FilterError, tarfile.ReadError, EOFError, zlib_error(), OSError) as err:
+    except (tarfile.FilterError, tarfile.ReadError, EOFError, zlib.error, OSError) as err:
         raise UserError(f"{archive}: cannot be extracted safely ({err}); rebuild it with `hilt package build`") from None
     if manifest is None:
         return {"files": {}, "verified": False}
@@ -153,9 +154,3 @@ def extract_model_tar(archive: Path, dest: Path, require_manifest: bool = True,
         if not path.is_file() or _file_sha256(path) != digest:
             raise UserError(f"{archive}: {rel} does not match its sha256 in {PACKAGE_MANIFEST}; the archive is corrupt")
     return {**manifest, "verified": True}
-
-
-def zlib_error() -> type[Exception]:
-    import zlib
-
-    return zlib.error

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -193,8 +194,6 @@ def write_dataset(out: Path, files: dict[str, bytes], manifest: dict) -> Path:
         raise UserError(os_error_message(err, out)) from None
     finally:
         if staging is not None and staging.exists():
-            import shutil
-
             shutil.rmtree(staging, ignore_errors=True)
     return out
 
@@ -318,9 +317,7 @@ def export_to_dataset(tasks: list[dict], spec, options: ExportOptions, source: d
     from hil.export import export_annotations
 
     if since_last:
-        check_versions_root(out)
-    else:
-        check_dataset_target(out)
+        check_versions_root(out)  # (a single dataset's folder is checked where it is written)
     skip = exported_annotations(out) if since_last else {}
     result = export_annotations(tasks, spec, options, skip_annotation_ids=skip)
     if since_last and result.counts["annotations"] == 0:

@@ -480,19 +480,25 @@ def export_annotations(tasks: list[dict], spec: LabelingSpec, options: ExportOpt
     return out
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _first_bad_string(value: Any, path: str) -> str | None:
     """The path of the first string (key or value) that cannot be written as UTF-8 (a lone surrogate)."""
     stack = [(value, path)]
     while stack:
         item, where = stack.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
+            if not _is_text(item):
                 return where
         elif isinstance(item, dict):
             for key, child in item.items():
-                if isinstance(key, str) and _first_bad_string(key, where) is not None:
+                if isinstance(key, str) and not _is_text(key):
                     return f"{where} (a key)"
                 stack.append((child, f"{where}.{key}"))
         elif isinstance(item, list):

@@ -665,14 +665,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hilt: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as err:
-        # A full disk or a folder that cannot be written is the user's to fix, not a bug.
-        import errno
+        from hilt.outputs import as_user_error
 
-        if err.errno not in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT):
+        user_error = as_user_error(err, "a file")
+        if user_error is None:
             raise
-        from hilt.outputs import os_error_message
-
-        print(f"hilt: error: {os_error_message(err, err.filename or 'a file')}", file=sys.stderr)
+        print(f"hilt: error: {user_error}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from hilt.errors import UserError
@@ -27,6 +27,17 @@ from hilt.errors import UserError
 MARKER = ".hilt-output"
 # Files any folder may hold without making it someone else's (editors, file managers).
 _HARMLESS = {".DS_Store", "Thumbs.db", MARKER}
+
+
+# OS errors that are the user's to fix (a full disk, a folder that cannot be written), not bugs.
+USER_OS_ERRNOS = (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT)
+
+
+def as_user_error(err: OSError, path: Path | str) -> UserError | None:
+    """The one-line user error for an OS error the user can fix, or None for any other (a bug)."""
+    if err.errno not in USER_OS_ERRNOS:
+        return None
+    return UserError(os_error_message(err, err.filename or path))
 
 
 def os_error_message(err: OSError, path: Path | str, action: str = "write") -> str:
@@ -45,10 +56,9 @@ def _marker_kind(folder: Path) -> str | None:
         return None
 
 
-def foreign_entries(folder: Path, own: Iterable[str] = ()) -> list[str]:
-    """Top-level entries of ``folder`` that are neither harmless nor in ``own``."""
-    allowed = _HARMLESS | set(own)
-    return sorted(p.name for p in folder.iterdir() if p.name not in allowed)
+def foreign_entries(folder: Path) -> list[str]:
+    """Top-level entries of ``folder`` other than the harmless ones (the marker, .DS_Store...)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in _HARMLESS)
 
 
 def check_output_dir(path: Path, kind: str, flag: str, recognise: Callable[[Path], bool] | None = None,

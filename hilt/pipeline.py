@@ -211,22 +211,25 @@ def _merge_versions(datasets: Path, versions: list[str], folder: Path) -> dict:
     version; the earlier record made from it is superseded (dropped here and listed in the
     manifest), so the merged data holds the edited text, and nothing twice.
     """
-    covered = {v: set(json.loads((datasets / v / "manifest.json").read_text()).get("annotation_ids", []))
-               for v in versions}
+    # Annotations every later version covers, per version (newest first, so each set is built once).
+    later: dict[str, set[int]] = {}
+    seen: set[int] = set()
+    for version in reversed(versions):
+        later[version] = set(seen)
+        seen |= set(json.loads((datasets / version / "manifest.json").read_text()).get("annotation_ids", []))
     counts, superseded = {}, []
     digest = hashlib.sha256()
     for split in ("train", "validation"):
         kept: list[bytes] = []
-        for index, version in enumerate(versions):
+        for version in versions:
             source = datasets / version / split / "data.jsonl"
             if not source.is_file():
                 continue
-            later = set().union(*(covered[v] for v in versions[index + 1:]))
             for line in source.read_bytes().splitlines(keepends=True):
                 if not line.strip():
                     continue
                 ids = _record_annotation_ids(line)
-                if ids & later:
+                if ids & later[version]:
                     superseded.append({"version": version, "split": split, "annotation_ids": sorted(ids)})
                     continue
                 kept.append(line)

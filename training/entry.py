@@ -16,7 +16,6 @@ SIGTERM after saving a checkpoint (a rerun resumes); anything else is a bug.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -32,8 +31,6 @@ from training.job import Job, read_job, write_failure
 from training.opt_ml import BASE_DIR_ENV, OptML
 
 EXIT_STOPPED = 128 + signal.SIGTERM
-# A full disk or a folder that cannot be written is the user's to fix, not a bug.
-USER_OS_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT)
 DEFAULT_MASTER_PORT = 29500
 
 
@@ -118,18 +115,16 @@ def run_job(opt_ml: OptML) -> int:
             manifest = finish_model_dir(job)
             print(f"[hilt] model written to {opt_ml.model_dir} (steps={manifest['metrics'].get('global_step')})")
         return rc
-    except UserError as err:
+    except (UserError, OSError) as err:
+        if isinstance(err, OSError):
+            from hilt.outputs import as_user_error
+
+            user_error = as_user_error(err, opt_ml.base)
+            if user_error is None:
+                return _bug(opt_ml, err)
+            err = user_error
         write_failure(opt_ml, str(err))
         print(f"hilt: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as err:
-        if err.errno not in USER_OS_ERRORS:
-            return _bug(opt_ml, err)
-        from hilt.outputs import os_error_message
-
-        message = os_error_message(err, err.filename or opt_ml.base)
-        write_failure(opt_ml, message)
-        print(f"hilt: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as err:
         return _bug(opt_ml, err)
