@@ -1,33 +1,137 @@
-"""The generation backend of ``serve``: the model of /opt/ml/model, one generation at a time.
+"""The generation backends of ``serve``, behind one seam.
+
+A backend turns a request (prompt token ids and generation options) into an async stream
+of text pieces that ends with a :class:`~container.contract.Generation`. The HTTP app
+knows nothing else about it. ``HILT_SERVE_BACKEND`` picks one:
+
+- ``hf`` (default): transformers' continuous-batching manager. Concurrent requests, and the
+  lines of a JSON Lines request, are generated together in one paged-attention batch that
+  admits new requests while others run. Greedy requests go there; a request that samples,
+  sets a seed or a repetition penalty runs in the exact lane (below) while the batch pauses,
+  because the manager shares one random stream across requests and cannot honour a seed.
+- ``hf-serial``: the exact lane alone, ``model.generate`` one request at a time. What serve
+  did before batching; kept as the baseline the benchmark compares against.
+- ``vllm``: not in this image (the vLLM wheel needs a CUDA machine); the name is reserved so
+  a GPU image can register it here.
 
 Every generation is bounded: by the model's context (longer inputs are refused or, when the
-request asks, truncated), by a wall-clock budget, by the client disconnecting, and by the
-server shutting down.
+request asks, truncated), by the invocation's wall-clock budget, by the client leaving and
+by the server shutting down. Stop sequences end it early; the text is cut before them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import os
 import threading
 import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from container.contract import Generation, RequestError
 
-class _Cancelled:
-    """A transformers StoppingCriteria: stop when the client left or the server is stopping."""
-
-    def __init__(self, *events: threading.Event):
-        self.events = events
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        stop = any(e.is_set() for e in self.events)
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+BACKEND_ENV = "HILT_SERVE_BACKEND"
+BACKENDS = {
+    "hf": "container.backend:ContinuousBackend",
+    "hf-serial": "container.backend:SerialBackend",
+}
+PLANNED_BACKENDS = {"vllm": "needs the vLLM wheel and a CUDA GPU; this image has neither (use hf)"}
+DEFAULT_BACKEND = "hf"
+# How often a waiting request checks for a disconnect, shutdown or its deadline.
+POLL_SECONDS = 0.05
 
 
-class ModelRunner:
-    """The model and tokenizer of /opt/ml/model; one generation at a time."""
+def backend_class(name: str | None = None):
+    """The backend class ``HILT_SERVE_BACKEND`` names (``hf`` unless set)."""
+    name = name or os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND
+    if name in PLANNED_BACKENDS:
+        raise SystemExit(f"serve: {BACKEND_ENV}={name}: {PLANNED_BACKENDS[name]}")
+    if name not in BACKENDS:
+        raise SystemExit(f"serve: {BACKEND_ENV}={name!r} is not one of {', '.join(BACKENDS)}")
+    module, attribute = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+class TextStream:
+    """Token ids in, text out: what a streamed client sees equals the final answer.
+
+    The final answer is the decoded text cut before the first stop sequence and stripped.
+    While tokens arrive, a piece is released only when later tokens cannot change it: held
+    back are trailing whitespace (it may end the answer), an incomplete UTF-8 character and
+    any tail that could be the start of a stop sequence.
+    """
+
+    def __init__(self, tokenizer, eos_ids: set[int], stop: list[str] | None, incremental: bool):
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.stop = stop or []
+        self.incremental = incremental or bool(self.stop)
+        self.tokens: list[int] = []
+        self.ended = False  # an end-of-sequence token was generated
+        self.stopped = False  # a stop sequence was generated
+        self.text = ""
+        self.sent = 0
+
+    def update(self, tokens: list[int]) -> str:
+        """Take the tokens generated so far; return the new piece that is safe to send."""
+        if self.ended or self.stopped:
+            return ""
+        for index, token in enumerate(tokens):
+            if token in self.eos_ids:
+                tokens = tokens[:index]
+                self.ended = True
+                break
+        self.tokens = list(tokens)
+        if not self.incremental:
+            return ""
+        self._decode()
+        if self.stopped:
+            return ""
+        safe = self.text.lstrip()
+        hold = len(safe) - len(safe.rstrip())
+        if safe.endswith("\ufffd"):
+            hold = max(hold, 1)
+        for stop in self.stop:  # a tail that may grow into a stop sequence
+            for size in range(min(len(stop) - 1, len(safe)), 0, -1):
+                if safe.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        piece = safe[self.sent:len(safe) - hold]
+        self.sent += len(piece)
+        return piece
+
+    def _decode(self) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        cuts = [text.find(s) for s in self.stop if s in text]
+        if cuts:
+            text = text[:min(cuts)]
+            self.stopped = True
+        self.text = text
+
+    @property
+    def done(self) -> bool:
+        return self.ended or self.stopped
+
+    def finish(self) -> str:
+        """The rest of the answer, once generation has ended."""
+        self._decode()
+        final = self.text.strip()
+        piece = final[self.sent:]
+        self.sent = len(final)
+        return piece
+
+    @property
+    def answer(self) -> str:
+        return self.text.strip()
+
+
+class Backend:
+    """The model and tokenizer of /opt/ml/model, and what every backend shares."""
+
+    name = "base"
 
     def __init__(self, model_dir):
         import torch
@@ -39,9 +143,11 @@ class ModelRunner:
         if torch.cuda.is_available():
             self.model.to("cuda")
         self.model.eval()
-        self.lock = threading.Lock()
         self.context = self._context_length()
+        self.eos_ids = self._eos_ids(Path(model_dir))
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.shutdown = threading.Event()
+        self.exact_lock = threading.Lock()
 
     def _context_length(self) -> int:
         """Tokens the model can attend over: its position limit (or the tokenizer's, if smaller)."""
@@ -52,7 +158,19 @@ class ModelRunner:
             limit = tokenizer_limit
         return int(limit)
 
-    def encode(self, messages: list[dict], truncate: int | None):
+    def _eos_ids(self, model_dir: Path) -> set[int]:
+        """Every token that ends an answer: the tokenizer's EOS and the generation config's
+        (Llama 3 lists <|eot_id|> and <|end_of_text|>)."""
+        ids: set[int] = set()
+        config_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in (self.tokenizer.eos_token_id, config_eos):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids or {0}
+
+    def encode(self, messages: list[dict], truncate: int | None) -> list[int]:
         """Input ids for a request, refused (400) when longer than the model's context.
 
         A body can be 6 MB; rendering and tokenizing that is cheap next to attending over
@@ -63,64 +181,290 @@ class ModelRunner:
             raise RequestError(f"input of {chars} characters is far over the model's context of {self.context} "
                                'tokens; shorten it, or set parameters.truncate to keep only the last N tokens')
         if self.tokenizer.chat_template:
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                     return_dict=True)["input_ids"]
+            ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                          return_dict=True)["input_ids"])
         else:
-            ids = self.tokenizer("\n".join(m["content"] for m in messages), return_tensors="pt")["input_ids"]
+            ids = list(self.tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
         if truncate is not None:
-            ids = ids[:, -min(truncate, self.context - 1):]
-        if ids.shape[1] >= self.context:
-            raise RequestError(f"input is {ids.shape[1]} tokens; the model's context is {self.context} tokens "
+            ids = ids[-min(truncate, self.context - 1):]
+        if len(ids) >= self.context:
+            raise RequestError(f"input is {len(ids)} tokens; the model's context is {self.context} tokens "
                                "(prompt plus answer); shorten it, or set parameters.truncate to keep only the "
                                "last N tokens")
         return ids
 
-    def generate(self, messages: list[dict], kwargs: dict[str, Any], budget_s: float | None = None,
-                 cancelled: threading.Event | None = None) -> Generation:
-        """One answer; stops early at the wall-clock budget, a disconnect or shutdown.
+    def close(self) -> None:
+        self.shutdown.set()
+
+    def prepare(self, messages: list[dict], kwargs: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+        """Prompt ids and generation options for a request, before anything is generated.
 
         Raises:
             RequestError: when the input does not fit the model's context.
         """
-        import torch
-        from transformers import StoppingCriteriaList
-
         kwargs = dict(kwargs)
-        seed = kwargs.pop("seed", None)
-        ids = self.encode(messages, kwargs.pop("truncate", None)).to(self.model.device)
+        ids = self.encode(messages, kwargs.pop("truncate", None))
         # Never generate past the context: the model's positions end there.
-        kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], self.context - ids.shape[1])
+        kwargs["max_new_tokens"] = min(kwargs["max_new_tokens"], self.context - len(ids))
+        return ids, kwargs
+
+    async def generate(self, ids: list[int], kwargs: dict[str, Any], deadline: float | None,
+                       cancelled: threading.Event | None = None, stream: bool = False
+                       ) -> AsyncIterator[str | Generation]:
+        """Text pieces (only when ``stream``), then the :class:`Generation`, for a prepared request."""
+        kwargs = dict(kwargs)
+        text = TextStream(self.tokenizer, self.eos_ids, kwargs.pop("stop", None), incremental=stream)
         events = [self.shutdown] + ([cancelled] if cancelled is not None else [])
-        started = time.monotonic()
-        with self.lock, torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(seed)
-            remaining = None if budget_s is None else budget_s - (time.monotonic() - started)
-            if remaining is not None and remaining <= 0:
-                return Generation("", int(ids.shape[1]), 0, "time_limit")
-            output = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                         pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                                         stopping_criteria=StoppingCriteriaList([_Cancelled(*events)]),
-                                         max_time=remaining, **kwargs)
-        new = output[0, ids.shape[1]:]
-        eos = self.tokenizer.eos_token_id
-        n_out = len(new)
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        # The end-of-turn token is generated but is not part of the answer the user pays for.
-        ended = bool(n_out and eos is not None and int(new[-1]) == eos)
-        if ended:
-            n_out -= 1
-        if ended:
+        async for tokens in self._tokens(ids, kwargs, deadline, events, text):
+            piece = text.update(tokens)
+            if piece and stream:
+                yield piece
+        piece = text.finish()
+        if piece and stream:
+            yield piece
+        if text.done:
             reason = "stop"
         elif any(e.is_set() for e in events):
             reason = "cancelled"
-            print(f"[serve] generation cancelled after {len(new)} tokens "
+            print(f"[serve] generation cancelled after {len(text.tokens)} tokens "
                   f"({'shutting down' if self.shutdown.is_set() else 'client disconnected'})", flush=True)
-        elif len(new) >= kwargs["max_new_tokens"]:
+        elif len(text.tokens) >= kwargs["max_new_tokens"]:
             reason = "length"
-        elif remaining is not None and time.monotonic() - started >= remaining:
+        elif deadline is not None and time.monotonic() >= deadline:
             reason = "time_limit"
         else:
             reason = "stop"
-        return Generation(text=text.strip(), input_tokens=int(ids.shape[1]), output_tokens=n_out,
-                          finish_reason=reason)
+        yield Generation(text=text.answer, input_tokens=len(ids), output_tokens=len(text.tokens),
+                         finish_reason=reason)
+
+    async def complete(self, ids: list[int], kwargs: dict[str, Any], deadline: float | None,
+                       cancelled: threading.Event | None = None) -> Generation:
+        """The whole answer of a prepared request."""
+        result = None
+        async for item in self.generate(ids, kwargs, deadline, cancelled):
+            result = item
+        assert isinstance(result, Generation)
+        return result
+
+    def _tokens(self, ids: list[int], kwargs: dict, deadline: float | None, events: list[threading.Event],
+                text: TextStream) -> AsyncIterator[list[int]]:
+        """The tokens generated so far, after each step, until generation ends."""
+        raise NotImplementedError
+
+    # -- the exact lane: model.generate for one request ------------------------------------
+
+    async def _exact(self, ids: list[int], kwargs: dict, deadline: float | None, events: list[threading.Event],
+                     text: TextStream) -> AsyncIterator[list[int]]:
+        """``model.generate`` in a worker thread, one request at a time, every option honoured."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        worker = threading.Thread(target=self._exact_worker, name="exact-lane", daemon=True,
+                                  args=(ids, dict(kwargs), deadline, events + [stop], loop, queue))
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    return
+                yield item
+                if text.done:
+                    stop.set()
+        finally:
+            stop.set()
+
+    def _exact_worker(self, ids, kwargs, deadline, events, loop, queue) -> None:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        class Streamer:  # transformers' streamer protocol: put(prompt) first, then each new token
+            def __init__(self):
+                self.tokens: list[int] = []
+                self.prompt_seen = False
+
+            def put(self, value):
+                if not self.prompt_seen:
+                    self.prompt_seen = True
+                    return
+                self.tokens.extend(int(t) for t in value.reshape(-1).tolist())
+                loop.call_soon_threadsafe(queue.put_nowait, list(self.tokens))
+
+            def end(self):
+                pass
+
+        seed = kwargs.pop("seed", None)
+        try:
+            with self.exact_lock, self._exclusive(), torch.no_grad():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                if seed is not None:
+                    torch.manual_seed(seed)
+                input_ids = torch.tensor([ids], device=self.model.device)
+                self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                    pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                                    stopping_criteria=StoppingCriteriaList([_Cancelled(*events)]),
+                                    streamer=Streamer(), max_time=remaining, **kwargs)
+        except BaseException as err:  # noqa: BLE001  (handed to the request, which answers 500)
+            loop.call_soon_threadsafe(queue.put_nowait, err)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    def _exclusive(self):
+        """What the exact lane holds while it uses the model (nothing, when it is alone)."""
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class _Cancelled:
+    """A transformers StoppingCriteria: stop when any of the events is set."""
+
+    def __init__(self, *events: threading.Event):
+        self.events = events
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        stop = any(e.is_set() for e in self.events)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class SerialBackend(Backend):
+    """One ``model.generate`` at a time: every request in the exact lane."""
+
+    name = "hf-serial"
+
+    def _tokens(self, ids, kwargs, deadline, events, text):
+        return _bounded(self._exact(ids, kwargs, deadline, events, text), deadline, events)
+
+
+class ContinuousBackend(Backend):
+    """transformers' continuous batching for greedy requests, the exact lane for the rest."""
+
+    name = "hf"
+
+    def __init__(self, model_dir):
+        super().__init__(model_dir)
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(do_sample=False, max_new_tokens=64, eos_token_id=sorted(self.eos_ids),
+                                  pad_token_id=self.pad_id)
+        self.manager = self.model.init_continuous_batching(generation_config=config)
+        self.manager.start()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """The first batch sizes the paged cache (seconds on a CPU); do it before /ping says ready."""
+        request_id = self.manager.add_request([self.pad_id] * 4, request_id="warm-up", max_new_tokens=2)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            result = self.manager.get_result(request_id=request_id, timeout=1)
+            if result is not None and result.is_finished():
+                return
+            if not self.manager.is_running():
+                raise RuntimeError("the continuous-batching manager stopped while warming up")
+
+    @staticmethod
+    def batchable(kwargs: dict) -> bool:
+        """Greedy, no seed, no repetition penalty: what the batch honours exactly."""
+        return not kwargs.get("do_sample") and "seed" not in kwargs and "repetition_penalty" not in kwargs
+
+    def _exclusive(self):
+        return _Paused(self.manager, self.model)
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self.manager.stop(block=True, timeout=5)
+        except Exception:  # noqa: BLE001  (shutting down)
+            pass
+
+    def _tokens(self, ids, kwargs, deadline, events, text):
+        if not self.batchable(kwargs):
+            return _bounded(self._exact(ids, kwargs, deadline, events, text), deadline, events)
+        return _bounded(self._batched(ids, kwargs, text), deadline, events)
+
+    async def _batched(self, ids, kwargs, text) -> AsyncIterator[list[int]]:
+        queue: asyncio.Queue = asyncio.Queue()
+        request_id = f"r-{uuid.uuid4().hex}"
+        self.manager.register_result_handler(request_id, queue.put_nowait)
+        added = self.manager.add_request(ids, request_id=request_id, max_new_tokens=kwargs["max_new_tokens"],
+                                         streaming=True, eos_token_id=sorted(self.eos_ids))
+        if added is None:
+            raise RuntimeError("the continuous-batching manager refused the request (it is stopping)")
+        finished = False
+        try:
+            while True:
+                output = await queue.get()
+                if output.error:
+                    raise RuntimeError(f"generation failed: {output.error}")
+                finished = output.is_finished()
+                yield list(output.generated_tokens)
+                if finished or text.done:
+                    return
+        finally:
+            if not finished:
+                self.manager.cancel_request(request_id)
+            with self.manager.output_router._lock:
+                self.manager.output_router.result_handlers.pop(request_id, None)
+
+
+class _Paused:
+    """Hold the batch still while the exact lane uses the model, in the model's own attention."""
+
+    def __init__(self, manager, model):
+        self.manager, self.model = manager, model
+        self.pause = None
+        self.switched = None
+
+    def __enter__(self):
+        if self.manager.is_running():
+            self.pause = self.manager.pause()
+            self.pause.__enter__()
+        original = getattr(self.manager, "_original_attn_impl", None)
+        if original is not None:  # the manager switched to paged attention; generate needs the original
+            self.switched = self.model.config._attn_implementation
+            self.model.set_attn_implementation(original)
+        return self
+
+    def __exit__(self, *exc):
+        if self.switched is not None:
+            self.model.set_attn_implementation(self.switched)
+        if self.pause is not None:
+            self.pause.__exit__(*exc)
+        return False
+
+
+async def _bounded(tokens: AsyncIterator[list[int]], deadline: float | None,
+                   events: list[threading.Event]) -> AsyncIterator[list[int]]:
+    """Pass the token lists through until the deadline passes or an event is set."""
+    iterator = tokens.__aiter__()
+    pending = None
+    try:
+        while True:
+            if any(e.is_set() for e in events):
+                return
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            wait = POLL_SECONDS if deadline is None else max(0.0, min(POLL_SECONDS, deadline - time.monotonic()))
+            done, _ = await asyncio.wait({pending}, timeout=wait)
+            if pending in done:
+                try:
+                    item = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                yield item
+            elif deadline is not None and time.monotonic() >= deadline:
+                return
+    finally:
+        if pending is not None:
+            pending.cancel()
+            try:
+                await pending
+            except (asyncio.CancelledError, StopAsyncIteration, Exception):  # noqa: BLE001  (being dropped)
+                pass
+        await iterator.aclose()

@@ -2,15 +2,17 @@
 
 SageMaker starts the inference image with ``serve`` and talks to it over HTTP on port
 8080 (``SAGEMAKER_BIND_TO_PORT`` overrides): ``GET /ping`` must answer 200 once the
-model is ready, ``POST /invocations`` gets the requests. The model is read from
-/opt/ml/model (under ``SAGEMAKER_BASE_DIR``) and nothing else: Marketplace runs the
-container with network isolation, so hub access is switched off before anything loads.
+model is ready, ``POST /invocations`` gets the requests, and a batch transform may ask
+``GET /execution-parameters`` how to send them. The model is read from /opt/ml/model
+(under ``SAGEMAKER_BASE_DIR``) and nothing else: Marketplace runs the container with
+network isolation, so hub access is switched off before anything loads.
 
 Three parts: ``container.contract`` (request bodies, limits, answers, the metering
-header), ``container.backend`` (the model and its bounded generation) and this module
-(the HTTP app: payload limit, content types, the invocation's budget, disconnects,
-SIGTERM). Every success carries ``X-Amzn-Inference-Metering: {"Dimension":
-"inference.count", "ConsumedUnits": N}``; N comes from the unit in ``HILT_METERING_UNIT``.
+header), ``container.backend`` (the model and its batched, bounded generation, chosen by
+``HILT_SERVE_BACKEND``) and this module (the HTTP app: payload limit, content types and
+``Accept``, streaming, the invocation's budget, disconnects, SIGTERM). Every success
+carries ``X-Amzn-Inference-Metering: {"Dimension": "inference.count", "ConsumedUnits": N}``;
+N comes from the unit in ``HILT_METERING_UNIT``.
 """
 
 from __future__ import annotations
@@ -24,19 +26,24 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from container.backend import ModelRunner
+from container.backend import backend_class
 from container.contract import (
+    EVENT_STREAM,
     JSON,
     JSONLINES,
+    MAX_BATCH_PAYLOAD_MB,
     MAX_PAYLOAD_BYTES,
     METERING_HEADER,
     METERING_UNITS,
+    Generation,
+    Invocation,
     RequestError,
+    chat_finish_reason,
     metering_header,
     parse_body,
+    streamed_metering_header,
 )
 from training.opt_ml import OptML
 
@@ -46,8 +53,15 @@ METERING_ENV = "HILT_METERING_UNIT"
 # SageMaker real-time answers within 60 s; a generation stops (with what it has) before that.
 BUDGET_ENV = "HILT_GENERATION_TIMEOUT"
 DEFAULT_BUDGET_SECONDS = 55.0
+# A batch transform waits InvocationsTimeoutInSeconds (600 s unless the job sets it).
+DEFAULT_BATCH_BUDGET_SECONDS = 590.0
 # SIGTERM: in-flight generations are cancelled and the server exits within this many seconds.
 SHUTDOWN_SECONDS = 3
+# Generations in flight at once (all invocations together); the rest wait their turn.
+MAX_IN_FLIGHT_ENV = "HILT_MAX_IN_FLIGHT"
+DEFAULT_MAX_IN_FLIGHT = 256
+# What GET /execution-parameters suggests to a batch transform.
+MAX_CONCURRENT_TRANSFORMS_ENV = "HILT_MAX_CONCURRENT_TRANSFORMS"
 
 
 def go_offline() -> None:
@@ -57,6 +71,63 @@ def go_offline() -> None:
         os.environ.setdefault(name, value)
 
 
+def batch_settings() -> dict[str, Any]:
+    """What a SageMaker batch transform tells the container through its environment."""
+    batch = os.environ.get("SAGEMAKER_BATCH", "").lower() == "true"
+    raw = os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB")
+    payload_mb = 6
+    if batch and raw:
+        try:
+            payload_mb = int(raw)
+        except ValueError:
+            raise SystemExit(f"serve: SAGEMAKER_MAX_PAYLOAD_IN_MB={raw!r} is not a whole number of MB") from None
+        if not 0 <= payload_mb <= MAX_BATCH_PAYLOAD_MB:
+            raise SystemExit(f"serve: SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb} is outside [0, {MAX_BATCH_PAYLOAD_MB}]")
+    # MaxPayloadInMB 0 means "no limit" to SageMaker (streamed records); hilt then takes the batch maximum.
+    limit = (payload_mb or MAX_BATCH_PAYLOAD_MB) * 1024 * 1024 if batch else MAX_PAYLOAD_BYTES
+    return {"batch": batch, "max_payload_bytes": max(limit, MAX_PAYLOAD_BYTES) if batch else limit,
+            "strategy": os.environ.get("SAGEMAKER_BATCH_STRATEGY"),
+            "max_concurrent": os.environ.get("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS")}
+
+
+def _number_env(name: str, default: float, kind=float):
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SystemExit(f"serve: {name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+    if value <= 0:
+        raise SystemExit(f"serve: {name}={raw!r} must be above 0")
+    return value
+
+
+def accepted(accept: str | None, offers: list[str]) -> str | None:
+    """The first of ``offers`` the Accept header allows (q=0 refuses), or None."""
+    if not accept or not accept.strip():
+        return offers[0]
+    ranges = []
+    for part in accept.split(","):
+        media, *params = [x.strip() for x in part.split(";")]
+        quality = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        if media:
+            ranges.append((media.lower(), quality))
+    best, best_quality = None, 0.0
+    for offer in offers:
+        kind = offer.split("/")[0]
+        for media, quality in ranges:
+            if media in (offer, "*/*", f"{kind}/*") and quality > best_quality:
+                best, best_quality = offer, quality
+    return best
+
+
 def create_app(model_dir=None, metering_unit: str | None = None):
     """The FastAPI app; the model loads in a background thread (``/ping`` is 503 until then)."""
     go_offline()
@@ -64,16 +135,16 @@ def create_app(model_dir=None, metering_unit: str | None = None):
     if unit not in METERING_UNITS:
         raise SystemExit(f"serve: {METERING_ENV}={unit!r} is not one of {', '.join(METERING_UNITS)}")
     model_dir = model_dir or OptML.from_env().model_dir
-    try:
-        budget = float(os.environ.get(BUDGET_ENV) or DEFAULT_BUDGET_SECONDS)
-    except ValueError:
-        raise SystemExit(f"serve: {BUDGET_ENV}={os.environ[BUDGET_ENV]!r} is not a number of seconds") from None
-    state: dict[str, Any] = {"runner": None, "error": None}
+    batch = batch_settings()
+    budget = _number_env(BUDGET_ENV, DEFAULT_BATCH_BUDGET_SECONDS if batch["batch"] else DEFAULT_BUDGET_SECONDS)
+    max_in_flight = _number_env(MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT, int)
+    backend_cls = backend_class()
+    state: dict[str, Any] = {"runner": None, "error": None, "slots": None}
 
     def load() -> None:
         try:
-            state["runner"] = ModelRunner(model_dir)
-            print(f"[serve] model loaded from {model_dir}", flush=True)
+            state["runner"] = backend_cls(model_dir)
+            print(f"[serve] model loaded from {model_dir} (backend {backend_cls.name})", flush=True)
         except Exception as err:  # noqa: BLE001  (reported by /ping and the log)
             state["error"] = f"{type(err).__name__}: {err}"
             print(f"[serve] failed to load the model from {model_dir}: {state['error']}", file=sys.stderr, flush=True)
@@ -90,20 +161,30 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             return Response(status_code=200)
         return error(503 if state["error"] is None else 500, state["error"] or "model is loading")
 
+    @app.get("/execution-parameters")
+    def execution_parameters():
+        # A batch transform asks once; generation batches concurrent requests, so several in
+        # flight keep the batch full (one at a time for the serial backend).
+        suggested = 1 if backend_cls.name == "hf-serial" else 4
+        return {"MaxConcurrentTransforms": _number_env(MAX_CONCURRENT_TRANSFORMS_ENV, suggested, int),
+                "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+
     @app.post("/invocations")
     async def invocations(request: Request):
         runner = state["runner"]
         if runner is None:
             return error(503, state["error"] or "model is loading; retry when /ping answers 200")
+        limit = batch["max_payload_bytes"]
         # Read the body to the end (a client still sending when we answer gets a reset, not
         # the 413), but keep no more than the limit in memory.
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size <= MAX_PAYLOAD_BYTES:
+            if size <= limit:
                 chunks.append(chunk)
-        if size > MAX_PAYLOAD_BYTES:
-            return error(413, f"payload of {size} bytes is over SageMaker's 6 MB limit ({MAX_PAYLOAD_BYTES} bytes)")
+        if size > limit:
+            where = ("SAGEMAKER_MAX_PAYLOAD_IN_MB" if batch["batch"] else "SageMaker's 6 MB real-time limit")
+            return error(413, f"payload of {size} bytes is over {where} ({limit} bytes)")
         body = b"".join(chunks)
         content_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
         if content_type not in (JSON, JSONLINES):
@@ -112,9 +193,36 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             requests = parse_body(body, content_type)
         except RequestError as err:
             return error(400, str(err))
+        stream = requests[0][1].stream
+        if stream:
+            offers = [EVENT_STREAM, JSONLINES] if requests[0][1].schema == "chat" else [JSONLINES, EVENT_STREAM]
+        else:
+            offers = [content_type]
+        media = accepted(request.headers.get("accept"), offers)
+        if media is None:
+            return error(406, f"cannot answer with Accept {request.headers.get('accept')!r}; "
+                              f"this request is answered as {' or '.join(offers)}")
+        prepared = []
+        for number, invocation in requests:
+            try:
+                prepared.append(runner.prepare(invocation.messages, invocation.kwargs))
+            except RequestError as err:
+                return error(400, (f"line {number}: " if content_type == JSONLINES else "") + str(err))
+        if state["slots"] is None:
+            state["slots"] = asyncio.Semaphore(max_in_flight)
         # One wall-clock budget for the whole invocation; the client leaving cancels the work.
         deadline = time.monotonic() + budget
         cancelled = threading.Event()
+        if stream:
+            ids, kwargs = prepared[0]
+            headers = {METERING_HEADER: streamed_metering_header(unit, len(ids), kwargs["max_new_tokens"]),
+                       "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            chunks_out = _stream(runner, requests[0][1], ids, kwargs, deadline, cancelled, media, state["slots"])
+            return StreamingResponse(chunks_out, media_type=media, headers=headers)
+
+        async def one(ids, kwargs):
+            async with state["slots"]:
+                return await runner.complete(ids, kwargs, deadline, cancelled)
 
         async def watch_disconnect():
             while not cancelled.is_set():
@@ -124,28 +232,79 @@ def create_app(model_dir=None, metering_unit: str | None = None):
                 await asyncio.sleep(0.1)
 
         watcher = asyncio.create_task(watch_disconnect())
-        generations = []
-        number = 1
         try:
-            for number, messages, kwargs in requests:
-                generations.append(await run_in_threadpool(runner.generate, messages, kwargs,
-                                                           deadline - time.monotonic(), cancelled))
-                if cancelled.is_set():
-                    return error(499, "client disconnected; generation cancelled")
-        except RequestError as err:
-            where = f"line {number}: " if content_type == JSONLINES else ""
-            return error(400, where + str(err))
+            generations = await asyncio.gather(*(one(ids, kwargs) for ids, kwargs in prepared))
+            if cancelled.is_set() and any(g.finish_reason == "cancelled" for g in generations):
+                return error(499, "client disconnected; generation cancelled")
         finally:
             cancelled.set()
             watcher.cancel()
         headers = {METERING_HEADER: metering_header(unit, generations)}
         if content_type == JSON:
-            return JSONResponse(generations[0].as_json(), headers=headers)
-        payload = "".join(json.dumps(g.as_json(), ensure_ascii=False) + "\n" for g in generations)
-        return Response(payload, media_type=JSONLINES, headers=headers)
+            invocation = requests[0][1]
+            answer = (generations[0].as_chat(invocation.completion_id, invocation.model)
+                      if invocation.schema == "chat" else generations[0].as_json())
+            return JSONResponse(answer, headers=headers)
+        lines = []
+        for (_, invocation), generation in zip(requests, generations):
+            answer = (generation.as_chat(invocation.completion_id, invocation.model)
+                      if invocation.schema == "chat" else generation.as_json())
+            lines.append(json.dumps(answer, ensure_ascii=False) + "\n")
+        return Response("".join(lines), media_type=JSONLINES, headers=headers)
 
     app.state.model_state = state
     return app
+
+
+async def _stream(runner, invocation: Invocation, ids: list[int], kwargs: dict, deadline: float,
+                  cancelled: threading.Event, media: str, slots: asyncio.Semaphore):
+    """The chunks of a streamed answer: server-sent events or JSON Lines.
+
+    Chat requests get OpenAI's ``chat.completion.chunk`` objects (a role chunk, content
+    deltas, a chunk with finish_reason, usage when asked, then ``[DONE]`` for SSE). Other
+    requests get ``{"token": {"text": ...}}`` per piece and the whole answer last. Leaving
+    mid-stream cancels the generation.
+    """
+    def frame(payload: dict | str) -> str:
+        text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        return f"data: {text}\n\n" if media == EVENT_STREAM else text + "\n"
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> dict:
+        return {"id": invocation.completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": invocation.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+    chat = invocation.schema == "chat"
+
+    def frames_of(item: str | Generation) -> list[str]:
+        if not isinstance(item, Generation):
+            return [frame(chunk({"content": item}) if chat else {"token": {"text": item}})]
+        if not chat:
+            return [frame(item.as_json())]
+        frames = [frame(chunk({}, chat_finish_reason(item.finish_reason)))]
+        if invocation.include_usage:
+            last = chunk({})
+            last["choices"], last["usage"] = [], item.chat_usage()
+            frames.append(frame(last))
+        return frames
+
+    try:
+        async with slots:
+            if chat:
+                yield frame(chunk({"role": "assistant", "content": ""}))
+            pieces = runner.generate(ids, kwargs, deadline, cancelled, stream=True)
+            try:
+                async for item in pieces:
+                    for text in frames_of(item):
+                        yield text
+            finally:
+                await pieces.aclose()
+        if chat and media == EVENT_STREAM:
+            yield frame("[DONE]")
+    except Exception as err:  # noqa: BLE001  (the status line is gone; say it in the stream)
+        print(f"[serve] streamed generation failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        yield frame({"error": f"generation failed: {type(err).__name__}: {err}"})
+    finally:
+        cancelled.set()
 
 
 def audit_network(log_path: str) -> None:
@@ -184,6 +343,7 @@ def main() -> int:
             runner = app.state.model_state.get("runner")
             if runner is not None:
                 runner.shutdown.set()
+                threading.Thread(target=runner.close, name="backend-close", daemon=True).start()
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=host, port=port, log_level=os.environ.get("HILT_SERVE_LOG_LEVEL", "warning"),

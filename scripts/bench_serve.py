@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Benchmark: `serve` under concurrency vs a bare `model.generate` loop, and metering cost.
+"""Benchmark: `serve`'s batching backend vs its one-at-a-time path and a bare `generate` loop.
 
-Same model, same prompts, same generation length. The bare loop is the floor (no HTTP,
-no JSON, no threads); `serve` is measured at several client concurrencies with
-throughput and p50/p99 latency. The metering header's overhead is timed directly (it
-is computed per request from the token counts).
+Same model, same prompts, same generation length, in one run. The bare loop is the
+single-request floor (no HTTP, no JSON, no threads). `serve` is measured with each
+backend (``HILT_SERVE_BACKEND=hf-serial``: one `generate` at a time, what serve did
+before batching; ``hf``: transformers' continuous batching) at client concurrency 1, 4, 8
+and 16: throughput, p50/p99 latency and errors. The metering header's overhead is timed
+directly (it is computed per request from the token counts).
 
-    .venv/bin/python scripts/bench_serve.py [--model DIR] [--requests 48] [--new-tokens 16]
+    .venv/bin/python scripts/bench_serve.py [--model DIR] [--requests 64] [--new-tokens 16]
 
 Results: bench_results/serve.json (and a table on stdout).
 """
@@ -60,30 +62,68 @@ def bare_loop(model_dir: Path, n: int, new_tokens: int) -> dict:
             "p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
 
 
-def served(url: str, n: int, concurrency: int, new_tokens: int) -> dict:
-    def call(i: int) -> tuple[float, int]:
+def served(url: str, backend: str, n: int, concurrency: int, new_tokens: int) -> dict:
+    def call(i: int) -> tuple[float, bool]:
         body = json.dumps({"inputs": PROMPTS[i % len(PROMPTS)], "parameters": {"max_new_tokens": new_tokens}}).encode()
         request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
         t0 = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=300) as response:
-            response.read()
-            assert response.headers["X-Amzn-Inference-Metering"]
-            return time.perf_counter() - t0, response.status
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                answer = json.loads(response.read())
+                ok = (response.status == 200 and bool(response.headers["X-Amzn-Inference-Metering"])
+                      and answer["usage"]["output_tokens"] >= 1)
+        except (OSError, ValueError, KeyError):
+            ok = False
+        return time.perf_counter() - t0, ok
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         results = list(pool.map(call, range(n)))
     seconds = time.perf_counter() - started
     latencies = [r[0] for r in results]
-    assert all(r[1] == 200 for r in results)
-    return {"mode": "serve (HTTP)", "concurrency": concurrency, "requests": n, "requests_per_second": n / seconds,
-            "p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+    return {"mode": f"serve {backend}", "concurrency": concurrency, "requests": n, "requests_per_second": n / seconds,
+            "p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+            "errors": sum(not r[1] for r in results)}
+
+
+def run_server(model: Path, work: Path, backend: str, requests: int, new_tokens: int,
+               concurrencies: tuple[int, ...]) -> list[dict]:
+    """Start `serve` with one backend, load it at each concurrency, stop it."""
+    base = work / f"opt_ml-{backend}"
+    base.mkdir()
+    (base / "model").symlink_to(model.resolve(), target_is_directory=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port),
+           "HILT_SERVE_BACKEND": backend}
+    server = subprocess.Popen([sys.executable, "-m", "container.serve"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"bench_serve: serve ({backend}) did not start") from None
+                time.sleep(0.3)
+        served(url, backend, 8, 4, new_tokens)  # warm-up
+        for concurrency in concurrencies:
+            rows.append(served(url, backend, requests, concurrency, new_tokens))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model dir (default: a tiny Llama built here)")
-    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "serve.json"))
     args = parser.parse_args()
@@ -99,43 +139,37 @@ def main() -> int:
     # The server generates until EOS or max_new_tokens; a random-init model rarely stops, so
     # both sides produce the same number of tokens.
     rows = [bare_loop(model, args.requests, args.new_tokens)]
-
-    base = work / "opt_ml"
-    base.mkdir()
-    (base / "model").symlink_to(model.resolve(), target_is_directory=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port)}
-    server = subprocess.Popen([sys.executable, "-m", "container.serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.3)
-        served(url, 4, 1, args.new_tokens)  # warm-up
-        for concurrency in (1, 4, 8):
-            rows.append(served(url, args.requests, concurrency, args.new_tokens))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    concurrencies = (1, 4, 8, 16)
+    for backend in ("hf-serial", "hf"):
+        rows += run_server(model, work, backend, args.requests, args.new_tokens, concurrencies)
 
     gens = [Generation("x" * 40, input_tokens=120, output_tokens=args.new_tokens)]
     per_call = min(timeit.repeat(lambda: metering_header("output_tokens", gens), number=10000, repeat=3)) / 10000
+    def row(mode: str, concurrency: int) -> dict:
+        return next(r for r in rows if r["mode"] == mode and r["concurrency"] == concurrency)
+
+    batched_c1, batched_c8 = row("serve hf", 1), row("serve hf", 8)
+    serial_c1 = row("serve hf-serial", 1)
     summary = {"rows": rows, "metering_header_us": per_call * 1e6,
-               "metering_share_of_p50": per_call / (rows[1]["p50_ms"] / 1000),
-               "http_overhead_ms_at_concurrency_1": rows[1]["p50_ms"] - rows[0]["p50_ms"],
+               "metering_share_of_p50": per_call / (batched_c1["p50_ms"] / 1000),
+               "http_overhead_ms_at_concurrency_1": serial_c1["p50_ms"] - rows[0]["p50_ms"],
+               "targets": {
+                   "throughput_c8_over_c1": batched_c8["requests_per_second"] / batched_c1["requests_per_second"],
+                   "throughput_c8_over_c1_target": 4.0,
+                   "p99_c8_over_serial_c1_p99": batched_c8["p99_ms"] / serial_c1["p99_ms"],
+                   "p99_c8_over_serial_c1_p99_target": 2.0,
+                   "errors": sum(r.get("errors", 0) for r in rows)},
                "config": {"requests": args.requests, "new_tokens": args.new_tokens,
                           "model": args.model or "tiny llama 2x64 (built)", "cpus": os.cpu_count()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{'mode':<20} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'mode':<20} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for r in rows:
-        print(f"{r['mode']:<20} {r['concurrency']:>4} {r['requests_per_second']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+        print(f"{r['mode']:<20} {r['concurrency']:>4} {r['requests_per_second']:>8.1f} {r['p50_ms']:>8.1f} "
+              f"{r['p99_ms']:>8.1f} {r.get('errors', 0):>6}")
+    targets = summary["targets"]
+    print(f"hf at concurrency 8: {targets['throughput_c8_over_c1']:.2f}x its concurrency-1 throughput (target >= 4); "
+          f"p99 {targets['p99_c8_over_serial_c1_p99']:.2f}x the serial server's concurrency-1 p99 (target < 2)")
     print(f"metering header: {summary['metering_header_us']:.1f} us per request "
           f"({summary['metering_share_of_p50']:.4%} of p50); HTTP+JSON overhead at concurrency 1: "
           f"{summary['http_overhead_ms_at_concurrency_1']:.1f} ms -> {args.out}")

@@ -146,13 +146,14 @@ def test_ping_is_503_until_the_model_loads(tiny_model_dir, monkeypatch):
     import container.serve as serve
 
     release = threading.Event()
-    real_runner = serve.ModelRunner
+    real_backend = serve.backend_class()
 
-    def slow_runner(model_dir):
-        release.wait(30)
-        return real_runner(model_dir)
+    class SlowBackend(real_backend):
+        def __init__(self, model_dir):
+            release.wait(30)
+            super().__init__(model_dir)
 
-    monkeypatch.setattr(serve, "ModelRunner", slow_runner)
+    monkeypatch.setattr(serve, "backend_class", lambda: SlowBackend)
     client = TestClient(serve.create_app(model_dir=tiny_model_dir))
     assert client.get("/ping").status_code == 503
     assert client.post("/invocations", json={"inputs": "x"}).status_code == 503
