@@ -40,6 +40,10 @@ BACKENDS = {
 }
 PLANNED_BACKENDS = {"vllm": "needs the vLLM wheel and a CUDA GPU; this image has neither (use hf)"}
 DEFAULT_BACKEND = "hf"
+# The paged KV cache of the continuous batch. On a GPU transformers sizes it from free memory;
+# on a CPU it would take most of the machine's RAM, so it gets a token budget instead.
+KV_CACHE_TOKENS_ENV = "HILT_KV_CACHE_TOKENS"
+DEFAULT_CPU_CACHE_SEQUENCES = 16  # sequences of full context the CPU cache holds
 # How often a waiting request checks for a disconnect, shutdown or its deadline.
 POLL_SECONDS = 0.05
 
@@ -352,9 +356,32 @@ class ContinuousBackend(Backend):
 
         config = GenerationConfig(do_sample=False, max_new_tokens=64, eos_token_id=sorted(self.eos_ids),
                                   pad_token_id=self.pad_id)
-        self.manager = self.model.init_continuous_batching(generation_config=config)
+        self.manager = self.model.init_continuous_batching(generation_config=config,
+                                                           continuous_batching_config=self._cache_config())
         self.manager.start()
         self._warm_up()
+
+    def _cache_config(self):
+        """Bounded cache on a CPU (``HILT_KV_CACHE_TOKENS``, default 16 full contexts); on a
+        GPU the manager's own sizing from free memory, unless the variable is set."""
+        import torch
+        from transformers import ContinuousBatchingConfig
+
+        raw = os.environ.get(KV_CACHE_TOKENS_ENV)
+        if raw:
+            try:
+                tokens = int(raw)
+            except ValueError:
+                raise SystemExit(f"serve: {KV_CACHE_TOKENS_ENV}={raw!r} is not a whole number of tokens") from None
+        elif torch.cuda.is_available():
+            return ContinuousBatchingConfig()
+        else:
+            tokens = DEFAULT_CPU_CACHE_SEQUENCES * min(self.context, 8192)
+        page = ContinuousBatchingConfig().page_size
+        if tokens < self.context:
+            raise SystemExit(f"serve: {KV_CACHE_TOKENS_ENV}={tokens} is below the model's context of "
+                             f"{self.context} tokens; one request could not fit")
+        return ContinuousBatchingConfig(num_blocks=-(-tokens // page), max_batch_tokens=min(tokens, 4096))
 
     def _warm_up(self) -> None:
         """The first batch sizes the paged cache (seconds on a CPU); do it before /ping says ready."""
@@ -406,10 +433,18 @@ class ContinuousBackend(Backend):
                 if finished or text.done:
                     return
         finally:
-            if not finished:
+            if finished:
+                with self.manager.output_router._lock:
+                    self.manager.output_router.result_handlers.pop(request_id, None)
+            else:
+                # Outputs already on their way are dropped, not left in the manager's shared
+                # queue; the handler removes itself with the request's last output.
+                self.manager.register_result_handler(request_id, _drop)
                 self.manager.cancel_request(request_id)
-            with self.manager.output_router._lock:
-                self.manager.output_router.result_handlers.pop(request_id, None)
+
+
+def _drop(_output) -> None:
+    """The result handler of a request nobody waits for any more."""
 
 
 class _Paused:

@@ -18,6 +18,7 @@ N comes from the unit in ``HILT_METERING_UNIT``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -149,7 +150,13 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             state["error"] = f"{type(err).__name__}: {err}"
             print(f"[serve] failed to load the model from {model_dir}: {state['error']}", file=sys.stderr, flush=True)
 
-    app = FastAPI(title="hilt serve", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if state["runner"] is not None:  # stop the batch's thread with the server
+            state["runner"].close()
+
+    app = FastAPI(title="hilt serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     threading.Thread(target=load, name="model-loader", daemon=True).start()
 
     def error(status: int, message: str) -> JSONResponse:

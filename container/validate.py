@@ -2,10 +2,17 @@
 
 What SageMaker does with a Model Package's ValidationSpecification, done here first so a
 seller does not wait an hour to learn the container fails: extract model.tar.gz into a
-fresh /opt/ml/model, start ``serve`` as a process, wait for ``/ping``, send the input
-the way a transform job does (``SplitType=Line``: one request per line; ``None``: the
-whole file), write ``<input>.out`` the way TransformOutput assembles it, and check
-every answer and its metering header.
+fresh /opt/ml/model, start ``serve`` as a process with the ``SAGEMAKER_BATCH*``
+environment a transform sets, wait for ``/ping`` (each ping answered within 2 s, healthy
+within the start window, 4 minutes by default), ask ``/execution-parameters``, send the
+input the way a transform job does, write ``<input>.out`` the way TransformOutput
+assembles it, and check every answer and its metering header.
+
+Splitting and batching follow the TransformJobDefinition: ``SplitType=Line`` makes one
+record per line (``None``: the whole file is one record); ``BatchStrategy=SingleRecord``
+sends one record per request, ``MultiRecord`` packs consecutive records into mini-batches
+of at most ``MaxPayloadInMB``; ``MaxConcurrentTransforms`` requests are in flight at
+once. As in SageMaker, a record that fails leaves no ``.out``: the report says why.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 import socket
 import statistics
 import subprocess
@@ -24,9 +32,34 @@ import urllib.request
 from pathlib import Path
 
 from container.package import DEFAULT_MAX_UNPACKED_BYTES, extract_model_tar
-from container.contract import JSON, JSONLINES, METERING_DIMENSION, METERING_HEADER
+from container.contract import JSON, JSONLINES, MAX_BATCH_PAYLOAD_MB, METERING_DIMENSION, METERING_HEADER
 from hilt.errors import UserError
-from hilt.outputs import claim_output_dir
+from hilt.outputs import claim_output_dir, write_atomic
+
+
+BATCH_STRATEGIES = ("SingleRecord", "MultiRecord")
+PING_TIMEOUT_SECONDS = 2.0  # SageMaker's limit for one /ping answer
+DEFAULT_START_SECONDS = 240.0  # a container has 4 minutes to answer /ping with 200
+DEFAULT_INVOCATION_SECONDS = 600.0  # ModelClientConfig.InvocationsTimeoutInSeconds unless set
+
+
+def mini_batches(records: list[bytes], strategy: str, max_payload_bytes: int) -> list[list[bytes]]:
+    """Records grouped into requests: one each (SingleRecord), or as many consecutive
+    records as fit in ``max_payload_bytes`` with their newlines (MultiRecord). A record
+    alone over the limit is its own batch; the caller reports it."""
+    if strategy == "SingleRecord":
+        return [[record] for record in records]
+    batches: list[list[bytes]] = []
+    size = 0
+    for record in records:
+        cost = len(record) + 1
+        if batches and size + cost <= max_payload_bytes:
+            batches[-1].append(record)
+            size += cost
+        else:
+            batches.append([record])
+            size = cost
+    return batches
 
 
 def _free_port() -> int:
@@ -83,8 +116,9 @@ def write_validation_input(prompts: list[list[dict]], out: Path, max_new_tokens:
 
 def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, split_type: str = "Line",
                        assemble_with: str = "Line", output_dir: Path | None = None,
-                       ping_timeout: float = 600.0, request_timeout: float = 600.0,
-                       max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES) -> dict:
+                       ping_timeout: float = DEFAULT_START_SECONDS, request_timeout: float = DEFAULT_INVOCATION_SECONDS,
+                       max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES, *, batch_strategy: str = "SingleRecord",
+                       max_payload_mb: int = 6, max_concurrent_transforms: int = 1) -> dict:
     """Run the replay and return the report (also written to ``output_dir/validation-report.json``).
 
     The model is extracted into a temporary /opt/ml tree that is removed afterwards, also
@@ -97,6 +131,15 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
         raise UserError(f"--content-type {content_type}: use {JSON} or {JSONLINES}")
     if split_type not in ("Line", "None"):
         raise UserError(f"--split-type {split_type}: use Line or None (what the ValidationSpecification sets)")
+    if batch_strategy not in BATCH_STRATEGIES:
+        raise UserError(f"--batch-strategy {batch_strategy}: use SingleRecord or MultiRecord")
+    if not 1 <= max_payload_mb <= MAX_BATCH_PAYLOAD_MB:
+        raise UserError(f"--max-payload-mb {max_payload_mb}: SageMaker allows 1 to {MAX_BATCH_PAYLOAD_MB}")
+    if max_concurrent_transforms < 1:
+        raise UserError(f"--max-concurrent-transforms {max_concurrent_transforms}: must be at least 1")
+    if batch_strategy == "MultiRecord" and (split_type != "Line" or content_type != JSONLINES):
+        raise UserError("--batch-strategy MultiRecord packs lines: use it with --split-type Line and "
+                        f"--content-type {JSONLINES}")
     if not input_file.is_file():
         raise UserError(f"--input {input_file}: no such file")
     raw = input_file.read_bytes()
@@ -114,8 +157,10 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
     base = Path(tempfile.mkdtemp(prefix="hilt-validate-opt-ml-"))
     try:
         package = extract_model_tar(model_tar, base / "model", max_unpacked_bytes=max_unpacked_bytes)
+        transform = {"BatchStrategy": batch_strategy, "MaxPayloadInMB": max_payload_mb,
+                     "MaxConcurrentTransforms": max_concurrent_transforms}
         return _replay(base, package, model_tar, input_file, records, content_type, split_type, assemble_with,
-                       output_dir, ping_timeout, request_timeout)
+                       output_dir, ping_timeout, request_timeout, transform)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -126,63 +171,80 @@ def _is_validation_dir(folder: Path) -> bool:
 
 def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, records: list[bytes], content_type: str,
             split_type: str, assemble_with: str, output_dir: Path, ping_timeout: float,
-            request_timeout: float) -> dict:
+            request_timeout: float, transform: dict) -> dict:
     """Serve the extracted model from ``base`` and send it the transform's requests."""
     port = _free_port()
+    strategy = transform["BatchStrategy"]
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port),
-           "HILT_SERVE_HOST": "127.0.0.1"}
+           "HILT_SERVE_HOST": "127.0.0.1", "SAGEMAKER_BATCH": "true",
+           "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(transform["MaxPayloadInMB"]),
+           "SAGEMAKER_BATCH_STRATEGY": "MULTI_RECORD" if strategy == "MultiRecord" else "SINGLE_RECORD",
+           "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": str(transform["MaxConcurrentTransforms"])}
     log_path = output_dir / "serve.log"
+    out_file = output_dir / f"{input_file.name}.out"
+    out_file.unlink(missing_ok=True)  # an earlier run's answers must not pass for this run's
     server = subprocess.Popen([sys.executable, "-m", "container.serve"], env=env, stdin=subprocess.DEVNULL,
                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     report: dict = {"model_tar": str(model_tar), "input": str(input_file), "content_type": content_type,
                     "split_type": split_type, "assemble_with": assemble_with, "package_verified": package["verified"],
-                    "records": len(records), "failures": [], "samples": []}
+                    "transform": transform, "records": len(records), "failures": [], "samples": []}
     try:
-        started = time.monotonic()
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except urllib.error.HTTPError as err:
-                if err.code != 503:  # 503 = still loading; anything else = the model will not load
-                    report["failures"].append(f"/ping answered {err.code}: {err.read()[:300]!r}; see {log_path}")
-                    report["passed"] = False
-                    return _write_report(report, output_dir)
-            except (urllib.error.URLError, OSError):
-                pass
-            if server.poll() is not None or time.monotonic() - started > ping_timeout:
-                report["failures"].append(f"/ping never answered 200 (serve exited: {server.poll()}); see {log_path}")
-                report["passed"] = False
-                return _write_report(report, output_dir)
-            time.sleep(0.5)
-        report["ping_seconds"] = round(time.monotonic() - started, 2)
+        problem = _wait_healthy(url, server, ping_timeout, log_path, report)
+        if problem:
+            report["failures"].append(problem)
+            report["passed"] = False
+            return _write_report(report, output_dir)
+        report["execution_parameters"] = _execution_parameters(url)
 
-        outputs, latencies = [], []
-        for index, body in enumerate(records):
-            expected = len([l for l in body.splitlines() if l.strip()]) if content_type == JSONLINES else 1
-            status, headers, answer, seconds = _post(f"{url}/invocations", body, content_type, request_timeout)
+        limit = transform["MaxPayloadInMB"] * 1024 * 1024
+        batches = mini_batches(records, strategy, limit)
+        report["requests"] = len(batches)
+
+        def send(batch: list[bytes]) -> tuple[bytes, int, dict, bytes, float]:
+            body = b"".join(r + b"\n" for r in batch) if strategy == "MultiRecord" else batch[0]
+            if len(body) > limit:
+                return body, 0, {}, b"", 0.0
+            return (body, *_post(f"{url}/invocations", body, content_type, request_timeout))
+
+        with ThreadPoolExecutor(max_workers=transform["MaxConcurrentTransforms"]) as pool:
+            results = list(pool.map(send, batches))
+        outputs, latencies, first = [], [], 1
+        for batch, (body, status, headers, answer, seconds) in zip(batches, results):
+            where = f"record {first}" if len(batch) == 1 else f"records {first}-{first + len(batch) - 1}"
+            first += len(batch)
+            if status == 0:
+                report["failures"].append(f"{where}: {len(body)} bytes is over MaxPayloadInMB "
+                                          f"({transform['MaxPayloadInMB']} MB); SageMaker fails such a record")
+                continue
             latencies.append(seconds)
+            expected = len([l for l in body.splitlines() if l.strip()]) if content_type == JSONLINES else 1
             problems = check_answer(status, headers, answer, content_type, expected)
-            report["failures"] += [f"record {index + 1}: {p}" for p in problems]
+            report["failures"] += [f"{where}: {p}" for p in problems]
             outputs.append(answer)
             if len(report["samples"]) < 3 and not problems:
                 metering = {k.lower(): v for k, v in headers.items()}.get(METERING_HEADER.lower())
                 report["samples"].append({"input": body.decode("utf-8", "replace"),
                                           "output": answer.decode("utf-8", "replace").strip(),
                                           "metering": json.loads(metering)})
-        out_file = output_dir / f"{input_file.name}.out"
-        if assemble_with == "Line":
-            out_file.write_bytes(b"".join(o if o.endswith(b"\n") else o + b"\n" for o in outputs))
-        else:
-            out_file.write_bytes(b"".join(outputs))
-        report["output_file"] = str(out_file)
-        ordered = sorted(latencies)
-        report["latency_ms"] = {"p50": round(statistics.median(ordered) * 1000, 1),
-                                "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
-                                "max": round(ordered[-1] * 1000, 1)}
+        if latencies:
+            ordered = sorted(latencies)
+            report["latency_ms"] = {"p50": round(statistics.median(ordered) * 1000, 1),
+                                    "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
+                                    "max": round(ordered[-1] * 1000, 1)}
         report["passed"] = not report["failures"]
+        if report["passed"]:  # as in SageMaker, a failed record leaves no .out
+            if assemble_with == "Line":
+                data = b"".join(o if o.endswith(b"\n") else o + b"\n" for o in outputs)
+                answered = len([l for l in data.splitlines() if l.strip()])
+                if split_type == "Line" and answered != len(records):
+                    report["failures"].append(f"{answered} output lines for {len(records)} input records")
+                    report["passed"] = False
+            else:
+                data = b"".join(outputs)
+            if report["passed"]:
+                write_atomic(out_file, data)
+                report["output_file"] = str(out_file)
         return _write_report(report, output_dir)
     finally:
         server.terminate()
@@ -190,6 +252,43 @@ def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, record
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, start_timeout: float, log_path: Path, report: dict) -> str | None:
+    """Ping until 200, as SageMaker does: each answer within 2 s, healthy within the window."""
+    started = time.monotonic()
+    slow_pings = 0
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=PING_TIMEOUT_SECONDS) as response:
+                if response.status == 200:
+                    report["ping_seconds"] = round(time.monotonic() - started, 2)
+                    if slow_pings:
+                        report["slow_pings"] = slow_pings
+                    return None
+        except urllib.error.HTTPError as err:
+            if err.code != 503:  # 503 = still loading; anything else = the model will not load
+                return f"/ping answered {err.code}: {err.read()[:300]!r}; see {log_path}"
+        except TimeoutError:
+            slow_pings += 1  # SageMaker counts a ping slower than 2 s as a failed health check
+        except (urllib.error.URLError, OSError) as err:
+            if isinstance(getattr(err, "reason", None), TimeoutError):
+                slow_pings += 1
+        if server.poll() is not None:
+            return f"serve exited with {server.poll()} before /ping answered 200; see {log_path}"
+        if time.monotonic() - started > start_timeout:
+            return (f"/ping did not answer 200 within {start_timeout:.0f} s (SageMaker's start window); "
+                    f"see {log_path}")
+        time.sleep(0.5)
+
+
+def _execution_parameters(url: str) -> dict | None:
+    """What the container suggests to a batch transform (optional in the contract)."""
+    try:
+        with urllib.request.urlopen(f"{url}/execution-parameters", timeout=PING_TIMEOUT_SECONDS) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _write_report(report: dict, output_dir: Path) -> dict:

@@ -274,7 +274,10 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
         report = validate_model_tar(Path(args.model_tar), Path(args.input), args.content_type, args.split_type,
                                     args.assemble_with, Path(args.output) if args.output else None,
-                                    max_unpacked_bytes=int(args.max_unpacked_gb * 1024**3))
+                                    ping_timeout=args.start_timeout,
+                                    max_unpacked_bytes=int(args.max_unpacked_gb * 1024**3),
+                                    batch_strategy=args.batch_strategy, max_payload_mb=args.max_payload_mb,
+                                    max_concurrent_transforms=args.max_concurrent_transforms)
         verdict = "PASSED" if report["passed"] else "FAILED"
         print(f"validation {verdict}: {report['records']} records, output {report.get('output_file')}, "
               f"latency {report.get('latency_ms')}, report {report['report_file']}")
@@ -360,6 +363,9 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from container.contract import METERING_UNITS
+    from container.validate import BATCH_STRATEGIES, DEFAULT_START_SECONDS
+
     parser = argparse.ArgumentParser(
         prog="hilt",
         description="Human-in-the-loop data and fine-tuning: Label Studio -> TRL -> SageMaker.",
@@ -499,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--content-type", default="application/jsonlines", help="application/json or application/jsonlines")
     p.add_argument("--split-type", default="Line", choices=["Line", "None"])
     p.add_argument("--assemble-with", default="Line", choices=["Line", "None"])
+    p.add_argument("--batch-strategy", default="SingleRecord", choices=list(BATCH_STRATEGIES),
+                   help="one record per request, or lines packed up to --max-payload-mb (SingleRecord)")
+    p.add_argument("--max-payload-mb", type=int, default=6, help="MaxPayloadInMB of the transform (6; at most 100)")
+    p.add_argument("--max-concurrent-transforms", type=int, default=1,
+                   help="requests in flight at once, as MaxConcurrentTransforms (1)")
+    p.add_argument("--start-timeout", type=float, default=DEFAULT_START_SECONDS,
+                   help="seconds the container has to answer /ping with 200 (240: SageMaker's 4 minutes)")
     p.add_argument("--output", help="where <input>.out and validation-report.json go (a temp dir)")
     p.add_argument("--max-unpacked-gb", type=float, default=256.0,
                    help="refuse an archive whose files add up to more than this, before extracting (256)")
@@ -515,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-input", required=True, help="s3:// JSON Lines input of the validation transform")
     p.add_argument("--validation-output", required=True, help="s3:// output path of the validation transform")
     p.add_argument("--hardware", choices=["cpu", "gpu"], default="cpu", help="one package per family (cpu)")
-    p.add_argument("--metering-unit", choices=["invocation", "output_tokens", "total_tokens", "per_1k_tokens"],
+    p.add_argument("--metering-unit", choices=list(METERING_UNITS),
                    default="output_tokens")
     p.add_argument("--description")
     p.add_argument("--out", required=True, help="request JSON to write")
@@ -530,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True)
     p.add_argument("--validation-report", help="validation-report.json from `hilt package validate`")
     p.add_argument("--metering-unit", default="output_tokens",
-                   choices=["invocation", "output_tokens", "total_tokens", "per_1k_tokens"])
+                   choices=list(METERING_UNITS))
     p.add_argument("--out", default="LISTING.md")
     p.set_defaults(func=_cmd_package)
 

@@ -588,8 +588,9 @@ def test_serve_answers_hostile_requests_with_400_json(tiny_model_dir, tmp_path):
 def test_serve_budget_disconnect_and_sigterm(long_model_dir, tmp_path):
     proc, url = _serve(long_model_dir, tmp_path / "a", HILT_GENERATION_TIMEOUT=0.5)
     try:
-        status, _, answer = _post(url, LONG)
-        assert status == 200 and json.loads(answer)["finish_reason"] == "time_limit"
+        for request in (LONG, {"inputs": "go", "parameters": {"max_new_tokens": 4096}}):  # exact lane, batch
+            status, _, answer = _post(url, request)
+            assert status == 200 and json.loads(answer)["finish_reason"] == "time_limit", answer
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -597,7 +598,9 @@ def test_serve_budget_disconnect_and_sigterm(long_model_dir, tmp_path):
     proc, url = _serve(long_model_dir, tmp_path / "b")
     try:
         # A client that gives up: its generation is cancelled, and the next request is served.
-        three = ("\n".join(json.dumps(LONG) for _ in range(3)) + "\n").encode()
+        # Two sampled requests (the exact lane) and one greedy (the continuous batch).
+        greedy = {"inputs": "go", "parameters": {"max_new_tokens": 4096}}
+        three = ("\n".join(json.dumps(r) for r in (LONG, greedy, LONG)) + "\n").encode()
         with pytest.raises((TimeoutError, urllib.error.URLError, OSError)):
             _post(url, three, "application/jsonlines", timeout=1.0)
         status, _, answer = _post(url, {"inputs": "hi", "parameters": {"max_new_tokens": 3}}, timeout=60)

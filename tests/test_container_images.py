@@ -35,4 +35,6 @@ def test_dockerfile_copies_existing_sources_and_runs_an_installed_script(image, 
     if image == "serve":
         assert env["HILT_SERVE_HOST"] == "0.0.0.0" and env["SAGEMAKER_BIND_TO_PORT"] == "8080"
         assert "8080" in [i["value"] for i in parser.structure if i["instruction"] == "EXPOSE"]
+        # SageMaker passes SAGEMAKER_BIND_TO_PORT only to images carrying this label.
+        assert parser.labels.get("com.amazonaws.sagemaker.capabilities.accept-bind-to-port") == "true"
     assert env["HF_HUB_OFFLINE"] == "1"

@@ -237,3 +237,34 @@ def test_listing_draft(lora_run, tmp_path):
     assert "256 training and 32 validation records" in listing
     assert "p50 120.0 ms" in listing and "inference.count" in listing and "real-time inference only" in listing
     assert "train_loss_last" in listing
+
+
+def test_multirecord_replay_packs_mini_batches_and_a_failed_record_leaves_no_out(hilt_exe, tiny_model_dir, tmp_path):
+    build_model_tar(tiny_model_dir, tmp_path / "ok.tar.gz")
+    requests = [{"inputs": f"book room {i}", "parameters": {"max_new_tokens": 3}} for i in range(30)]
+    lines = [json.dumps(r) for r in requests]
+    (tmp_path / "in.jsonl").write_text("".join(l + "\n" for l in lines))
+    out = tmp_path / "v"
+    args = ("package", "validate", "--model-tar", str(tmp_path / "ok.tar.gz"), "--output", str(out),
+            "--batch-strategy", "MultiRecord", "--max-payload-mb", "1", "--max-concurrent-transforms", "2")
+    result = run_hilt(hilt_exe, *args, "--input", str(tmp_path / "in.jsonl"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "validation-report.json").read_text())
+    assert report["requests"] == 1 and report["records"] == 30  # 30 short lines fit one 1 MB mini-batch
+    assert report["execution_parameters"]["BatchStrategy"] == "MULTI_RECORD"
+    answers = [json.loads(l) for l in (out / "in.jsonl.out").read_text().splitlines()]
+    assert len(answers) == 30 and all(a["usage"]["output_tokens"] >= 1 for a in answers)
+
+    # Mini-batches are packed up to MaxPayloadInMB: three records of ~0.4 MB make two requests.
+    from container.validate import mini_batches
+
+    big = [b"x" * 400_000] * 3
+    assert [len(b) for b in mini_batches(big, "MultiRecord", 1024 * 1024)] == [2, 1]
+    assert [len(b) for b in mini_batches(big, "SingleRecord", 1024 * 1024)] == [1, 1, 1]
+
+    # One bad record fails the transform: no .out (also not the one from the run before).
+    bad = lines[:5] + ['{"inputs": "x", "parameters": {"beam": 2}}'] + lines[5:]
+    (tmp_path / "in.jsonl").write_text("".join(l + "\n" for l in bad))
+    result = run_hilt(hilt_exe, *args, "--input", str(tmp_path / "in.jsonl"))
+    assert result.returncode == 1 and "records 1-31: HTTP 400" in result.stdout and "line 6" in result.stdout
+    assert not (out / "in.jsonl.out").exists()

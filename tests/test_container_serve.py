@@ -163,6 +163,7 @@ def test_ping_is_503_until_the_model_loads(tiny_model_dir, monkeypatch):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert client.post("/invocations", json={"inputs": "x", "parameters": {"max_new_tokens": 2}}).status_code == 200
+    client.app.state.model_state["runner"].close()
 
 
 def test_broken_model_dir_fails_ping_with_the_reason(tmp_path):
@@ -201,3 +202,163 @@ def test_packaging_code_does_not_inherit_the_servers_offline_switches():
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+# -- batching, streaming, the chat schema, batch-transform semantics ------------------------
+
+
+def _stream(url: str, body: dict, accept: str | None = None) -> tuple[int, dict, list[tuple[float, bytes]]]:
+    """POST and read the answer as it arrives: (status, headers, [(seconds since sent, line)])."""
+    import http.client
+    from urllib.parse import urlparse
+
+    target = urlparse(url)
+    connection = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+    headers = {"Content-Type": "application/json", **({"Accept": accept} if accept else {})}
+    started = time.monotonic()
+    connection.request("POST", "/invocations", body=json.dumps(body), headers=headers)
+    response = connection.getresponse()
+    lines = []
+    while line := response.readline():
+        if line.strip():
+            lines.append((time.monotonic() - started, line.strip()))
+    connection.close()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, lines
+
+
+def test_concurrent_greedy_answers_equal_each_request_alone(server):
+    requests = [{"inputs": f"Book room {i} for Ana, please.", "parameters": {"max_new_tokens": 3 + i % 5}}
+                for i in range(8)]
+    alone = [json.loads(post(server["url"], r)[2]) for r in requests]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(lambda r: post(server["url"], r), requests))
+    assert [status for status, _, _ in together] == [200] * 8
+    assert [json.loads(body) for _, _, body in together] == alone
+    for request, answer in zip(requests, alone):  # each request's own max_new_tokens
+        assert 1 <= answer["usage"]["output_tokens"] <= request["parameters"]["max_new_tokens"]
+
+
+def test_seeded_sampling_is_reproducible_while_the_batch_runs(server):
+    sampled = {"inputs": "Write a note.", "parameters": {"max_new_tokens": 8, "do_sample": True, "seed": 7,
+                                                          "temperature": 0.9}}
+    greedy = {"inputs": "Book a room.", "parameters": {"max_new_tokens": 8}}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda r: json.loads(post(server["url"], r)[2]), [sampled, greedy] * 3))
+    assert answers[0] == answers[2] == answers[4] and answers[1] == answers[3] == answers[5]
+
+
+def test_stop_sequences_cut_the_answer(server):
+    full = json.loads(post(server["url"], {"inputs": "Name a colour.", "parameters": {"max_new_tokens": 12}})[2])
+    text = full["generated_text"]
+    stop = next(text[i:i + 2] for i in range(2, len(text) - 2) if text[i:i + 2].strip() == text[i:i + 2])
+    cut = json.loads(post(server["url"], {"inputs": "Name a colour.",
+                                          "parameters": {"max_new_tokens": 12, "stop": [stop, "\u2603never"]}})[2])
+    assert cut["generated_text"] == text[:text.find(stop)].strip() and cut["finish_reason"] == "stop"
+    assert cut["usage"]["output_tokens"] < full["usage"]["output_tokens"]
+
+
+@pytest.mark.parametrize("parameters", [{"max_new_tokens": 40}, {"max_new_tokens": 40, "do_sample": True, "seed": 3}],
+                         ids=["batched", "exact-lane"])
+def test_streamed_chunks_arrive_early_and_add_up_to_the_answer(server, parameters):
+    request = {"inputs": "Tell me about the meeting.", "parameters": parameters}
+    whole = json.loads(post(server["url"], request)[2])
+    status, headers, lines = _stream(server["url"], {**request, "stream": True})
+    assert status == 200 and headers["content-type"].startswith("application/jsonlines")
+    assert json.loads(headers[METERING])["ConsumedUnits"] >= 1
+    events = [json.loads(line) for _, line in lines]
+    pieces = [e["token"]["text"] for e in events[:-1]]
+    assert len(pieces) > 3 and "".join(pieces) == whole["generated_text"]
+    assert events[-1] == whole  # the last line is the whole answer, with its usage
+    assert lines[0][0] < lines[-1][0]  # the first piece came before the answer was done
+
+    # Server-sent events when the client asks for them.
+    status, headers, lines = _stream(server["url"], {**request, "stream": True}, accept="text/event-stream")
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert all(line.startswith(b"data: ") for _, line in lines)
+    assert "".join(json.loads(l[6:])["token"]["text"] for _, l in lines[:-1]) == whole["generated_text"]
+
+
+def test_chat_completions_schema(server):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Book room 4."}]
+    plain = json.loads(post(server["url"], {"inputs": messages, "parameters": {"max_new_tokens": 6}})[2])
+    status, headers, body = post(server["url"], {"model": "any", "messages": messages, "max_tokens": 6})
+    chat = json.loads(body)
+    assert status == 200 and chat["object"] == "chat.completion" and chat["model"] == "any"
+    assert chat["choices"][0]["message"] == {"role": "assistant", "content": plain["generated_text"]}
+    assert chat["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chat["usage"] == {"prompt_tokens": plain["usage"]["input_tokens"],
+                             "completion_tokens": plain["usage"]["output_tokens"],
+                             "total_tokens": plain["usage"]["input_tokens"] + plain["usage"]["output_tokens"]}
+    assert json.loads(headers[METERING])["ConsumedUnits"] == plain["usage"]["output_tokens"]
+
+    status, headers, lines = _stream(server["url"], {"messages": messages, "max_tokens": 6, "stream": True,
+                                                     "stream_options": {"include_usage": True}})
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert lines[-1][1] == b"data: [DONE]"
+    chunks = [json.loads(line[6:]) for _, line in lines[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert content == plain["generated_text"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == chat["choices"][0]["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == chat["usage"]
+
+    for body, message in (({"messages": messages, "n": 2}, "n must be 1"),
+                          ({"messages": messages, "max_tokens": 0}, "max_tokens must be"),
+                          ({"messages": messages, "tools": []}, "unknown key(s) ['tools']")):
+        status, _, answer = post(server["url"], body)
+        assert status == 400 and message in json.loads(answer)["error"]
+
+
+def test_accept_header_is_honoured(server):
+    def call(accept, body=None, content_type="application/json"):
+        data = json.dumps(body or {"inputs": "hi", "parameters": {"max_new_tokens": 2}}).encode()
+        request = urllib.request.Request(f"{server['url']}/invocations", data=data, method="POST",
+                                         headers={"Content-Type": content_type, "Accept": accept})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.headers["Content-Type"]
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())["error"]
+
+    assert call("application/json")[0] == 200 and call("*/*")[0] == 200
+    assert call("text/html;q=0.9, application/*;q=0.5")[0] == 200
+    status, message = call("text/csv")
+    assert status == 406 and "application/json" in message
+    assert call("application/json;q=0")[0] == 406
+    status, _ = call("text/event-stream", {"inputs": "hi", "parameters": {"max_new_tokens": 2}, "stream": True})
+    assert status == 200
+
+
+def test_execution_parameters(server):
+    with urllib.request.urlopen(f"{server['url']}/execution-parameters", timeout=5) as response:
+        params = json.loads(response.read())
+    assert params["BatchStrategy"] == "MULTI_RECORD" and params["MaxPayloadInMB"] == 6
+    assert params["MaxConcurrentTransforms"] >= 1
+
+
+def test_batch_mode_accepts_a_mini_batch_above_6_mb(tiny_model_dir, tmp_path):
+    big = {"inputs": "room " * 700_000, "parameters": {"truncate": 16, "max_new_tokens": 2}}  # 3.5 MB a line
+    body = (json.dumps(big) + "\n" + json.dumps(big) + "\n").encode()
+    assert len(body) > 6 * 1024 * 1024
+    proc, url = start_server(tiny_model_dir, tmp_path / "rt")
+    try:
+        assert post(url, body, "application/jsonlines")[0] == 413  # real time: 6 MB
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc, url = start_server(tiny_model_dir, tmp_path / "batch",
+                             {"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "8"})
+    try:
+        status, headers, answer = post(url, body, "application/jsonlines")
+        assert status == 200 and len(answer.decode().splitlines()) == 2
+        assert json.loads(headers[METERING])["ConsumedUnits"] >= 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_metering_is_at_least_one_unit():
+    empty = [Generation("", input_tokens=0, output_tokens=0)]
+    for unit in ("invocation", "output_tokens", "total_tokens", "per_1k_tokens"):
+        assert metering_units(unit, empty) == 1
