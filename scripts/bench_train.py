@@ -1,14 +1,30 @@
 #!/usr/bin/env python
-"""Benchmark: hilt's SFT data path vs vanilla TRL SFTTrainer, side by side in one run.
+"""Benchmark: hilt's SFT LoRA path against every way a TRL user can configure SFTTrainer.
 
-Both train the same LoRA on the same model and data on this machine for the same number
-of steps; they differ only where hilt differs: best-fit-decreasing packing, padding-free
-batches with position-id resets, assistant-only loss. Each runs in its own process so
-peak memory is its own. Reported per mode: real (non-padding) tokens/s, padding
-fraction of the batches, peak memory, and hilt/vanilla ratio; on a GPU also MFU.
+One run, side by side, on this machine. Every mode trains the same LoRA (same rank,
+alpha, dropout and target modules: the trainable parameter count is asserted equal) on
+the same model, with the same optimizer, schedule, seed and loss (every token of the
+conversation, TRL's default for ``messages`` data), over the same conversations: one full
+epoch, so every mode sees the same real tokens (TRL's "wrapped" packing keeps the tails that
+truncation drops elsewhere; its real-token count is reported as it is). Modes:
 
-    .venv/bin/python scripts/bench_train.py                # tiny model built here, CPU
-    .venv/bin/python scripts/bench_train.py --model /weights/llama3-8b --steps 20   # GPU box
+- ``trl-padded``: SFTTrainer's default (random batches padded to the longest);
+- ``trl-group-by-length``: ``train_sampling_strategy="group_by_length"``;
+- ``trl-packing-wrapped``: ``packing=True, packing_strategy="wrapped"`` (sequences cut at
+  row ends and attending across each other);
+- ``trl-padding-free``: ``padding_free=True`` (the batch as one row);
+- ``trl-packing-bfd``: ``packing=True`` (best-fit decreasing into one row per batch);
+- ``hilt``: hilt's own path (``data.packing``: length-bucketed rows, each example attending
+  only to itself).
+
+Each mode runs in its own process (peak memory is its own), in interleaved rounds (A B C …
+A B C …) so drift hits all alike. Reported per mode and round: real tokens per second of
+training time, padding share of the batches, optimizer steps, conversations per row, peak
+RSS, final loss, and the machine's load average; the summary takes each mode's median and
+the ratio of hilt to the best TRL mode.
+
+    .venv/bin/python scripts/bench_train.py                 # tiny Llama 4x256 built here, CPU
+    .venv/bin/python scripts/bench_train.py --records 2000 --rounds 3
 
 Results: bench_results/train.json (and a table on stdout).
 """
@@ -20,6 +36,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +50,17 @@ WORDS = ("please order book laptop desk office floor meeting client summary advi
          "request approve manager review portfolio risk travel expense report thank you the a to and").split()
 # Peak dense bf16 FLOP/s per GPU, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
+TRL_MODES = {
+    "trl-padded": {},
+    "trl-group-by-length": {"train_sampling_strategy": "group_by_length"},
+    "trl-packing-wrapped": {"packing": True, "packing_strategy": "wrapped"},
+    "trl-padding-free": {"padding_free": True},
+    "trl-packing-bfd": {"packing": True, "packing_strategy": "bfd"},
+}
+MODES = (*TRL_MODES, "hilt")
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+SCHEDULE = {"learning_rate": 1e-4, "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "weight_decay": 0.0,
+            "max_grad_norm": 1.0, "seed": 42}
 
 
 def make_records(n: int, seed: int) -> list[dict]:
@@ -46,67 +74,89 @@ def make_records(n: int, seed: int) -> list[dict]:
                           {"role": "assistant", "content": text(12, 300)}]} for _ in range(n)]
 
 
-def count_padding(trainer, steps: int) -> tuple[int, int]:
-    """(real tokens, total token slots) over the first `steps` batches the trainer would see."""
-    real = total = 0
-    for i, batch in enumerate(trainer.get_train_dataloader()):
-        if i >= steps:
-            break
-        total += batch["input_ids"].numel()
-        if "attention_mask" in batch:
-            real += int(batch["attention_mask"].sum())
-        else:  # packed batches: every slot that is not the pad token carries a real token
-            real += int((batch["input_ids"] != trainer.processing_class.pad_token_id).sum())
-    return real, total
+def hilt_trainer(model: str, data: Path, batch: int, max_length: int):
+    from training.entry import prepare_local_tree
+    from training.job import read_job
+    from training.sft import build_sft_trainer
+
+    overrides = {"train.epochs": "1", "train.max_steps": "-1", "train.per_device_batch_size": str(batch),
+                 "data.max_length": str(max_length), "data.assistant_only_loss": "false",
+                 "train.logging_steps": "1000000", "train.checkpoint_steps": "1000000", "model.dtype": "auto",
+                 "model.gradient_checkpointing": "false", "train.learning_rate": str(SCHEDULE["learning_rate"]),
+                 "train.lr_scheduler": SCHEDULE["lr_scheduler_type"], "train.warmup_ratio": str(SCHEDULE["warmup_steps"]),
+                 "train.weight_decay": str(SCHEDULE["weight_decay"]), "train.max_grad_norm": str(SCHEDULE["max_grad_norm"]),
+                 "train.seed": str(SCHEDULE["seed"]), "peft.r": str(LORA["r"]), "peft.alpha": str(LORA["alpha"]),
+                 "peft.dropout": str(LORA["dropout"]), "peft.target_modules": LORA["target_modules"]}
+    tree = prepare_local_tree(Path(tempfile.mkdtemp()) / "job", "quickstart-tiny-sft", data, Path(model), overrides)
+    trainer, _, _ = build_sft_trainer(read_job(tree))
+    rows = trainer.train_dataset
+    real = sum(len(ids) for ids in rows["input_ids"])
+    conversations = sum(len(lengths) for lengths in rows["seq_lengths"]) if "seq_lengths" in rows.column_names else len(rows)
+    total = sum(b["input_ids"].numel() for b in trainer.get_train_dataloader())
+    return trainer, real, total, conversations / len(rows)
 
 
-def run_worker(mode: str, model: str, data: Path, steps: int, batch: int, max_length: int) -> dict:
+def trl_trainer(mode: str, model: str, data: Path, batch: int, max_length: int):
     import torch
+    from datasets import Dataset
     from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
 
     cuda = torch.cuda.is_available()
+    records = [json.loads(line) for line in (data / "train" / "data.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if mode == "trl-padding-free":
+        # TRL does not truncate in padding-free mode without packing: give it the same
+        # truncated sequences the other modes train on.
+        records = [{"input_ids": list(tokenizer.apply_chat_template(r["messages"], return_dict=True)["input_ids"])
+                    [:max_length]} for r in records]
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, num_train_epochs=1, max_steps=-1,
+        max_length=None if mode == "trl-padding-free" else max_length, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=1_000_000,
+        data_seed=SCHEDULE["seed"], include_num_input_tokens_seen="non_padding", **SCHEDULE, **TRL_MODES[mode],
+    )
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model, dtype=dtype), args=args,
+        train_dataset=Dataset.from_list(records), processing_class=tokenizer,
+        peft_config=LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                               target_modules=LORA["target_modules"], task_type="CAUSAL_LM"),
+    )
+    rows = trainer.train_dataset
+    real = sum(len(ids) for ids in rows["input_ids"])
+    total = 0
+    for b in trainer.get_train_dataloader():
+        total += b["input_ids"].numel()
+    conversations = (sum(len(s) for s in rows["seq_lengths"]) / len(rows)) if "seq_lengths" in rows.column_names else 1.0
+    return trainer, real, total, conversations
+
+
+def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    load_before = os.getloadavg()[0]
     if mode == "hilt":
-        from training.entry import prepare_local_tree
-        from training.job import read_job
-        from training.sft import build_sft_trainer
-
-        overrides = {"train.max_steps": str(steps), "train.per_device_batch_size": str(batch),
-                     "data.max_length": str(max_length), "train.logging_steps": str(steps),
-                     "train.checkpoint_steps": "1000000", "model.dtype": "auto",
-                     "model.gradient_checkpointing": "false", "train.learning_rate": "1e-4"}
-        tree = prepare_local_tree(Path(tempfile.mkdtemp()) / "job", "quickstart-tiny-sft", data, Path(model), overrides)
-        trainer, _, _ = build_sft_trainer(read_job(tree))
+        trainer, real, total, per_row = hilt_trainer(model, data, batch, max_length)
     else:
-        from datasets import Dataset
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from trl import SFTConfig, SFTTrainer
-
-        records = [json.loads(line) for line in (data / "train" / "data.jsonl").read_text().splitlines()]
-        args = SFTConfig(
-            output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-4,
-            max_length=max_length, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-            gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=steps,
-            include_num_input_tokens_seen="non_padding",
-        )
-        dtype = torch.bfloat16 if args.bf16 else torch.float32
-        trainer = SFTTrainer(
-            model=AutoModelForCausalLM.from_pretrained(model, dtype=dtype), args=args,
-            train_dataset=Dataset.from_list(records), processing_class=AutoTokenizer.from_pretrained(model),
-            peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                   task_type="CAUSAL_LM"),
-        )
-    real, total = count_padding(trainer, steps)
+        trainer, real, total, per_row = trl_trainer(mode, model, data, batch, max_length)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    trainer.train()
+    output = trainer.train()
     seconds = time.perf_counter() - started
-    tokens = trainer.state.num_input_tokens_seen
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {
-        "mode": mode, "steps": steps, "seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds,
-        "padding_fraction": 1 - real / total if total else 0.0,
+        "mode": mode, "steps": trainer.state.global_step, "seconds": seconds, "real_tokens": real,
+        "tokens_per_second": real / seconds, "padding_fraction": 1 - real / total if total else 0.0,
+        "conversations_per_row": per_row, "trainable_parameters": trainable,
+        "train_loss": output.training_loss, "last_logged_loss": losses[-1] if losses else None,
         "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if cuda
                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "load_average": [load_before, os.getloadavg()[0]],
         "device": torch.cuda.get_device_name() if cuda else "cpu",
     }
     if cuda:
@@ -119,21 +169,26 @@ def run_worker(mode: str, model: str, data: Path, steps: int, batch: int, max_le
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model dir (default: a tiny Llama built here)")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--model", help="model dir (default: a tiny Llama 4x256 built here)")
+    parser.add_argument("--records", type=int, default=800, help="conversations in the epoch (800)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all modes (2)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "train.json"))
-    parser.add_argument("--worker", choices=["hilt", "vanilla"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        result = run_worker(args.worker, args.model, Path(args.data), args.steps, args.batch, args.max_length)
+        result = run_worker(args.worker, args.model, Path(args.data), args.batch, args.max_length)
         print("RESULT " + json.dumps(result))
         return 0
 
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     model = args.model
     if model is None:
@@ -145,34 +200,53 @@ def main() -> int:
     (data / "train" / "data.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in make_records(args.records, seed=0)))
 
-    results = {}
-    for mode in ("vanilla", "hilt"):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", mode, "--model", model, "--data", str(data),
-             "--steps", str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length)],
-            capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-        )
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-            return 1
-        results[mode] = json.loads(line.removeprefix("RESULT "))
+    runs: list[dict] = []
+    for round_index in range(args.rounds):
+        for mode in modes:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", mode, "--model", model, "--data", str(data),
+                 "--batch", str(args.batch), "--max-length", str(args.max_length)],
+                capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            )
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                return 1
+            result = {**json.loads(line.removeprefix("RESULT ")), "round": round_index + 1}
+            runs.append(result)
+            print(f"round {round_index + 1} {mode:<22} {result['tokens_per_second']:>8.0f} tok/s "
+                  f"({result['seconds']:.1f} s, load {result['load_average'][0]:.2f})", flush=True)
 
-    ratio = results["hilt"]["tokens_per_second"] / results["vanilla"]["tokens_per_second"]
-    summary = {"results": results, "speedup_tokens_per_second": ratio,
-               "goal": "hilt >= 1.5x vanilla tokens/s with < 2% padding",
-               "goal_met": ratio >= 1.5 and results["hilt"]["padding_fraction"] < 0.02,
-               "config": {"steps": args.steps, "batch": args.batch, "max_length": args.max_length,
-                          "records": args.records, "model": args.model or "tiny llama 4x256 (built)"}}
+    trainable = {r["trainable_parameters"] for r in runs}
+    assert len(trainable) == 1, f"modes train different parameter counts: {trainable}"
+    summary_rows = {}
+    for mode in modes:
+        mine = [r for r in runs if r["mode"] == mode]
+        summary_rows[mode] = {
+            "tokens_per_second": statistics.median(r["tokens_per_second"] for r in mine),
+            "tokens_per_second_runs": [round(r["tokens_per_second"], 1) for r in mine],
+            **{k: mine[-1][k] for k in ("real_tokens", "padding_fraction", "steps", "conversations_per_row",
+                                        "peak_memory_mb", "train_loss", "device")},
+        }
+    trl = {m: v for m, v in summary_rows.items() if m.startswith("trl-")}
+    best = max(trl, key=lambda m: trl[m]["tokens_per_second"]) if trl else None
+    ratio = (summary_rows["hilt"]["tokens_per_second"] / trl[best]["tokens_per_second"]
+             if best and "hilt" in summary_rows else None)
+    summary = {"modes": summary_rows, "runs": runs, "best_trl_mode": best, "hilt_over_best_trl": ratio,
+               "target": "hilt >= 1.3x the best TRL mode's real tokens/s",
+               "config": {"records": args.records, "batch": args.batch, "max_length": args.max_length,
+                          "rounds": args.rounds, "lora": LORA, "schedule": SCHEDULE,
+                          "trainable_parameters": trainable.pop(),
+                          "model": args.model or "tiny llama 4x256 (built)", "cpus": os.cpu_count()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
 
-    print(f"{'mode':<8} {'tokens/s':>10} {'padding':>8} {'peak MB':>9} {'seconds':>8}")
-    for mode, r in results.items():
-        print(f"{mode:<8} {r['tokens_per_second']:>10.0f} {r['padding_fraction']:>8.1%} "
-              f"{r['peak_memory_mb']:>9.0f} {r['seconds']:>8.1f}" + (f"  MFU {r['mfu']:.1%}" if "mfu" in r else ""))
-    print(f"hilt / vanilla tokens/s: {ratio:.2f}x  (goal >= 1.5x with < 2% padding: "
-          f"{'met' if summary['goal_met'] else 'NOT met'})  -> {args.out}")
+    print(f"\n{'mode':<22} {'tok/s':>8} {'padding':>8} {'steps':>6} {'conv/row':>8} {'peak MB':>8} {'loss':>7}")
+    for mode, r in summary_rows.items():
+        print(f"{mode:<22} {r['tokens_per_second']:>8.0f} {r['padding_fraction']:>8.1%} {r['steps']:>6} "
+              f"{r['conversations_per_row']:>8.2f} {r['peak_memory_mb']:>8.0f} {r['train_loss']:>7.3f}")
+    if ratio is not None:
+        print(f"hilt / best TRL ({best}): {ratio:.2f}x  -> {args.out}")
     return 0
 
 

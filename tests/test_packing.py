@@ -77,3 +77,74 @@ def test_packed_rows_keep_sequences_apart_and_mask_the_loss(tiny_model_dir):
                 assert learned.startswith("answer") and learned.endswith("<|im_end|>")
                 offset += length
             assert (batch["labels"][i, offset:] == IGNORE).all()  # padding tail carries no loss
+
+
+SEGMENT_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
+
+
+def test_segment_attention_equals_each_sequence_alone_and_the_masked_path(tiny_model_dir, tmp_path):
+    """hilt_segments (packed rows attended one sequence at a time) against transformers'
+    block-diagonal masked sdpa and against each sequence run alone, per architecture:
+    same logits, same loss, same gradients."""
+    from families import build_architecture
+
+    from training.packing import PackedRowCollator
+    from training.segment_attention import register
+
+    register()
+    torch.manual_seed(0)
+    rows = []
+    for lengths in ([40, 90, 31], [150, 7], [5, 5, 5, 120]):  # mixed lengths, several groups
+        ids = torch.randint(5, 500, (sum(lengths),)).tolist()
+        rows.append({"input_ids": ids, "seq_lengths": lengths, "loss_mask": [1] * len(ids)})
+    batch = PackedRowCollator(0)(rows)
+    for arch in SEGMENT_ARCHITECTURES:
+        path = build_architecture(arch, tiny_model_dir, tmp_path / arch)
+        results = {}
+        for attention in ("sdpa", "hilt_segments"):
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention, dtype=torch.float32)
+            model.config.use_cache = False  # as in training: with a cache transformers ignores packing
+            output = model(**batch)
+            output.loss.backward()
+            grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+            results[attention] = (output.logits.detach(), output.loss.detach(), grads, model)
+        logits, loss, grads, model = results["hilt_segments"]
+        masked = results["sdpa"]
+        torch.testing.assert_close(logits, masked[0], atol=1e-4, rtol=1e-4, msg=arch)
+        torch.testing.assert_close(loss, masked[1], atol=1e-5, rtol=1e-5, msg=arch)
+        torch.testing.assert_close(grads, masked[2], atol=1e-5, rtol=1e-4, msg=arch)
+        with torch.no_grad():
+            for i, row in enumerate(rows):
+                offset = 0
+                for length in row["seq_lengths"]:
+                    alone = model(input_ids=batch["input_ids"][i, offset:offset + length][None]).logits[0]
+                    torch.testing.assert_close(logits[i, offset:offset + length], alone, atol=1e-4, rtol=1e-4,
+                                               msg=arch)
+                    offset += length
+
+
+def test_training_attention_uses_segments_only_where_they_are_exact(tiny_model_dir, tmp_path):
+    from families import build_architecture
+
+    from training.build import training_attention
+    from training.entry import prepare_local_tree
+    from training.job import read_job
+
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "data.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+
+    jobs = iter(range(100))
+
+    def attention(model, **overrides):
+        tree = prepare_local_tree(tmp_path / f"job-{next(jobs)}", "quickstart-tiny-sft", data, model,
+                                  {k.replace("__", "."): v for k, v in overrides.items()})
+        return training_attention(read_job(tree))
+
+    assert attention(tiny_model_dir) == "hilt_segments"
+    assert attention(tiny_model_dir, data__packing="false") == "sdpa"
+    assert attention(tiny_model_dir, model__attn_implementation="sdpa") == "sdpa"
+    # Gemma 3's sliding layers (64 tokens here) are shorter than a 256-token row: masked path.
+    gemma = build_architecture("gemma3_text", tiny_model_dir, tmp_path / "gemma3")
+    assert attention(gemma) == "sdpa"

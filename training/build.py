@@ -66,6 +66,36 @@ def resolve_attention(job: Job) -> str:
     return "sdpa" if getattr(cls, "_supports_sdpa", True) else "eager"
 
 
+def training_attention(job: Job) -> str:
+    """The attention the model trains with: :func:`resolve_attention`, except that SFT's packed
+    rows on sdpa attend one sequence at a time (``training.segment_attention``: the same
+    result as transformers' block-diagonal mask, without attending over the whole row).
+    Not for a sliding window shorter than a row, nor when ``model.attn_implementation`` is set.
+    """
+    attention = resolve_attention(job)
+    recipe = job.recipe
+    if (attention != "sdpa" or recipe.model.attn_implementation != "auto" or recipe.method != "sft"
+            or not recipe.data.packing or _sliding_window_below(job.model_path, recipe.data.max_length)):
+        return attention
+    from training.segment_attention import register
+
+    return register()
+
+
+def _sliding_window_below(model_path: str, tokens: int) -> bool:
+    """Whether some layer of the model attends over a window shorter than ``tokens``."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path).get_text_config()
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0 or window >= tokens:
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return "sliding_attention" in layer_types
+    return getattr(config, "use_sliding_window", True) is not False
+
+
 def is_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -136,7 +166,7 @@ def load_model(job: Job):
     """The base model, loaded after the TrainingArguments (ZeRO-3 shards it while loading)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = dict(dtype=resolve_dtype(job), attn_implementation=resolve_attention(job))
+    kwargs: dict[str, Any] = dict(dtype=resolve_dtype(job), attn_implementation=training_attention(job))
     if job.recipe.peft.method == "qlora":
         import torch
         from transformers import BitsAndBytesConfig

@@ -40,8 +40,9 @@ def build_sft_trainer(job: Job):
     eval_ds = tokenize(eval_ds, "validation") if eval_ds is not None else None
 
     # Packing: flash attention reads sequence boundaries from cu_seq_lens, so TRL's
-    # padding-free batches suit it; kernels without varlen support (sdpa, eager) get
-    # packed rows with per-row block-diagonal masks instead (see training/packing.py).
+    # padding-free batches suit it; kernels without varlen support get packed rows instead
+    # (training/packing.py), attended one sequence at a time on sdpa
+    # (training/segment_attention.py) and with per-row block-diagonal masks on eager.
     packing = recipe.data.packing
     varlen = build.resolve_attention(job) == "flash_attention_2"
     rows = packing and not varlen
@@ -87,8 +88,10 @@ def build_sft_trainer(job: Job):
         callbacks=[MetricsLogger(), stopper],
     )
     if trainer.is_world_process_zero():
-        mode = "rows (per-row block-diagonal masks)" if rows else ("padding-free (varlen)" if packing else "off")
-        print(f"[hilt] packing={mode} attention={build.resolve_attention(job)} "
+        attention = build.training_attention(job)
+        mode = ("padding-free (varlen)" if varlen else "off") if not rows else (
+            "rows (one sequence at a time)" if attention == "hilt_segments" else "rows (per-row block-diagonal masks)")
+        print(f"[hilt] packing={mode} attention={attention} "
               f"train_rows={len(train_ds)}", flush=True)
     return trainer, tokenizer, stopper
 
