@@ -232,10 +232,14 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
         *extra,
         "## Input and output",
         f"- MIME types: `{JSON}` (one request) and `{JSONLINES}` (one request per line; batch transform "
-        "with SplitType=Line).",
+        "with SplitType=Line, SingleRecord or MultiRecord).",
         '- Request: `{"inputs": "text" | [{"role", "content"}...], "parameters": {"max_new_tokens": 64, '
-        '"temperature": 0.0, "top_p": 1.0}}`',
-        '- Response: `{"generated_text": "...", "usage": {"input_tokens": n, "output_tokens": m}}`',
+        '"temperature": 0.0, "top_p": 1.0, "stop": ["..."]}}`',
+        '- Response: `{"generated_text": "...", "finish_reason": "stop", "usage": {"input_tokens": n, '
+        '"output_tokens": m}}`',
+        '- Chat requests in the OpenAI chat-completions shape (`{"messages": [...], "max_tokens": 64}`) get a '
+        "`chat.completion` answer; `\"stream\": true` streams the answer (InvokeEndpointWithResponseStream: "
+        "server-sent events or JSON Lines).",
         "- Limits: 6 MB per real-time request; max_new_tokens ≤ 4096.",
         "",
     ]
