@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from container.contract import Generation, RequestError
@@ -77,6 +76,7 @@ class TextStream:
         self.ended = False  # an end-of-sequence token was generated
         self.stopped = False  # a stop sequence was generated
         self.text = ""
+        self.decoded = -1  # how many tokens self.text was decoded from
         self.sent = 0
 
     def update(self, tokens: list[int]) -> str:
@@ -108,6 +108,9 @@ class TextStream:
         return piece
 
     def _decode(self) -> None:
+        if self.decoded == len(self.tokens):
+            return
+        self.decoded = len(self.tokens)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         cuts = [text.find(s) for s in self.stop if s in text]
         if cuts:
@@ -148,7 +151,7 @@ class Backend:
             self.model.to("cuda")
         self.model.eval()
         self.context = self._context_length()
-        self.eos_ids = self._eos_ids(Path(model_dir))
+        self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.shutdown = threading.Event()
         self.exact_lock = threading.Lock()
@@ -162,7 +165,7 @@ class Backend:
             limit = tokenizer_limit
         return int(limit)
 
-    def _eos_ids(self, model_dir: Path) -> set[int]:
+    def _eos_ids(self) -> set[int]:
         """Every token that ends an answer: the tokenizer's EOS and the generation config's
         (Llama 3 lists <|eot_id|> and <|end_of_text|>)."""
         ids: set[int] = set()

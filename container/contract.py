@@ -94,6 +94,12 @@ class Invocation:
     include_usage: bool = False  # chat streaming: a last chunk with usage (stream_options.include_usage)
     completion_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
 
+    def answer(self, generation: Generation) -> dict:
+        """The whole answer in this request's schema."""
+        if self.schema == "chat":
+            return generation.as_chat(self.completion_id, self.model)
+        return generation.as_json()
+
 
 def metering_units(unit: str, generations: list[Generation]) -> int:
     """ConsumedUnits for one invocation, as an integer of at least 1: every billed 2xx is one
@@ -234,9 +240,9 @@ def _parse_chat(payload: dict) -> Invocation:
     unknown = sorted(set(payload) - CHAT_KEYS)
     if unknown:
         raise RequestError(f"unknown key(s) {unknown} in a chat request; allowed: {sorted(CHAT_KEYS)}")
-    messages = _messages(payload["messages"], "messages")
     if isinstance(payload["messages"], str):
         raise RequestError('"messages" must be a non-empty list of {"role", "content"} messages')
+    messages = _messages(payload["messages"], "messages")
     if payload.get("n", 1) != 1:
         raise RequestError("n must be 1: one answer per request (send the request again for another)")
     params: dict[str, Any] = {}

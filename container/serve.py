@@ -85,10 +85,8 @@ def batch_settings() -> dict[str, Any]:
         if not 0 <= payload_mb <= MAX_BATCH_PAYLOAD_MB:
             raise SystemExit(f"serve: SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb} is outside [0, {MAX_BATCH_PAYLOAD_MB}]")
     # MaxPayloadInMB 0 means "no limit" to SageMaker (streamed records); hilt then takes the batch maximum.
-    limit = (payload_mb or MAX_BATCH_PAYLOAD_MB) * 1024 * 1024 if batch else MAX_PAYLOAD_BYTES
-    return {"batch": batch, "max_payload_bytes": max(limit, MAX_PAYLOAD_BYTES) if batch else limit,
-            "strategy": os.environ.get("SAGEMAKER_BATCH_STRATEGY"),
-            "max_concurrent": os.environ.get("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS")}
+    limit = max((payload_mb or MAX_BATCH_PAYLOAD_MB) * 1024 * 1024, MAX_PAYLOAD_BYTES) if batch else MAX_PAYLOAD_BYTES
+    return {"batch": batch, "max_payload_bytes": limit}
 
 
 def _number_env(name: str, default: float, kind=float):
@@ -140,6 +138,9 @@ def create_app(model_dir=None, metering_unit: str | None = None):
     budget = _number_env(BUDGET_ENV, DEFAULT_BATCH_BUDGET_SECONDS if batch["batch"] else DEFAULT_BUDGET_SECONDS)
     max_in_flight = _number_env(MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT, int)
     backend_cls = backend_class()
+    # What GET /execution-parameters suggests: generation batches concurrent requests, so
+    # several in flight keep the batch full (one at a time for the serial backend).
+    concurrent_transforms = _number_env(MAX_CONCURRENT_TRANSFORMS_ENV, 1 if backend_cls.name == "hf-serial" else 4, int)
     state: dict[str, Any] = {"runner": None, "error": None, "slots": None}
 
     def load() -> None:
@@ -170,11 +171,7 @@ def create_app(model_dir=None, metering_unit: str | None = None):
 
     @app.get("/execution-parameters")
     def execution_parameters():
-        # A batch transform asks once; generation batches concurrent requests, so several in
-        # flight keep the batch full (one at a time for the serial backend).
-        suggested = 1 if backend_cls.name == "hf-serial" else 4
-        return {"MaxConcurrentTransforms": _number_env(MAX_CONCURRENT_TRANSFORMS_ENV, suggested, int),
-                "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+        return {"MaxConcurrentTransforms": concurrent_transforms, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
 
     @app.post("/invocations")
     async def invocations(request: Request):
@@ -247,17 +244,11 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             cancelled.set()
             watcher.cancel()
         headers = {METERING_HEADER: metering_header(unit, generations)}
+        answers = [invocation.answer(generation) for (_, invocation), generation in zip(requests, generations)]
         if content_type == JSON:
-            invocation = requests[0][1]
-            answer = (generations[0].as_chat(invocation.completion_id, invocation.model)
-                      if invocation.schema == "chat" else generations[0].as_json())
-            return JSONResponse(answer, headers=headers)
-        lines = []
-        for (_, invocation), generation in zip(requests, generations):
-            answer = (generation.as_chat(invocation.completion_id, invocation.model)
-                      if invocation.schema == "chat" else generation.as_json())
-            lines.append(json.dumps(answer, ensure_ascii=False) + "\n")
-        return Response("".join(lines), media_type=JSONLINES, headers=headers)
+            return JSONResponse(answers[0], headers=headers)
+        payload = "".join(json.dumps(answer, ensure_ascii=False) + "\n" for answer in answers)
+        return Response(payload, media_type=JSONLINES, headers=headers)
 
     app.state.model_state = state
     return app
@@ -286,7 +277,7 @@ async def _stream(runner, invocation: Invocation, ids: list[int], kwargs: dict, 
         if not isinstance(item, Generation):
             return [frame(chunk({"content": item}) if chat else {"token": {"text": item}})]
         if not chat:
-            return [frame(item.as_json())]
+            return [frame(invocation.answer(item))]
         frames = [frame(chunk({}, chat_finish_reason(item.finish_reason)))]
         if invocation.include_usage:
             last = chunk({})
