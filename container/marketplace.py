@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from container.contract import JSON, JSONLINES, METERING_DIMENSION, METERING_UNITS
+from hilt.errors import UserError
 from training.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
 from training.recipe import flat_fields, load_recipe, tuning_range
 
 CONTENT_TYPES = [JSON, JSONLINES]
+MODEL_CONTENT_TYPE = "application/octet-stream"
 INSTANCE_TYPES = {
     "cpu": {
         "realtime": ["ml.m5.large", "ml.m5.xlarge", "ml.m5.2xlarge", "ml.c5.xlarge", "ml.c5.2xlarge"],
@@ -66,10 +68,21 @@ def _transform_job_definition(input_uri: str, output_uri: str, hardware: str, ma
     }
 
 
-def model_package_request(name: str, image: str, model_data_url: str, role_arn: str, validation_input: str,
+def model_package_request(name: str, image: str, model_data_url: str | None, role_arn: str, validation_input: str,
                           validation_output: str, hardware: str = "cpu", metering_unit: str = "output_tokens",
-                          description: str = "") -> dict:
-    """A CreateModelPackage request certified for Marketplace."""
+                          description: str = "", model_in_image: bool = False) -> dict:
+    """A CreateModelPackage request certified for Marketplace.
+
+    Raises:
+        UserError: without ``model_data_url`` unless the image carries the model itself.
+    """
+    if not model_data_url and not model_in_image:
+        raise UserError("--model-data-url is missing: a Model Package serves weights from an s3://…/model.tar.gz "
+                        "(`hilt package build`, then upload it); pass --model-in-image only if the serve image "
+                        "already holds the model in /opt/ml/model")
+    if model_data_url and not model_data_url.startswith("s3://"):
+        raise UserError(f"--model-data-url {model_data_url}: not an s3:// URI; upload model.tar.gz and pass its "
+                        "s3://bucket/key")
     return {
         "ModelPackageName": name,
         "ModelPackageDescription": description or f"{name}: fine-tuned with hilt; JSON and JSON Lines in and out.",
@@ -139,12 +152,57 @@ def supported_hyperparameters(recipe_name: str) -> list[dict]:
     return specs
 
 
-def algorithm_request(name: str, image: str, role_arn: str, recipe_name: str, train_uri: str, validation_input: str,
-                      validation_output: str, training_output: str, hardware: str = "gpu",
-                      metering_unit: str = "output_tokens", description: str = "") -> dict:
-    """A CreateAlgorithm request: train with hilt's image, serve with the same image family."""
-    channel = {"SupportedContentTypes": [JSONLINES], "SupportedCompressionTypes": ["None"],
-               "SupportedInputModes": ["File"]}
+def recipe_hardware(recipe_name: str) -> str:
+    """``gpu`` unless the recipe runs on a CPU (fp32 weights, no mixed precision, DeepSpeed or 4-bit)."""
+    recipe = load_recipe(recipe_name)
+    cpu = (recipe.model.dtype == "float32" and recipe.train.precision in ("auto", "fp32")
+           and recipe.distributed.deepspeed is None and recipe.peft.method != "qlora")
+    return "cpu" if cpu else "gpu"
+
+
+def channel_descriptions() -> dict[str, str]:
+    """What each TrainingChannel accepts, in the words a buyer reads on the listing."""
+    from training.formats import accepted_formats
+
+    data = ("JSON Lines (*.jsonl) or JSON arrays (*.json), one format per file, detected per file. "
+            f"SFT recipes: {accepted_formats('sft')}; a template.json (prompt/completion) beside JumpStart "
+            f"files names their keys. DPO recipes: {accepted_formats('preference')}.")
+    return {
+        "train": f"Training records. {data}"[:1024],
+        "validation": ("Held-out records, same formats as train; required when tuning on eval_loss, and "
+                       "scored (loss, exact match, ROUGE-L) after training."),
+        "model": ("Base model weights: a save_pretrained folder (config.json, *.safetensors, tokenizer files) "
+                  "of the recipe's architecture. The image is offline (network isolation), so the weights "
+                  "arrive as this channel, not from a model hub."),
+    }
+
+
+def algorithm_request(name: str, image: str, role_arn: str, recipe_name: str, *, train_uri: str, model_uri: str,
+                      validation_input: str, validation_output: str, training_output: str,
+                      validation_uri: str | None = None, hyperparameters: dict[str, str] | None = None,
+                      hardware: str | None = None, metering_unit: str = "output_tokens",
+                      description: str = "") -> dict:
+    """A CreateAlgorithm request: train with hilt's image, serve with the same image family.
+
+    The base weights reach the job as the ``model`` channel (declared, required, and fed in
+    the validation profile): the training image holds no weights and runs offline, so one
+    image serves every base of the recipe's family and buyers may bring their own.
+    ``hardware`` defaults to what the recipe needs (``recipe_hardware``).
+    """
+    hardware = hardware or recipe_hardware(recipe_name)
+    data = {"SupportedContentTypes": [JSONLINES, JSON], "SupportedCompressionTypes": ["None"],
+            "SupportedInputModes": ["File"]}
+    described = channel_descriptions()
+
+    def channel(channel_name: str, uri: str, content_type: str = JSONLINES) -> dict:
+        return {"ChannelName": channel_name, "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}},
+            "ContentType": content_type, "CompressionType": "None"}
+
+    inputs = [channel("train", train_uri)]
+    if validation_uri:
+        inputs.append(channel("validation", validation_uri))
+    inputs.append(channel("model", model_uri, MODEL_CONTENT_TYPE))
     return {
         "AlgorithmName": name,
         "AlgorithmDescription": description or f"{name}: hilt SFT/DPO recipes ({recipe_name}) on TRL + PEFT + DeepSpeed.",
@@ -155,12 +213,11 @@ def algorithm_request(name: str, image: str, role_arn: str, recipe_name: str, tr
             "SupportsDistributedTraining": True,
             "MetricDefinitions": METRIC_DEFINITIONS,
             "TrainingChannels": [
-                {"Name": "train", "Description": "train/data.jsonl from hilt export", "IsRequired": True, **channel},
-                {"Name": "validation", "Description": "validation/data.jsonl from hilt export", "IsRequired": False,
-                 **channel},
-                {"Name": "model", "Description": "base model weights (save_pretrained dir), for jobs without network",
-                 "IsRequired": False, "SupportedContentTypes": ["application/octet-stream"],
-                 "SupportedCompressionTypes": ["None"], "SupportedInputModes": ["File"]},
+                {"Name": "train", "Description": described["train"], "IsRequired": True, **data},
+                {"Name": "validation", "Description": described["validation"], "IsRequired": False, **data},
+                {"Name": "model", "Description": described["model"], "IsRequired": True,
+                 "SupportedContentTypes": [MODEL_CONTENT_TYPE], "SupportedCompressionTypes": ["None"],
+                 "SupportedInputModes": ["File"]},
             ],
             "SupportedTuningJobObjectiveMetrics": TUNING_OBJECTIVES,
         },
@@ -171,10 +228,8 @@ def algorithm_request(name: str, image: str, role_arn: str, recipe_name: str, tr
                 "ProfileName": "hilt-train-and-transform",
                 "TrainingJobDefinition": {
                     "TrainingInputMode": "File",
-                    "HyperParameters": {"recipe": recipe_name},
-                    "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
-                        "S3DataType": "S3Prefix", "S3Uri": train_uri, "S3DataDistributionType": "FullyReplicated"}},
-                        "ContentType": JSONLINES, "CompressionType": "None"}],
+                    "HyperParameters": {"recipe": recipe_name, **(hyperparameters or {})},
+                    "InputDataConfig": inputs,
                     "OutputDataConfig": {"S3OutputPath": training_output},
                     "ResourceConfig": {"InstanceType": INSTANCE_TYPES[hardware]["training"][0], "InstanceCount": 1,
                                        "VolumeSizeInGB": 100},

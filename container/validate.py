@@ -118,8 +118,12 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
                        assemble_with: str = "Line", output_dir: Path | None = None,
                        ping_timeout: float = DEFAULT_START_SECONDS, request_timeout: float = DEFAULT_INVOCATION_SECONDS,
                        max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES, *, batch_strategy: str = "SingleRecord",
-                       max_payload_mb: int = 6, max_concurrent_transforms: int = 1) -> dict:
+                       max_payload_mb: int = 6, max_concurrent_transforms: int = 1,
+                       require_manifest: bool = True) -> dict:
     """Run the replay and return the report (also written to ``output_dir/validation-report.json``).
+
+    ``require_manifest`` False accepts an archive SageMaker made of /opt/ml/model (no
+    ``hilt-package.json`` to check files against).
 
     The model is extracted into a temporary /opt/ml tree that is removed afterwards, also
     when the replay fails or is interrupted.
@@ -156,7 +160,8 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
         output_dir = Path(tempfile.mkdtemp(prefix="hilt-validate-"))
     base = Path(tempfile.mkdtemp(prefix="hilt-validate-opt-ml-"))
     try:
-        package = extract_model_tar(model_tar, base / "model", max_unpacked_bytes=max_unpacked_bytes)
+        package = extract_model_tar(model_tar, base / "model", require_manifest=require_manifest,
+                                    max_unpacked_bytes=max_unpacked_bytes)
         transform = {"BatchStrategy": batch_strategy, "MaxPayloadInMB": max_payload_mb,
                      "MaxConcurrentTransforms": max_concurrent_transforms}
         return _replay(base, package, model_tar, input_file, records, content_type, split_type, assemble_with,

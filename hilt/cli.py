@@ -269,8 +269,26 @@ def _cmd_package(args: argparse.Namespace) -> int:
         result = build_model_tar(Path(args.model_dir), Path(args.out))
         print(f"{result['archive']}: {len(result['files'])} files, sha256 {result['archive_sha256']}")
         return 0
+    if action == "validate" and args.algorithm:
+        from container.certify import parse_local_map, validate_algorithm
+
+        if args.model_tar or args.input:
+            raise UserError("--algorithm replays a whole Algorithm certification; drop --model-tar/--input "
+                            "(the model comes from its training job, the input from its TransformJobDefinition)")
+        report = validate_algorithm(Path(args.algorithm), parse_local_map(args.local),
+                                    Path(args.output or "algorithm-validation"), args.start_timeout,
+                                    int(args.max_unpacked_gb * 1024**3))
+        failed = report["failed_step"]
+        print(f"algorithm validation {'PASSED' if report['passed'] else 'FAILED at ' + str(failed)}: "
+              + ", ".join(f"{s['profile']}/{s['step']} {'ok' if s['passed'] else 'FAILED'} ({s['seconds']} s)"
+                          for s in report["steps"]) + f"; report {report['report_file']}")
+        return 0 if report["passed"] else 1
     if action == "validate":
         from container.validate import validate_model_tar
+
+        if not args.model_tar or not args.input:
+            raise UserError("package validate needs --model-tar and --input (a Model Package), or --algorithm "
+                            "REQUEST.json (an Algorithm)")
 
         report = validate_model_tar(Path(args.model_tar), Path(args.input), args.content_type, args.split_type,
                                     args.assemble_with, Path(args.output) if args.output else None,
@@ -290,12 +308,26 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
         if args.kind == "model-package":
             request = model_package_request(args.name, args.image, args.model_data_url, args.role,
-                                            args.validation_input, args.validation_output, args.hardware,
-                                            args.metering_unit, args.description or "")
+                                            args.validation_input, args.validation_output, args.hardware or "cpu",
+                                            args.metering_unit, args.description or "",
+                                            model_in_image=args.model_in_image)
         else:
-            request = algorithm_request(args.name, args.image, args.role, args.recipe, args.train_data,
-                                        args.validation_input, args.validation_output, args.training_output,
-                                        args.hardware, args.metering_unit, args.description or "")
+            from training.recipe import hyperparameter_strings, load_recipe, parse_set_option
+
+            for flag, value in (("--train-data", args.train_data), ("--model-data", args.model_data),
+                                ("--training-output", args.training_output)):
+                if not value:
+                    raise UserError(f"{flag} is missing: the Algorithm's validation training job needs it "
+                                    "(an s3:// URI); see `hilt package request algorithm --help`")
+            overrides = dict(parse_set_option(item) for item in args.set)
+            load_recipe(args.recipe, overrides)  # every recipe problem before a request is written
+            request = algorithm_request(args.name, args.image, args.role, args.recipe, train_uri=args.train_data,
+                                        model_uri=args.model_data, validation_uri=args.validation_data,
+                                        validation_input=args.validation_input,
+                                        validation_output=args.validation_output,
+                                        training_output=args.training_output,
+                                        hyperparameters=hyperparameter_strings(overrides), hardware=args.hardware,
+                                        metering_unit=args.metering_unit, description=args.description or "")
         validate_request(operation_of(request), request)
         from hilt.outputs import write_atomic
 
@@ -499,9 +531,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", required=True, help="model dir (a job's model/, or any save_pretrained dir)")
     p.add_argument("--out", required=True, help="archive to write, e.g. model.tar.gz")
     p.set_defaults(func=_cmd_package)
-    p = package_sub.add_parser("validate", help="replay SageMaker's batch-transform validation locally with `serve`")
-    p.add_argument("--model-tar", required=True)
-    p.add_argument("--input", required=True, help="validation input file (JSON Lines for SplitType Line)")
+    p = package_sub.add_parser("validate", help="replay SageMaker's validation locally: a Model Package's batch "
+                               "transform (--model-tar), or an Algorithm's training job + transform (--algorithm)")
+    p.add_argument("--model-tar", help="model.tar.gz to serve (Model Package)")
+    p.add_argument("--input", help="validation input file (JSON Lines for SplitType Line)")
+    p.add_argument("--algorithm", metavar="REQUEST.json",
+                   help="a CreateAlgorithm request: replay each ValidationProfile (train, tar, transform) offline")
+    p.add_argument("--local", action="append", default=[], metavar="S3URI=DIR",
+                   help="with --algorithm: read an s3:// prefix from a local folder (repeatable; or a JSON file "
+                   "of such pairs)")
     p.add_argument("--content-type", default="application/jsonlines", help="application/json or application/jsonlines")
     p.add_argument("--split-type", default="Line", choices=["Line", "None"])
     p.add_argument("--assemble-with", default="Line", choices=["Line", "None"])
@@ -512,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests in flight at once, as MaxConcurrentTransforms (1)")
     p.add_argument("--start-timeout", type=float, default=DEFAULT_START_SECONDS,
                    help="seconds the container has to answer /ping with 200 (240: SageMaker's 4 minutes)")
-    p.add_argument("--output", help="where <input>.out and validation-report.json go (a temp dir)")
+    p.add_argument("--output", help="where <input>.out and validation-report.json go (a temp dir); with "
+                   "--algorithm the replay's folder (algorithm-validation)")
     p.add_argument("--max-unpacked-gb", type=float, default=256.0,
                    help="refuse an archive whose files add up to more than this, before extracting (256)")
     p.set_defaults(func=_cmd_package)
@@ -521,13 +560,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--image", required=True, help="ECR image URI (serve image; train image for algorithm)")
     p.add_argument("--role", required=True, help="IAM role ARN SageMaker validates with")
-    p.add_argument("--model-data-url", help="s3://…/model.tar.gz (model-package)")
+    p.add_argument("--model-data-url", help="s3://…/model.tar.gz (model-package; required unless --model-in-image)")
+    p.add_argument("--model-in-image", action="store_true",
+                   help="the serve image already holds the model in /opt/ml/model (model-package)")
     p.add_argument("--recipe", default="llama3-8b-sft-lora", help="recipe whose keys become hyperparameters (algorithm)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="hyperparameter of the algorithm's validation training job, e.g. train.max_steps=100")
     p.add_argument("--train-data", help="s3:// train channel for the algorithm's validation training job")
+    p.add_argument("--validation-data", help="s3:// validation channel for that job (optional)")
+    p.add_argument("--model-data", help="s3:// base model weights (a save_pretrained folder): the model channel")
     p.add_argument("--training-output", help="s3:// output path of that training job")
     p.add_argument("--validation-input", required=True, help="s3:// JSON Lines input of the validation transform")
     p.add_argument("--validation-output", required=True, help="s3:// output path of the validation transform")
-    p.add_argument("--hardware", choices=["cpu", "gpu"], default="cpu", help="one package per family (cpu)")
+    p.add_argument("--hardware", choices=["cpu", "gpu"],
+                   help="one package per family (model-package: cpu; algorithm: what the recipe needs)")
     p.add_argument("--metering-unit", choices=list(METERING_UNITS),
                    default="output_tokens")
     p.add_argument("--description")

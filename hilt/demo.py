@@ -19,6 +19,7 @@ SCENARIO_SIZE = 200
 VALIDATION_FRACTION = 0.15
 DOUBLE_ANNOTATED_EVERY = 5  # every 5th task also gets the second annotator's answer
 DEMO_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:0.1.0"  # placeholder: your ECR image
+DEMO_TRAIN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-train:0.1.0"  # placeholder
 DEMO_ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"  # placeholder: your SageMaker role
 DEMO_BUCKET = "s3://your-bucket/hilt-demo"  # placeholder
 DEMO_GATES = ("exact_match>=+0.3",)  # the tuned model must beat its base by 30 points to be packaged
@@ -111,14 +112,14 @@ def run_demo(workdir: Path) -> int:
         The process exit code (0 on success).
     """
     from hilt.aws import validate_request
-    from container.marketplace import model_package_request, write_listing
+    from container.marketplace import algorithm_request, model_package_request, write_listing
     from container.package import build_model_tar
     from container.validate import validate_model_tar, write_validation_input
     from hil import studio
     from training.entry import prepare_local_tree, run_job
     from training.tiny_model import build_tiny_model, warm_up
 
-    from hilt.outputs import claim_output_dir
+    from hilt.outputs import claim_output_dir, write_atomic
 
     workdir = claim_output_dir(workdir, "demo", "--workdir", recognise=lambda d: (d / "demo-state.json").is_file(),
                                hint="the --workdir of an earlier `hilt demo`")
@@ -243,14 +244,28 @@ def run_demo(workdir: Path) -> int:
     rows.append(("validation", f"{'PASSED' if report['passed'] else 'FAILED'} on {report['records']} records, "
                                f"p50 {report['latency_ms']['p50']} ms" if report.get("latency_ms") else "FAILED"))
 
-    # 7. The Model Package request (validated against botocore) and the listing draft.
-    request = model_package_request("hilt-demo-assistant", DEMO_IMAGE, f"{DEMO_BUCKET}/model.tar.gz", DEMO_ROLE,
-                                    f"{DEMO_BUCKET}/validation-input.jsonl", f"{DEMO_BUCKET}/validation-output")
+    # 7. The Model Package and Algorithm requests (validated against botocore) and the listing draft.
+    #    Their S3 keys mirror the workdir (DEMO_BUCKET/dataset/train/ is workdir/dataset/train/), so
+    #    `package validate --algorithm` reads them from here through s3-local.json.
+    request = model_package_request("hilt-demo-assistant", DEMO_IMAGE, f"{DEMO_BUCKET}/package/model.tar.gz",
+                                    DEMO_ROLE, f"{DEMO_BUCKET}/package/validation-input.jsonl",
+                                    f"{DEMO_BUCKET}/validation-output")
     validate_request("CreateModelPackage", request)
-    (package_dir / "model-package.json").write_text(json.dumps(request, indent=2) + "\n")
+    write_atomic(package_dir / "model-package.json", json.dumps(request, indent=2) + "\n")
+    algorithm = algorithm_request(
+        "hilt-demo-sft", DEMO_TRAIN_IMAGE, DEMO_ROLE, "quickstart-tiny-sft", train_uri=f"{DEMO_BUCKET}/dataset/train/",
+        validation_uri=f"{DEMO_BUCKET}/dataset/validation/", model_uri=f"{DEMO_BUCKET}/base-model/",
+        validation_input=f"{DEMO_BUCKET}/package/validation-input.jsonl",
+        validation_output=f"{DEMO_BUCKET}/algorithm-validation-output", training_output=f"{DEMO_BUCKET}/training")
+    validate_request("CreateAlgorithm", algorithm)
+    write_atomic(package_dir / "algorithm.json", json.dumps(algorithm, indent=2) + "\n")
+    write_atomic(package_dir / "s3-local.json", json.dumps({DEMO_BUCKET: ".."}, indent=2) + "\n")
     write_listing(job_dir / "model", package_dir / "LISTING.md", report, "output_tokens")
-    rows.append(("requests", f"{package_dir / 'model-package.json'} (image, role, bucket are placeholders), "
-                             f"{package_dir / 'LISTING.md'}"))
+    rows.append(("requests", f"{package_dir / 'model-package.json'}, {package_dir / 'algorithm.json'} (image, role, "
+                             f"bucket are placeholders), {package_dir / 'LISTING.md'}"))
+    rows.append(("certify algorithm", f"hilt package validate --algorithm {package_dir / 'algorithm.json'} "
+                                      f"--local {package_dir / 's3-local.json'} "
+                                      f"--output {workdir / 'algorithm-validation'}"))
     _print_summary(rows, started, state, workdir)
     return 0 if report.get("passed") else 1
 

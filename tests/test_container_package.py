@@ -148,10 +148,19 @@ def test_strict_validation_catches_what_param_validator_lets_through(mutate, mes
 
 
 def test_algorithm_request_from_the_recipe_schema():
-    request = algorithm_request("hilt-sft", IMAGE, ROLE, "llama3-8b-sft-lora", "s3://b/train/",
-                                "s3://b/val/input.jsonl", "s3://b/val/out", "s3://b/out", hardware="gpu")
+    request = algorithm_request("hilt-sft", IMAGE, ROLE, "llama3-8b-sft-lora", train_uri="s3://b/train/",
+                                model_uri="s3://b/base/", validation_uri="s3://b/validation/",
+                                validation_input="s3://b/val/input.jsonl", validation_output="s3://b/val/out",
+                                training_output="s3://b/out")
     validate_request("CreateAlgorithm", request)
     spec = request["TrainingSpecification"]
+    # An 8B recipe lists GPU instances by default; the base weights are a required channel fed in validation.
+    assert spec["SupportedTrainingInstanceTypes"][0].startswith("ml.g5")
+    profile = request["ValidationSpecification"]["ValidationProfiles"][0]["TrainingJobDefinition"]
+    assert profile["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
+    assert [c["ChannelName"] for c in profile["InputDataConfig"]] == ["train", "validation", "model"]
+    channels = {c["Name"]: c for c in spec["TrainingChannels"]}
+    assert channels["model"]["IsRequired"] and "alpaca (instruction/input/output)" in channels["train"]["Description"]
     params = {p["Name"]: p for p in spec["SupportedHyperParameters"]}
     assert params["recipe"]["IsRequired"] and params["recipe"]["DefaultValue"] == "llama3-8b-sft-lora"
     lr = params["train.learning_rate"]
@@ -173,8 +182,10 @@ def test_create_algorithm_with_stubber():
     import botocore.session
     from botocore.stub import Stubber
 
-    request = algorithm_request("hilt-sft", IMAGE, ROLE, "quickstart-tiny-sft", "s3://b/train/",
-                                "s3://b/val/input.jsonl", "s3://b/val/out", "s3://b/out", hardware="cpu")
+    request = algorithm_request("hilt-sft", IMAGE, ROLE, "quickstart-tiny-sft", train_uri="s3://b/train/",
+                                model_uri="s3://b/base/", validation_input="s3://b/val/input.jsonl",
+                                validation_output="s3://b/val/out", training_output="s3://b/out")
+    assert request["TrainingSpecification"]["SupportedTrainingInstanceTypes"][0].startswith("ml.m5")
     client = botocore.session.get_session().create_client("sagemaker", region_name="us-east-1",
                                                            aws_access_key_id="x", aws_secret_access_key="x")
     arn = "arn:aws:sagemaker:us-east-1:123456789012:algorithm/hilt-sft"

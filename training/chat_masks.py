@@ -109,7 +109,8 @@ def assistant_spans(tokenizer, messages: list[dict], text: str, eot: str, last_t
         rest = text[end:]
         if eot and rest.lstrip(" \t\n").startswith(eot):
             end += len(rest) - len(rest.lstrip(" \t\n")) + len(eot)
-        spans.append((found, end))
+        if messages[index].get("weight") != 0:  # OpenAI's weight 0: the turn is context, not learned
+            spans.append((found, end))
         cursor = end
     if last_turn_only and spans:
         spans = spans[-1:]
@@ -126,7 +127,8 @@ def encode_conversation(tokenizer, messages: list[dict], max_length: int, assist
     if not assistant_only:
         ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
         return Encoded(ids[:max_length], [1] * min(len(ids), max_length), len(ids))
-    if has_generation_markers(tokenizer) and not last_turn_only:
+    weighted = any(m.get("weight") == 0 for m in messages)
+    if has_generation_markers(tokenizer) and not last_turn_only and not weighted:
         encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                                 return_assistant_tokens_mask=True)
         ids, mask = list(encoded["input_ids"]), list(encoded["assistant_masks"])

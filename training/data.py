@@ -1,9 +1,11 @@
 """Records on disk -> checked in-memory datasets for TRL.
 
-A channel directory holds JSON Lines files (``data.jsonl`` from ``hilt export``, or any
-``*.jsonl``) in TRL's conversational formats:
+A channel directory holds record files: ``data.jsonl`` from ``hilt export``, or the files a
+buyer brings (``*.jsonl``, or ``*.json`` arrays) in any format of ``training.formats``
+(messages, Bedrock, ShareGPT, Alpaca, JumpStart, prompt/completion, preference), detected
+per file. Every record becomes one of two kinds:
 
-- SFT: ``{"messages": [{"role": ..., "content": ...}, ...], "meta": {...}}``
+- SFT: ``{"messages": [{"role": ..., "content": ...}, ...]}``
 - preference: ``{"prompt": [messages], "chosen": [assistant msg], "rejected": [...]}``
 
 Each record is checked, and a bad one is a user error naming file and line. ``meta``
@@ -23,10 +25,14 @@ ROLES = ("system", "user", "assistant")
 
 
 def channel_files(channel: Path) -> list[Path]:
-    """The record files of a channel, in a stable order."""
-    files = sorted(p for p in channel.rglob("*.jsonl") if p.is_file())
+    """The record files of a channel (``*.jsonl``, ``*.json`` but the JumpStart template), in a stable order."""
+    from training.formats import TEMPLATE_FILE
+
+    files = sorted(p for p in channel.rglob("*") if p.is_file() and (
+        p.suffix == ".jsonl" or (p.suffix == ".json" and p.name != TEMPLATE_FILE)) and not p.name.startswith("."))
     if not files:
-        raise UserError(f"{channel}: no *.jsonl files; a dataset channel holds data.jsonl from `hilt export`")
+        raise UserError(f"{channel}: no *.jsonl or *.json record files; a dataset channel holds data.jsonl from "
+                        "`hilt export` or records in a format `hilt inspect-data` lists")
     return files
 
 
@@ -34,7 +40,7 @@ def _check_messages(messages, where: str, field: str) -> None:
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: '{field}' must be a non-empty list of {{role, content}} messages")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) - {"role", "content"} or "content" not in message:
+        if not isinstance(message, dict) or set(message) - {"role", "content", "weight"} or "content" not in message:
             raise UserError(f"{where}: {field}[{i}] must be {{\"role\": ..., \"content\": ...}}")
         if message.get("role") not in ROLES:
             raise UserError(f"{where}: {field}[{i}].role is {message.get('role')!r}; use one of {', '.join(ROLES)}")
@@ -49,6 +55,9 @@ def _check_sft(record: dict, where: str) -> dict:
     _check_messages(record["messages"], where, "messages")
     if not any(m["role"] == "assistant" for m in record["messages"]):
         raise UserError(f"{where}: SFT record has no assistant message to learn from")
+    if all(m.get("weight") == 0 for m in record["messages"] if m["role"] == "assistant"):
+        raise UserError(f"{where}: every assistant message has weight 0, so there is nothing to learn; "
+                        "give the answer to learn weight 1 or drop the record")
     return {"messages": record["messages"]}
 
 
@@ -85,12 +94,15 @@ def check_record(record: dict, kind: str, where: str) -> dict:
 
 
 def iter_jsonl(files: list[Path]):
-    """``(object, "file:line")`` for every non-blank line of JSON Lines files.
+    """``(object, "file:line")`` for every non-blank line of JSON Lines files (``*.json``: each array item).
 
     Raises:
         UserError: on a line that is not JSON, naming file and line number.
     """
     for path in files:
+        if path.suffix == ".json":
+            yield from _iter_json_array(path)
+            continue
         with path.open("rb") as handle:
             for line_no, raw in enumerate(handle, 1):
                 if not raw.strip():
@@ -107,23 +119,72 @@ def iter_jsonl(files: list[Path]):
                     raise UserError(f"{where}: JSON nested too deeply to be a record; fix or remove the line") from None
 
 
-def read_records(channel: Path, method: str) -> list[dict]:
-    """All checked records of a channel, ``meta`` dropped.
+def _iter_json_array(path: Path):
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 (at byte {err.start}); re-save the file as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix the file") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to hold records; fix the file") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise UserError(f"{path}: a .json record file must hold an array of records (or use JSON Lines, *.jsonl)")
+    for index, record in enumerate(data):
+        yield record, f"{path}: record {index}"
+
+
+def read_channel(channel: Path, kind: str) -> tuple[list[dict], list[dict]]:
+    """All checked records of a channel, each file read in the format detected for it.
+
+    Args:
+        kind: the record kind (or method) to read: a file of the other kind is refused with
+            the method that reads it.
+
+    Returns:
+        (records without ``meta``, one ``{"file", "format", "records"}`` per file).
 
     Raises:
-        UserError: on the first malformed line, naming file and line number.
+        UserError: on the first malformed or out-of-format line, naming file and line.
     """
-    records = [check_record(record, method, where) for record, where in iter_jsonl(channel_files(channel))]
+    from training.formats import FileFormat, read_template
+
+    kind = record_kind_of(kind)
+    ctx = read_template(channel)
+    records: list[dict] = []
+    files = []
+    for path in channel_files(channel):
+        reader = FileFormat(path, ctx)
+        for record, where in iter_jsonl([path]):
+            fmt, converted = reader.convert(record, where)
+            if fmt.kind != kind:
+                wanted = {"sft": "an sft recipe", "preference": "a dpo recipe"}[fmt.kind]
+                raise UserError(f"{where}: a {fmt.name} record ({fmt.looks_like}) is {fmt.kind} data; "
+                                f"this recipe reads {kind} records: use {wanted}")
+            records.append(check_record(converted, kind, where))
+        if reader.format is not None:
+            files.append({"file": str(path.relative_to(channel)), "format": reader.format.name,
+                          "records": reader.records})
     if not records:
         raise UserError(f"{channel}: the dataset is empty")
-    return records
+    return records, files
 
 
-def load_dataset(channel: Path, method: str):
-    """Records of a channel as a ``datasets.Dataset``."""
+def read_records(channel: Path, method: str) -> list[dict]:
+    """All checked records of a channel, ``meta`` dropped (see ``read_channel``)."""
+    return read_channel(channel, method)[0]
+
+
+def load_dataset(channel: Path, method: str, split: str = "train"):
+    """Records of a channel as a ``datasets.Dataset``; the formats read are logged."""
     from datasets import Dataset
 
-    return Dataset.from_list(read_records(channel, method))
+    records, files = read_channel(channel, method)
+    formats = ", ".join(f"{f['file']} ({f['format']}, {f['records']} records)" for f in files)
+    print(f"[hilt] {split}: {formats}", flush=True)
+    return Dataset.from_list(records)
 
 
 def dataset_fingerprint(channel: Path) -> dict:

@@ -33,6 +33,7 @@ from typing import Any
 
 from hilt.errors import UserError
 from training.data import check_record, iter_jsonl
+from training.formats import TEMPLATE_FILE
 
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -129,15 +130,20 @@ def read_eval_records(data: Path) -> tuple[list[dict], Path]:
         files = [data]
     else:
         channel = data / "validation" if (data / "validation").is_dir() else data
-        files = sorted(p for p in channel.glob("*.jsonl") if p.is_file())
+        # Top level only: a dataset folder without validation/ must not evaluate on its train/.
+        files = sorted(p for p in channel.glob("*") if p.is_file() and p.suffix in (".jsonl", ".json")
+                       and p.name != TEMPLATE_FILE)
     if not files:
         raise UserError(f"--data {data}: no validation/*.jsonl or *.jsonl to evaluate on; "
                         "export with --validation-fraction > 0 or pass a JSONL file")
+    from training.formats import detect_format, read_template
+
+    ctx = read_template(files[0].parent)
     out = []
     for record, where in iter_jsonl(files):
-        # Held-out data of either kind: the kind is read off the record, then checked like training data.
-        kind = "sft" if isinstance(record, dict) and "messages" in record else "preference"
-        checked = check_record(record, kind, where)
+        # Held-out data of any format and either kind: read off the record, checked like training data.
+        fmt = detect_format(record, where, ctx)
+        checked = check_record(fmt.convert(record, where, ctx), fmt.kind, where)
         if "messages" in checked:
             messages = checked["messages"]
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from hilt.errors import UserError
-from training.data import read_records
+from training.data import read_channel
 from training.recipe import Recipe
 
 
@@ -54,7 +54,9 @@ def inspect_data(recipe: Recipe, data: Path, model: Path | None, samples: int) -
         raise UserError(f"{source}: the tokenizer has no chat template; save one with the model "
                         "(tokenizer.chat_template) so conversations can be rendered")
     train = data / "train" if (data / "train").is_dir() else data
-    records = read_records(train, recipe.method)
+    records, files = read_channel(train, recipe.method)
+    for info in files:
+        print(f"--- {info['file']}: format {info['format']}, {info['records']} records ---")
     color = sys.stdout.isatty()
     total = counted = 0
     for index, record in enumerate(records[:samples]):

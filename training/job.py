@@ -76,11 +76,26 @@ def _read_json(path: Path, what: str) -> Any:
         raise UserError(f"{path}: {what} is not valid JSON ({err.msg} at line {err.lineno}); fix the file") from None
 
 
+def _sdk_string(value: Any) -> Any:
+    """A value as the recipe reads it: the SageMaker SDKs JSON-encode every hyperparameter
+    (``"\"quickstart-tiny-sft\""``, ``"3"``, ``"\"2e-4\""``); a string that is a JSON string
+    literal is decoded, as sagemaker-training-toolkit's ``read_hyperparameters`` does. Other
+    JSON (numbers, booleans, lists) is decoded by the recipe's own override parsing."""
+    if isinstance(value, str) and value.startswith('"'):
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        return decoded if isinstance(decoded, str) else value
+    return value
+
+
 def read_hyperparameters(opt_ml: OptML) -> tuple[str, dict[str, str]]:
     """Split hyperparameters.json into the recipe name and the dotted overrides."""
     raw = _read_json(opt_ml.hyperparameters_file, "hyperparameters.json") or {}
     if not isinstance(raw, dict):
         raise UserError(f"{opt_ml.hyperparameters_file}: expected a JSON object of name -> string")
+    raw = {k: _sdk_string(v) for k, v in raw.items()}
     overrides = {k: v for k, v in raw.items() if not k.startswith(_RESERVED_PREFIXES) and k != "recipe"}
     recipe = raw.get("recipe")
     if recipe is None:
@@ -89,6 +104,13 @@ def read_hyperparameters(opt_ml: OptML) -> tuple[str, dict[str, str]]:
             "set it to a recipe name such as quickstart-tiny-sft"
         )
     return str(recipe), overrides
+
+
+def tuning_objective(opt_ml: OptML) -> str | None:
+    """The metric a hyperparameter tuning job optimises (SageMaker adds ``_tuning_objective_metric``)."""
+    raw = _read_json(opt_ml.hyperparameters_file, "hyperparameters.json") or {}
+    value = _sdk_string(raw.get("_tuning_objective_metric")) if isinstance(raw, dict) else None
+    return str(value) if value else None
 
 
 def read_hosts(opt_ml: OptML) -> Hosts:
@@ -175,6 +197,9 @@ def read_job(opt_ml: OptML | None = None) -> Job:
         )
     if Path(model_path).exists() and not (Path(model_path) / "config.json").is_file():
         raise UserError(f"{model_path}: no config.json; the model channel must hold a save_pretrained directory")
+    if tuning_objective(opt_ml) == "eval_loss" and "validation" not in channels:
+        raise UserError("the tuning objective is eval_loss but the job has no 'validation' channel; give the "
+                        "tuning job's training definition a validation channel or tune on train_loss")
     gpus = detect_gpus()
     if recipe.peft.method == "qlora" and gpus == 0:
         raise UserError(

@@ -40,7 +40,8 @@ def tokenize_conversations(dataset, tokenizer, max_length: int, assistant_only: 
 
     def encode(record: dict) -> dict:
         encoded = encode_conversation(tokenizer, record["messages"], max_length, assistant_only, last_turn_only, eot)
-        answered = any(m["role"] == "assistant" and str(m["content"]).strip() for m in record["messages"])
+        answered = any(m["role"] == "assistant" and str(m["content"]).strip() and m.get("weight") != 0
+                       for m in record["messages"])
         return {"input_ids": encoded.input_ids, "loss_mask": encoded.mask,
                 "learnable_before_truncation": encoded.learnable_before_truncation if answered else -1}
 
