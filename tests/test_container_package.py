@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import re
+import shutil
 import tarfile
 
 import pytest
@@ -279,3 +280,73 @@ def test_multirecord_replay_packs_mini_batches_and_a_failed_record_leaves_no_out
     result = run_hilt(hilt_exe, *args, "--input", str(tmp_path / "in.jsonl"))
     assert result.returncode == 1 and "records 1-31: HTTP 400" in result.stdout and "line 6" in result.stdout
     assert not (out / "in.jsonl.out").exists()
+
+
+def test_model_package_request_needs_weights():
+    with pytest.raises(UserError, match="--model-data-url is missing: a Model Package serves weights"):
+        package_request(model_data_url=None)
+    assert "ModelDataUrl" not in package_request(model_data_url=None, model_in_image=True)[
+        "InferenceSpecification"]["Containers"][0]
+
+
+@pytest.mark.slow
+def test_algorithm_certification_replays_offline(hilt_exe, warm_base_dir, dataset_dir, tmp_path):
+    """The request `package request algorithm` writes, replayed: train offline -> SageMaker's tar -> transform."""
+    bucket = "s3://seller-bucket/hilt"
+    local = tmp_path / "bucket"
+    (local / "input").mkdir(parents=True)
+    (local / "input" / "validation.jsonl").write_text("".join(
+        json.dumps({"inputs": [{"role": "user", "content": f"upper: {w}"}], "parameters": {"max_new_tokens": 8}})
+        + "\n" for w in ("abcd", "wxyz")))
+    request_file = tmp_path / "algorithm.json"
+    result = run_hilt(hilt_exe, "package", "request", "algorithm", "--name", "hilt-sft", "--image", IMAGE,
+                      "--role", ROLE, "--recipe", "quickstart-tiny-sft", "--set", "train.max_steps=20",
+                      "--train-data", f"{bucket}/data/train/", "--validation-data", f"{bucket}/data/validation/",
+                      "--model-data", f"{bucket}/base/", "--training-output", f"{bucket}/out",
+                      "--validation-input", f"{bucket}/input/validation.jsonl", "--validation-output",
+                      f"{bucket}/transform-out", "--out", str(request_file))
+    assert result.returncode == 0, result.stderr
+    request = json.loads(request_file.read_text())
+    job = request["ValidationSpecification"]["ValidationProfiles"][0]["TrainingJobDefinition"]
+    # What a framework estimator of the SageMaker SDK sends for free text: a JSON-encoded string.
+    # (Typed values are range-checked by CreateTrainingJob, so they arrive plain.)
+    job["HyperParameters"]["recipe"] = json.dumps(job["HyperParameters"]["recipe"])
+    request_file.write_text(json.dumps(request))
+    mapping = tmp_path / "s3-local.json"
+    mapping.write_text(json.dumps({f"{bucket}/data": str(dataset_dir), f"{bucket}/base": str(warm_base_dir),
+                                   f"{bucket}/input": "bucket/input"}))
+    out = tmp_path / "certify"
+    result = run_hilt(hilt_exe, "package", "validate", "--algorithm", str(request_file), "--local", str(mapping),
+                      "--output", str(out), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "algorithm validation PASSED" in result.stdout
+    report = json.loads((out / "algorithm-validation.json").read_text())
+    assert [s["step"] for s in report["steps"]] == ["request", "training-job", "model-artifact", "transform-job"]
+    profile = out / "hilt-train-and-transform"
+    base = profile / "opt-ml"
+    # The job saw SageMaker's files: strings, with the Algorithm's defaults filled in, and copied channels.
+    hyperparameters = json.loads((base / "input" / "config" / "hyperparameters.json").read_text())
+    assert hyperparameters["recipe"] == '"quickstart-tiny-sft"' and hyperparameters["peft.r"] == "32"
+    assert json.loads((base / "model" / "hilt.json").read_text())["metrics"]["global_step"] == 20
+    assert not (base / "input" / "data" / "model").is_symlink()
+    with tarfile.open(profile / "output" / "model.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"config.json", "model.safetensors", "adapter/adapter_model.safetensors", "hilt.json"} <= names
+    assert "hilt-package.json" not in names  # SageMaker's archive, not `hilt package build`'s
+    answers = (profile / "transform" / "validation.jsonl.out").read_text().splitlines()
+    assert len(answers) == 2 and all("generated_text" in json.loads(a) for a in answers)
+    assert (warm_base_dir / "config.json").is_file()  # the seller's files are read, never moved
+
+    # A channel whose records cannot be read fails the training job, with SageMaker's FailureReason.
+    bad = tmp_path / "bad-data"
+    (bad / "train").mkdir(parents=True)
+    (bad / "train" / "data.jsonl").write_text('{"question": "q"}\n')
+    shutil.copytree(dataset_dir / "validation", bad / "validation")
+    mapping.write_text(json.dumps({f"{bucket}/data": str(bad), f"{bucket}/base": str(warm_base_dir),
+                                   f"{bucket}/input": "bucket/input"}))
+    result = run_hilt(hilt_exe, "package", "validate", "--algorithm", str(request_file), "--local", str(mapping),
+                      "--output", str(out), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    report = json.loads((out / "algorithm-validation.json").read_text())
+    assert report["failed_step"] == "training-job"
+    assert "not a dataset format hilt reads" in report["steps"][-1]["error"]
