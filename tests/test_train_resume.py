@@ -75,12 +75,16 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(hilt_exe, warm_base_dir, data,
     stopped = int(re.search(r"stopped by SIGTERM at step=(\d+)", log).group(1))
     assert latest_checkpoint(out / "checkpoints").name == f"checkpoint-{stopped}"
     assert not (out / "output" / "failure").exists()
-    assert not (out / "model" / "hilt.json").exists()
+    # The weights of the stopped step are in the model dir, marked partial.
+    partial = json.loads((out / "model" / "hilt.json").read_text())["partial"]
+    assert partial["stopped_in"] == "train" and partial["global_step"] == stopped and partial["weights"]
+    assert (out / "model" / "adapter" / "adapter_model.safetensors").is_file()
 
     result = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data",
                       str(data), "--output", str(out), *ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed at step={stopped}" in result.stdout
+    assert "partial" not in json.loads((out / "model" / "hilt.json").read_text())  # the rerun finished it
 
 
 def test_output_with_other_settings_is_refused(hilt_exe, warm_base_dir, data, tmp_path):
@@ -105,3 +109,45 @@ def test_a_checkpoint_cut_off_mid_save_is_skipped(tmp_path):
     (tmp_path / "checkpoint-x").mkdir()
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("phase, weights, merged", [
+    ("read", None, False), ("data", False, False), ("model", False, False), ("train", True, True),
+    ("evaluate", True, True), ("merge", True, True), ("score", True, True),
+])
+def test_sigterm_in_every_phase_stops_and_leaves_what_there_is(hilt_exe, warm_base_dir, data, tmp_path, phase,
+                                                                 weights, merged):
+    """SageMaker gives 120 s after SIGTERM. A job stopped in any phase exits 143 well within them,
+    with the adapter (and merged weights) it has in /opt/ml/model and hilt.json marking it partial."""
+    out = tmp_path / "job"
+    proc = subprocess.Popen(
+        [str(hilt_exe), "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data", str(data),
+         "--output", str(out), "--set", "train.max_steps=4", "--set", "train.checkpoint_steps=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HILT_FAILPOINT": phase})
+    log = []
+    for line in proc.stdout:
+        log.append(line)
+        if f"failpoint: holding in {phase}" in line:
+            break
+    else:
+        raise AssertionError(f"never reached {phase}: {''.join(log)[-3000:]}")
+    stopped_at = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    elapsed = time.monotonic() - stopped_at
+    text = "".join(log) + rest
+    assert proc.returncode == 143, text[-3000:]
+    assert elapsed < 60, f"took {elapsed:.0f} s to stop"
+    assert f"SIGTERM during {phase}" in text
+    model = out / "model"
+    if weights is None:  # stopped before the job was even read: nothing to mark
+        assert not (model / "hilt.json").exists()
+        return
+    partial = json.loads((model / "hilt.json").read_text())["partial"]
+    assert partial["stopped_in"] == phase and partial["weights"] is weights and partial["merged"] is merged
+    assert (model / "adapter" / "adapter_model.safetensors").is_file() is weights
+    assert (model / "model.safetensors").is_file() is merged
+    assert not list(model.rglob("*.tmp"))  # nothing half-written
+    if phase == "train":
+        assert partial["global_step"] >= 1 and latest_checkpoint(out / "checkpoints") is not None

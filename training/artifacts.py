@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
 
 from training.data import dataset_fingerprint
+from training import stopping
 from training.job import Job
+from training.opt_ml import BASE_DIR_ENV
 from training.provenance import model_fingerprint
 from training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
 
@@ -88,7 +91,13 @@ def plot_loss(history: list[dict], out: Path) -> None:
 
 
 def merge_adapter(job: Job) -> None:
-    """Merge the LoRA adapter into a fresh copy of the base and save it at the root."""
+    """Merge the LoRA adapter into a fresh copy of the base and save it at the root.
+
+    The merged files are written to a hidden folder first and moved in when complete, so a
+    merge cut off (SIGTERM, a full disk) never leaves half a ``model.safetensors``.
+    """
+    import shutil
+
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,12 +105,46 @@ def merge_adapter(job: Job) -> None:
     from training.build import resolve_dtype
 
     adapter = job.opt_ml.model_dir / ADAPTER_DIR
-    dtype = torch.bfloat16 if job.recipe.peft.method == "qlora" else resolve_dtype(job)
-    base = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=dtype)
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    merged.config.use_cache = True
-    merged.save_pretrained(job.opt_ml.model_dir)
-    AutoTokenizer.from_pretrained(adapter).save_pretrained(job.opt_ml.model_dir)
+    staging = job.opt_ml.model_dir / ".merged.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        dtype = torch.bfloat16 if job.recipe.peft.method == "qlora" else resolve_dtype(job)
+        base = AutoModelForCausalLM.from_pretrained(job.model_path, dtype=dtype)
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        merged.config.use_cache = True
+        merged.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(adapter).save_pretrained(staging)
+        for path in sorted(staging.iterdir()):
+            path.replace(job.opt_ml.model_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def merge_within(job: Job, seconds: float) -> bool:
+    """Merge in a child process that is killed after ``seconds``; whether the merge finished.
+
+    After SIGTERM the merge gets only what is left of SageMaker's 120 s: the adapter is
+    already saved, so a merge that does not fit is given up, not risked.
+    """
+    import subprocess
+    import sys
+
+    if seconds < 5:
+        return False
+    env = {**os.environ, BASE_DIR_ENV: str(job.opt_ml.base)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "training.artifacts", "merge"], env=env, timeout=seconds,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except subprocess.TimeoutExpired:
+        import shutil
+
+        shutil.rmtree(job.opt_ml.model_dir / ".merged.tmp", ignore_errors=True)
+        print(f"[hilt] merge did not fit in the {seconds:.0f} s left; the adapter alone is saved", flush=True)
+        return False
+    if done.returncode != 0:
+        print(f"[hilt] merge failed ({done.stderr.strip().splitlines()[-1:] or done.returncode}); "
+              "the adapter alone is saved", flush=True)
+    return done.returncode == 0
 
 
 def _evaluation_section(evaluation: dict | None) -> str:
@@ -207,25 +250,15 @@ def shipped_hyperparameters(hyperparameters: dict[str, str]) -> dict[str, str]:
     return shipped
 
 
-def finish_model_dir(job: Job) -> dict:
-    """Write merged weights, hilt.json, model card and loss plot. Returns the manifest."""
+def _manifest(job: Job, history: list[dict]) -> dict:
     from training.build import resolve_precision
 
-    model_dir = job.opt_ml.model_dir
-    if job.recipe.peft.method != "full":
-        merge_adapter(job)
-    # A pickle of the TrainingArguments does not belong in a shipped artifact.
-    for stray in model_dir.rglob("training_args.bin"):
-        stray.unlink()
-
-    history_file = job.opt_ml.output_data_dir / LOG_HISTORY_FILE
-    history = json.loads(history_file.read_text()) if history_file.is_file() else []
     dataset = {}
     for channel in ("train", "validation"):
         if channel in job.channels:
             # Training already validated every record; here they are only counted and hashed.
             dataset[channel] = dataset_fingerprint(job.channels[channel])
-    manifest = {
+    return {
         "recipe": job.recipe.model_dump(mode="json"),
         "hyperparameters": shipped_hyperparameters(job.hyperparameters),
         "base_model": base_model_name(job),
@@ -238,10 +271,90 @@ def finish_model_dir(job: Job) -> dict:
         "hosts": job.hosts.hosts,
         "versions": library_versions(),
     }
+
+
+def _history(job: Job) -> list[dict]:
+    history_file = job.opt_ml.output_data_dir / LOG_HISTORY_FILE
+    try:
+        return json.loads(history_file.read_text()) if history_file.is_file() else []
+    except ValueError:
+        return []
+
+
+def _write_manifest(model_dir: Path, manifest: dict) -> None:
+    tmp = model_dir / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(model_dir / MANIFEST_FILE)
+
+
+def finish_model_dir(job: Job) -> dict:
+    """Write merged weights, hilt.json, model card and loss plot. Returns the manifest."""
+    model_dir = job.opt_ml.model_dir
+    if job.recipe.peft.method != "full":
+        stopping.enter("merge")
+        merge_adapter(job)
+    # A pickle of the TrainingArguments does not belong in a shipped artifact.
+    for stray in model_dir.rglob("training_args.bin"):
+        stray.unlink()
+    history = _history(job)
+    manifest = _manifest(job, history)
+    stopping.enter("score")
     evaluation = score_on_validation(job)
     if evaluation is not None:
         manifest["evaluation"] = evaluation
-    (model_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    plot_loss(history, model_dir / PLOT_FILE)
-    write_model_card(job, manifest, model_dir / CARD_FILE)
+    with stopping.protected("write"):
+        _write_manifest(model_dir, manifest)
+        plot_loss(history, model_dir / PLOT_FILE)
+        write_model_card(job, manifest, model_dir / CARD_FILE)
     return manifest
+
+
+def has_weights(job: Job) -> bool:
+    """Whether /opt/ml/model holds trained weights (the adapter, or full weights at the root)."""
+    model_dir = job.opt_ml.model_dir
+    if job.recipe.peft.method != "full":
+        return any((model_dir / ADAPTER_DIR).glob("adapter_model.*"))
+    return any(model_dir.glob("*.safetensors"))
+
+
+def finish_partial_model_dir(job: Job, phase: str) -> dict:
+    """After SIGTERM: leave the weights the job has, merged if that fits in the time left, and
+    hilt.json marked ``partial`` (phase, step). Runs inside SageMaker's 120 s; never raises
+    ``JobStopped``.
+    """
+    model_dir = job.opt_ml.model_dir
+    with stopping.protected():
+        for stray in model_dir.rglob("training_args.bin"):
+            stray.unlink()
+        weights = has_weights(job)
+        merged = job.recipe.peft.method == "full" and weights
+        if weights and job.recipe.peft.method != "full":
+            # Leave 20 s for hilt.json, the card and the upload's start.
+            merged = merge_within(job, stopping.seconds_left() - 20)
+        history = _history(job)
+        manifest = _manifest(job, history)
+        step = manifest["metrics"].get("global_step", 0)
+        manifest["partial"] = {
+            "reason": "SIGTERM (spot interruption, StopTrainingJob or MaxRuntimeInSeconds)",
+            "stopped_in": phase, "global_step": step, "weights": weights, "merged": merged,
+            "resume": "run the job again with the same checkpoint location to continue from the last checkpoint",
+        }
+        model_dir.mkdir(parents=True, exist_ok=True)
+        _write_manifest(model_dir, manifest)
+        if history:
+            plot_loss(history, model_dir / PLOT_FILE)
+        print(f"[hilt] partial model in {model_dir}: stopped in {phase} at step {step}; "
+              f"{'adapter' if weights and job.recipe.peft.method != 'full' else 'weights' if weights else 'no weights'}"
+              f"{' + merged weights' if merged and job.recipe.peft.method != 'full' else ''}; hilt.json marks it "
+              "partial", flush=True)
+        return manifest
+
+
+if __name__ == "__main__":  # pragma: no cover  (merge_within's child process)
+    import sys
+
+    from training.job import read_job
+    from training.opt_ml import OptML
+
+    if sys.argv[1:] == ["merge"]:
+        merge_adapter(read_job(OptML.from_env()))

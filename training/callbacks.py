@@ -9,7 +9,6 @@ requests import them from here.
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -107,33 +106,33 @@ class MetricsLogger(TrainerCallback):
 class StopOnSigterm(TrainerCallback):
     """On SIGTERM (spot interruption, StopTrainingJob): checkpoint at the next step and stop.
 
-    SageMaker sends SIGTERM and kills the container 120 s later. The handler only sets
-    a flag; the checkpoint is written at the end of the current step, by every rank
-    together (a rank saving alone would hang the others in a collective).
+    The signal handler (training.stopping, installed when the job starts) only records
+    the request while the loop runs; here, at the end of the step, every rank learns of it
+    together and the checkpoint is written by all of them (a rank saving alone would hang
+    the others in a collective).
     """
 
     def __init__(self) -> None:
-        self.requested = False
         self.stopped_at: int | None = None
-        signal.signal(signal.SIGTERM, self._on_signal)
 
-    def _on_signal(self, signum, frame) -> None:
-        self.requested = True
-
-    def _any_rank_requested(self) -> bool:
+    @staticmethod
+    def _any_rank_requested() -> bool:
         import torch
         import torch.distributed as dist
 
+        from training import stopping
+
         if not (dist.is_available() and dist.is_initialized()):
-            return self.requested
+            return stopping.requested()
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        flag = torch.tensor([1 if self.requested else 0], device=device)
+        flag = torch.tensor([1 if stopping.requested() else 0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            stopping.note_request()
         return bool(flag.item())
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._any_rank_requested():
-            self.requested = True
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True

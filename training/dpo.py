@@ -7,7 +7,7 @@ train (resuming) -> save.
 
 from __future__ import annotations
 
-from training import build
+from training import build, stopping
 from training.callbacks import MetricsLogger, StopOnSigterm
 from training.data import load_dataset
 from training.job import Job
@@ -18,6 +18,7 @@ def train_dpo(job: Job) -> TrainOutcome:
     from trl import DPOConfig, DPOTrainer
 
     recipe = job.recipe
+    stopping.enter("data")
     train_ds = load_dataset(job.channels["train"], "dpo")
     eval_ds = load_dataset(job.channels["validation"], "dpo") if "validation" in job.channels else None
 
@@ -29,6 +30,7 @@ def train_dpo(job: Job) -> TrainOutcome:
         dataset_num_proc=None,
     )
     tokenizer = build.load_tokenizer(job)
+    stopping.enter("model")
     model = build.load_model(job)
 
     stopper = StopOnSigterm()

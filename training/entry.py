@@ -79,6 +79,9 @@ def launch_workers(job: Job) -> int:
     def forward(signum, frame):
         nonlocal stopping
         stopping = True
+        from training.stopping import note_request
+
+        note_request()  # the 120 s run from now: the partial model's merge must fit in what is left
         child.send_signal(signum)
 
     previous = signal.signal(signal.SIGTERM, forward)
@@ -92,9 +95,50 @@ def launch_workers(job: Job) -> int:
 
 
 def run_job(opt_ml: OptML) -> int:
-    """Read, validate and run one training job over an /opt/ml tree. Returns the exit code."""
+    """Read, validate and run one training job over an /opt/ml tree. Returns the exit code.
+
+    SIGTERM is handled from the first line (``training.stopping``): in any phase the job
+    stops within SageMaker's 120 s and leaves what it has in /opt/ml/model, marked partial.
+    """
+    from training import stopping
+
+    previous = stopping.install()
+    read: dict[str, Job] = {}  # the job, once read: what a stop in a later phase saves from
     try:
-        job = read_job(opt_ml)
+        try:
+            return _run(opt_ml, read)
+        except stopping.JobStopped as stop:
+            return _stopped(read.get("job"), stop.phase)
+    except stopping.JobStopped:  # a SIGTERM that arrived while the stop was being handled
+        return EXIT_STOPPED
+    finally:
+        stopping.uninstall(previous)
+
+
+def _stopped(job: Job | None, phase: str) -> int:
+    """Leave what a stopped job has (first host only) and exit 143."""
+    from training import stopping
+
+    with stopping.protected():
+        if job is not None and job.hosts.node_rank == 0:
+            from training.artifacts import finish_partial_model_dir
+
+            try:
+                finish_partial_model_dir(job, phase)
+            except Exception as err:  # noqa: BLE001  (the stop must still happen; the log says why)
+                print(f"hilt: warning: the partial model could not be written ({type(err).__name__}: {err})",
+                      file=sys.stderr, flush=True)
+        else:
+            print(f"[hilt] stopped by SIGTERM during {phase}, before the job was read; nothing to save", flush=True)
+    return EXIT_STOPPED
+
+
+def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
+    from training import stopping
+
+    try:
+        stopping.enter("read")
+        job = read["job"] = read_job(opt_ml)
         print(
             f"[hilt] recipe={job.recipe.name} method={job.recipe.method} peft={job.recipe.peft.method} "
             f"model={job.model_path} world_size={job.world_size} gpus_per_host={job.gpus_per_host}",
@@ -109,6 +153,8 @@ def run_job(opt_ml: OptML) -> int:
                 write_failure(opt_ml, f"a training worker exited with code {rc}; see the job log for its traceback")
         else:
             rc = run_worker(job)
+        if rc == EXIT_STOPPED:
+            return _stopped(job, "train")
         if rc == 0 and job.hosts.node_rank == 0:
             from training.artifacts import finish_model_dir
 

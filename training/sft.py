@@ -6,7 +6,7 @@ every worker process; artifacts.py finishes the model directory afterwards.
 
 from __future__ import annotations
 
-from training import build
+from training import build, stopping
 from training.callbacks import MetricsLogger, StopOnSigterm
 from training.data import load_dataset
 from training.job import Job
@@ -26,6 +26,7 @@ def build_sft_trainer(job: Job):
     # loss mask covers every assistant turn and its end-of-turn token, for templates with
     # or without {% generation %} markers (training/chat_masks.py). A record with nothing
     # to learn is a user error before the first step.
+    stopping.enter("data")
     train_ds = load_dataset(job.channels["train"], "sft")
     eval_ds = load_dataset(job.channels["validation"], "sft") if "validation" in job.channels else None
     tokenizer = build.load_tokenizer(job)
@@ -74,6 +75,7 @@ def build_sft_trainer(job: Job):
         # do not pad full ones.
         train_sampling_strategy="group_by_length" if rows else "random",
     )
+    stopping.enter("model")
     model = build.load_model(job)
 
     stopper = StopOnSigterm()

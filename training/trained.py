@@ -26,10 +26,13 @@ def train_and_save(job: Job, trainer, tokenizer, stopper) -> TrainOutcome:
     from training.build import describe_backend
     from training.callbacks import latest_checkpoint
 
+    from training import stopping
+
     if trainer.is_world_process_zero():
         print(describe_backend(trainer), flush=True)
     resume = latest_checkpoint(job.opt_ml.checkpoint_dir)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with stopping.protected("train"):  # SIGTERM: checkpoint at the end of the step, then stop
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return save_trained(job, trainer, tokenizer, stopper, resumed_from=resume)
 
 
@@ -37,27 +40,39 @@ def save_trained(job: Job, trainer, tokenizer, stopper, resumed_from: Path | Non
     """Save the trained weights (every rank must take part) and the log history.
 
     LoRA runs save the adapter to ``/opt/ml/model/adapter``; full fine-tuning saves the
-    weights at the root of ``/opt/ml/model``. After a SIGTERM nothing is saved here: the
-    checkpoint written at the interrupted step is what the next run resumes from.
+    weights at the root of ``/opt/ml/model``. A run stopped by SIGTERM saves them too (from
+    the step it stopped at, beside that step's checkpoint, which a rerun resumes from);
+    the entry point then marks the model partial. The weights are saved before the
+    held-out evaluation, so a stop during evaluation still leaves them.
     """
+    from training import stopping
+
+    with stopping.protected("save"):
+        target = job.opt_ml.model_dir
+        if job.recipe.peft.method != "full":
+            target = target / ADAPTER_DIR
+        trainer.save_model(str(target))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(target))
+            _write_history(job, trainer)
     if stopper.stopped_at is not None:
         if trainer.is_world_process_zero():
-            print(
-                f"[hilt] stopped by SIGTERM at step={stopper.stopped_at}; checkpoint saved in "
-                f"{job.opt_ml.checkpoint_dir}; run again to resume",
-                flush=True,
-            )
+            print(f"[hilt] stopped by SIGTERM at step={stopper.stopped_at}; checkpoint saved in "
+                  f"{job.opt_ml.checkpoint_dir} (run again to resume), weights of that step in "
+                  f"{job.opt_ml.model_dir}", flush=True)
         return TrainOutcome(True, stopper.stopped_at, resumed_from)
-
     if "validation" in job.channels:
+        stopping.enter("evaluate")
         trainer.evaluate()
-    target = job.opt_ml.model_dir
-    if job.recipe.peft.method != "full":
-        target = target / ADAPTER_DIR
-    trainer.save_model(str(target))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(target))
-        job.opt_ml.output_data_dir.mkdir(parents=True, exist_ok=True)
-        history = job.opt_ml.output_data_dir / LOG_HISTORY_FILE
-        history.write_text(json.dumps(trainer.state.log_history, indent=1))
+        if trainer.is_world_process_zero():
+            with stopping.protected():
+                _write_history(job, trainer)
     return TrainOutcome(False, trainer.state.global_step, resumed_from)
+
+
+def _write_history(job: Job, trainer) -> None:
+    job.opt_ml.output_data_dir.mkdir(parents=True, exist_ok=True)
+    history = job.opt_ml.output_data_dir / LOG_HISTORY_FILE
+    tmp = history.with_name(f".{history.name}.tmp")
+    tmp.write_text(json.dumps(trainer.state.log_history, indent=1))
+    tmp.replace(history)

@@ -16,9 +16,15 @@ from training.opt_ml import OptML
 
 
 def main() -> int:
+    from training import stopping
+    from training.entry import EXIT_STOPPED
+
+    stopping.install()  # torchrun forwards SIGTERM: each worker stops in its own phase
     opt_ml = OptML.from_env()
     try:
         return run_worker(read_job(opt_ml))
+    except stopping.JobStopped:
+        return EXIT_STOPPED  # the launching process leaves the partial model
     except UserError as err:
         if int(os.environ.get("RANK", "0")) == 0:
             write_failure(opt_ml, str(err))
