@@ -70,7 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from training.launch import LaunchSpec, launch
+    from training.launch import LaunchSpec, TuneSpec, launch
     from training.recipe import hyperparameter_strings, parse_set_option
 
     spec = LaunchSpec(
@@ -79,14 +79,31 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         overrides=hyperparameter_strings(dict(map(parse_set_option, args.set))),
         spot=args.spot, max_wait=args.max_wait, max_run=args.max_run, checkpoint_s3=args.checkpoint_s3,
         volume_gb=args.volume_gb, job_name=args.job_name,
+        tune=TuneSpec(objective=args.objective, keys=args.tune_keys.split(",") if args.tune_keys else None,
+                      max_jobs=args.max_jobs, max_parallel=args.max_parallel, strategy=args.strategy)
+        if args.tune else None,
     )
-    out = Path(args.out) if args.out else (Path("launch-request.json") if args.dry_run else None)
+    default_out = "tuning-request.json" if args.tune else "launch-request.json"
+    out = Path(args.out) if args.out else (Path(default_out) if args.dry_run else None)
     result = launch(spec, args.dry_run, out, region=args.region)
     request = result["request"]
+    if args.tune:
+        config = request["HyperParameterTuningJobConfig"]
+        definition = request["TrainingJobDefinition"]
+        tuned = ", ".join(r["Name"] for kind in config["ParameterRanges"].values() for r in kind)
+        print(f"CreateHyperParameterTuningJob {request['HyperParameterTuningJobName']}: validated against botocore's "
+              f"SageMaker model; {config['Strategy']} over {tuned}, "
+              f"{config['HyperParameterTuningJobObjective']['Type'].lower()} "
+              f"{config['HyperParameterTuningJobObjective']['MetricName']}, "
+              f"{config['ResourceLimits']['MaxNumberOfTrainingJobs']} jobs "
+              f"({config['ResourceLimits']['MaxParallelTrainingJobs']} at once)")
     channels = ", ".join(f"{c['ChannelName']}={c['DataSource']['S3DataSource']['S3Uri']}"
-                         for c in request["InputDataConfig"])
-    print(f"CreateTrainingJob {request['TrainingJobName']}: validated against botocore's SageMaker model; "
-          f"channels {channels}")
+                         for c in (definition if args.tune else request)["InputDataConfig"])
+    if not args.tune:
+        print(f"CreateTrainingJob {request['TrainingJobName']}: validated against botocore's SageMaker model; "
+              f"channels {channels}")
+    else:
+        print(f"channels {channels}")
     if out is not None:
         print(f"request written to {out}")
     if args.dry_run:
@@ -640,7 +657,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-name", help="TrainingJobName (default hilt-RECIPE-TIMESTAMP)")
     p.add_argument("--region", help="AWS region (default $AWS_DEFAULT_REGION or us-east-1)")
     p.add_argument("--dry-run", action="store_true", help="write the validated request; upload and submit nothing")
-    p.add_argument("--out", help="where to write the request JSON (default launch-request.json with --dry-run)")
+    p.add_argument("--out", help="where to write the request JSON (default launch-request.json, or "
+                   "tuning-request.json with --tune, with --dry-run)")
+    p.add_argument("--tune", action="store_true",
+                   help="a hyperparameter tuning job over the recipe's tunable ranges instead of one training job")
+    p.add_argument("--objective", help="with --tune: eval_loss or train_loss, the metric to minimise (eval_loss when --data has validation/, else train_loss)")
+    p.add_argument("--tune-keys", metavar="KEY,KEY", help="with --tune: recipe keys to search (default: learning "
+                   "rate, warm-up, and LoRA r/dropout or DPO beta as the recipe uses them)")
+    p.add_argument("--max-jobs", type=_positive_int, default=8, help="with --tune: training jobs in all (8)")
+    p.add_argument("--max-parallel", type=_positive_int, default=2, help="with --tune: jobs at once (2)")
+    p.add_argument("--strategy", default="Bayesian", choices=["Bayesian", "Random", "Hyperband", "Grid"],
+                   help="with --tune: search strategy (Bayesian)")
     p.set_defaults(func=_cmd_launch)
 
     recipe = sub.add_parser("recipe", help="recipe schema and validation")

@@ -186,3 +186,61 @@ def test_without_credentials_launch_says_so_and_dry_run_still_works(hilt_exe, da
     assert len(result.stderr.strip().splitlines()) == 1
     dry = run_hilt(hilt_exe, *args, "--s3", "s3://b/p", "--dry-run", "--out", str(tmp_path / "r.json"), env=no_aws)
     assert dry.returncode == 0 and (tmp_path / "r.json").is_file()
+
+
+def test_tune_writes_and_sends_a_tuning_job(hilt_exe, moto_server, dataset_dir, tmp_path):
+    from hilt.aws import validate_request
+
+    s3 = _aws(moto_server, "s3")
+    s3.create_bucket(Bucket="hilt-tune")
+    out = tmp_path / "tuning.json"
+    result = _launch(hilt_exe, moto_server, "--data", str(dataset_dir), "--s3", "s3://hilt-tune/x", "--model",
+                     MODEL_S3, "--tune", "--dry-run", "--out", str(out), "--max-jobs", "6", "--max-parallel", "3")
+    assert result.returncode == 0, result.stderr
+    request = json.loads(out.read_text())
+    validate_request("CreateHyperParameterTuningJob", request)
+    config = request["HyperParameterTuningJobConfig"]
+    # dataset_dir has validation/: the objective is the held-out loss, minimised.
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "eval_loss"}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 3}
+    continuous = {r["Name"]: r for r in config["ParameterRanges"]["ContinuousParameterRanges"]}
+    assert continuous["train.learning_rate"] == {"Name": "train.learning_rate", "MinValue": "1e-06",
+                                                 "MaxValue": "0.01", "ScalingType": "Logarithmic"}
+    assert {r["Name"] for r in config["ParameterRanges"]["IntegerParameterRanges"]} == {"peft.r"}
+    definition = request["TrainingJobDefinition"]
+    # Tuned keys are not also static; the recipe and the rest travel as SageMaker strings.
+    assert "train.learning_rate" not in definition["StaticHyperParameters"]
+    assert definition["StaticHyperParameters"]["recipe"] == "quickstart-tiny-sft"
+    assert "CheckpointConfig" not in definition  # trials must not resume each other's checkpoints
+    assert {d["Name"] for d in definition["AlgorithmSpecification"]["MetricDefinitions"]} >= {"eval_loss"}
+
+    # Sent to moto, which implements CreateHyperParameterTuningJob.
+    result = _launch(hilt_exe, moto_server, "--data", str(dataset_dir), "--s3", "s3://hilt-tune/x", "--model",
+                     MODEL_S3, "--tune", "--tune-keys", "train.learning_rate,peft.alpha", "--objective", "train_loss")
+    assert result.returncode == 0, result.stderr
+    assert "Bayesian over train.learning_rate, peft.alpha" in result.stdout or \
+        "Bayesian over peft.alpha, train.learning_rate" in result.stdout
+    listed = _aws(moto_server, "sagemaker").list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]
+    assert any(j["HyperParameterTuningJobName"].startswith("hilt-quickstart") for j in listed)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--tune-keys", "train.seed"), "--tune-keys train.seed: not a tunable recipe key; tunable: "),
+    (("--objective", "accuracy"), "--objective accuracy: use one of eval_loss, train_loss"),
+    (("--max-jobs", "2", "--max-parallel", "3"), "--max-parallel 3: must be between 1 and --max-jobs 2"),
+])
+def test_tune_refuses_bad_settings_in_one_line(hilt_exe, moto_server, dataset_dir, tmp_path, args, message):
+    result = _launch(hilt_exe, moto_server, "--data", str(dataset_dir), "--s3", "s3://hilt-tune/x", "--model",
+                     MODEL_S3, "--tune", "--dry-run", "--out", str(tmp_path / "t.json"), *args)
+    assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_tune_on_eval_loss_needs_validation_data(hilt_exe, moto_server, tmp_path):
+    from tasks import write_channel, uppercase_example
+    import random
+
+    data = tmp_path / "train-only"
+    write_channel(data / "train", [uppercase_example(random.Random(0)) for _ in range(4)])
+    result = _launch(hilt_exe, moto_server, "--data", str(data), "--s3", "s3://hilt-tune/x", "--model", MODEL_S3,
+                     "--tune", "--dry-run", "--out", str(tmp_path / "t.json"), "--objective", "eval_loss")
+    assert result.returncode == 2 and "--objective eval_loss needs validation data" in result.stderr

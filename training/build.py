@@ -131,7 +131,9 @@ def training_arguments(job: Job) -> dict[str, Any]:
     precision = resolve_precision(job)
     has_validation = "validation" in job.channels
     kwargs: dict[str, Any] = dict(
-        output_dir=str(job.opt_ml.checkpoint_dir),
+        output_dir=str(job.checkpoint_dir),
+        # Per-host checkpoint folders: each node's first process writes the shared files too.
+        save_on_each_node=len(job.hosts.hosts) > 1,
         per_device_train_batch_size=t.per_device_batch_size,
         per_device_eval_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,

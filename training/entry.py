@@ -66,8 +66,10 @@ def torchrun_command(job: Job) -> list[str]:
 
 def launch_workers(job: Job) -> int:
     """Start ``processes_per_host`` workers on this host with torchrun; wait for them."""
+    from training.cluster import prepare
+
     command = torchrun_command(job)
-    env = dict(os.environ)
+    env = prepare(job.hosts, dict(os.environ))  # every host resolves; NCCL on SageMaker's interface, EFA
     env[BASE_DIR_ENV] = str(job.opt_ml.base)
     if job.gpus_per_host == 0 and "OMP_NUM_THREADS" not in env:
         # CPU workers share the cores; more threads than cores each only thrash.

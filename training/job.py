@@ -26,10 +26,16 @@ _RESERVED_PREFIXES = ("sagemaker_", "_tuning_objective_metric", "_")
 
 @dataclass(frozen=True)
 class Hosts:
-    """Where this process runs in the cluster (resourceconfig.json)."""
+    """Where this process runs in the cluster (resourceconfig.json).
+
+    ``hosts`` are the hosts that train together: all of the job's, or, in a heterogeneous
+    cluster (``instance_groups``), those of this host's instance group.
+    """
 
     hosts: list[str]
     current_host: str
+    instance_type: str = ""
+    network_interface: str = ""
 
     @property
     def node_rank(self) -> int:
@@ -63,6 +69,15 @@ class Job:
     @property
     def world_size(self) -> int:
         return self.processes_per_host * len(self.hosts.hosts)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where this host's checkpoints go. SageMaker syncs /opt/ml/checkpoints of every host to
+        the one CheckpointConfig S3 path: with several hosts each writes under its own name,
+        so no host's checkpoint overwrites another's."""
+        if len(self.hosts.hosts) > 1:
+            return self.opt_ml.checkpoint_dir / self.hosts.current_host
+        return self.opt_ml.checkpoint_dir
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -128,7 +143,18 @@ def read_hosts(opt_ml: OptML) -> Hosts:
     hosts = sorted(hosts)
     if current not in hosts:
         raise UserError(f"{opt_ml.resource_config_file}: current_host '{current}' is not in hosts {hosts}")
-    return Hosts(hosts=hosts, current_host=current)
+    instance_type = raw.get("current_instance_type") or ""
+    groups = raw.get("instance_groups")
+    if groups:
+        group = next((g for g in groups if isinstance(g, dict) and isinstance(g.get("hosts"), list)
+                      and current in g["hosts"]), None)
+        if group is None:
+            raise UserError(f"{opt_ml.resource_config_file}: current_host '{current}' is in no instance group of "
+                            f"instance_groups; write the file as SageMaker does")
+        hosts = sorted(group["hosts"])  # a heterogeneous cluster: this host's group trains together
+        instance_type = group.get("instance_type") or instance_type
+    return Hosts(hosts=hosts, current_host=current, instance_type=str(instance_type),
+                 network_interface=str(raw.get("network_interface_name") or ""))
 
 
 def read_channels(opt_ml: OptML) -> dict[str, Path]:

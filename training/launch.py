@@ -56,6 +56,18 @@ class LaunchSpec:
     checkpoint_s3: str | None = None
     volume_gb: int = 100
     job_name: str | None = None
+    tune: "TuneSpec | None" = None
+
+
+@dataclass
+class TuneSpec:
+    """``hilt launch --tune``: a hyperparameter tuning job over the recipe's tunable ranges."""
+
+    objective: str | None = None  # a TUNING_OBJECTIVES metric; eval_loss when there is validation data
+    keys: list[str] | None = None  # recipe keys to tune; default: the ones the recipe's method uses
+    max_jobs: int = 8
+    max_parallel: int = 2
+    strategy: str = "Bayesian"
 
 
 def tree_sha256(root: Path) -> str:
@@ -157,6 +169,108 @@ def build_request(spec: LaunchSpec, recipe, channel_uris: dict[str, str], s3_roo
                  {"Key": "hilt:dataset-sha256", "Value": dataset_sha256}],
     }
     return request
+
+
+TUNING_STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
+
+
+def tuning_job_name(recipe_name: str) -> str:
+    """``hilt-<recipe>-<MMDDHHMMSS>`` within the 32 characters a tuning job name may have."""
+    stamp = time.strftime("%m%d%H%M%S", time.gmtime())
+    base = re.sub(r"[^a-zA-Z0-9-]+", "-", f"hilt-{recipe_name}").strip("-")
+    return f"{base[: 32 - len(stamp) - 1].rstrip('-')}-{stamp}"
+
+
+def default_tune_keys(recipe) -> list[str]:
+    """The tunable keys that matter for this recipe's method and PEFT."""
+    keys = ["train.learning_rate", "train.warmup_ratio"]
+    if recipe.peft.method != "full":
+        keys += ["peft.r", "peft.dropout"]
+    if recipe.method == "dpo":
+        keys.append("dpo.beta")
+    if recipe.train.max_steps <= 0:
+        keys.append("train.epochs")
+    return keys
+
+
+def parameter_ranges(keys: list[str]) -> dict:
+    """ParameterRanges from the recipe schema's ``tune`` ranges.
+
+    Raises:
+        UserError: for a key that is not a recipe key or has no tunable range.
+    """
+    from training.recipe import flat_fields, tuning_range
+
+    fields = dict(flat_fields())
+    ranges: dict[str, list] = {"IntegerParameterRanges": [], "ContinuousParameterRanges": [],
+                               "CategoricalParameterRanges": []}
+    tunable = sorted(k for k, f in fields.items() if tuning_range(f))
+    for key in keys:
+        if key not in fields or not tuning_range(fields[key]):
+            raise UserError(f"--tune-keys {key}: not a tunable recipe key; tunable: {', '.join(tunable)}")
+        low, high = tuning_range(fields[key])
+        if fields[key].annotation is int:
+            ranges["IntegerParameterRanges"].append(
+                {"Name": key, "MinValue": str(int(low)), "MaxValue": str(int(high)), "ScalingType": "Auto"})
+        else:
+            # Decades apart (a learning rate): searched on a log scale.
+            scaling = "Logarithmic" if low > 0 and high / low >= 100 else "Auto"
+            ranges["ContinuousParameterRanges"].append(
+                {"Name": key, "MinValue": repr(float(low)), "MaxValue": repr(float(high)), "ScalingType": scaling})
+    return {k: v for k, v in ranges.items() if v}
+
+
+def build_tuning_request(spec: LaunchSpec, recipe, training: dict) -> dict:
+    """CreateHyperParameterTuningJob from the CreateTrainingJob request a plain launch would send.
+
+    Raises:
+        UserError: on an objective the trainer does not log, or eval_loss without validation data.
+    """
+    from training.callbacks import TUNING_OBJECTIVES
+
+    tune = spec.tune
+    channels = {c["ChannelName"] for c in training["InputDataConfig"]}
+    objectives = {o["MetricName"]: o["Type"] for o in TUNING_OBJECTIVES}
+    objective = tune.objective or ("eval_loss" if "validation" in channels else "train_loss")
+    if objective not in objectives:
+        raise UserError(f"--objective {objective}: use one of {', '.join(objectives)}")
+    if objective == "eval_loss" and "validation" not in channels:
+        raise UserError("--objective eval_loss needs validation data: export with --validation-fraction > 0 "
+                        "(a validation/ folder in --data) or tune on --objective train_loss")
+    if tune.strategy not in TUNING_STRATEGIES:
+        raise UserError(f"--strategy {tune.strategy}: use one of {', '.join(TUNING_STRATEGIES)}")
+    if not 1 <= tune.max_parallel <= tune.max_jobs:
+        raise UserError(f"--max-parallel {tune.max_parallel}: must be between 1 and --max-jobs {tune.max_jobs}")
+    keys = tune.keys or default_tune_keys(recipe)
+    ranges = parameter_ranges(keys)
+    static = {k: v for k, v in training["HyperParameters"].items() if k not in keys}
+    algorithm = {k: v for k, v in training["AlgorithmSpecification"].items()
+                 if k in ("TrainingImage", "TrainingInputMode", "MetricDefinitions")}
+    definition = {
+        "StaticHyperParameters": static,
+        "AlgorithmSpecification": algorithm,
+        "RoleArn": training["RoleArn"],
+        "InputDataConfig": training["InputDataConfig"],
+        "OutputDataConfig": training["OutputDataConfig"],
+        "ResourceConfig": training["ResourceConfig"],
+        "StoppingCondition": training["StoppingCondition"],
+        "EnableManagedSpotTraining": training["EnableManagedSpotTraining"],
+        # No CheckpointConfig: trials differ in their hyperparameters, and a trial must never
+        # resume another's checkpoints (the entry point would refuse them).
+    }
+    return {
+        "HyperParameterTuningJobName": tuning_job_name(recipe.name),
+        "HyperParameterTuningJobConfig": {
+            "Strategy": tune.strategy,
+            "HyperParameterTuningJobObjective": {"Type": objectives[objective], "MetricName": objective},
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": tune.max_jobs,
+                               "MaxParallelTrainingJobs": tune.max_parallel},
+            "ParameterRanges": ranges,
+            "TrainingJobEarlyStoppingType": "Off",
+        },
+        "TrainingJobDefinition": definition,
+        "Tags": training["Tags"],
+    }
 
 
 def check_spec(spec: LaunchSpec):
@@ -290,6 +404,9 @@ def launch(spec: LaunchSpec, dry_run: bool, out: Path | None, region: str | None
         channel_uris, uploads, data_hash = plan(spec, s3_root, s3)
         request = build_request(spec, recipe, channel_uris, s3_root, data_hash)
         validate_request("CreateTrainingJob", request)
+        if spec.tune is not None:
+            request = build_tuning_request(spec, recipe, request)
+            validate_request("CreateHyperParameterTuningJob", request)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(request, indent=2) + "\n")
@@ -299,9 +416,15 @@ def launch(spec: LaunchSpec, dry_run: bool, out: Path | None, region: str | None
         for channel, directory in uploads.items():
             if upload_once(s3, directory, channel_uris[channel], channel):
                 result["uploaded"].append(channel)
-        result["arn"] = sagemaker.create_training_job(**request)["TrainingJobArn"]
-        result["status"] = sagemaker.describe_training_job(TrainingJobName=request["TrainingJobName"])[
-            "TrainingJobStatus"]
+        if spec.tune is not None:
+            name = request["HyperParameterTuningJobName"]
+            result["arn"] = sagemaker.create_hyper_parameter_tuning_job(**request)["HyperParameterTuningJobArn"]
+            result["status"] = sagemaker.describe_hyper_parameter_tuning_job(
+                HyperParameterTuningJobName=name)["HyperParameterTuningJobStatus"]
+        else:
+            result["arn"] = sagemaker.create_training_job(**request)["TrainingJobArn"]
+            result["status"] = sagemaker.describe_training_job(TrainingJobName=request["TrainingJobName"])[
+                "TrainingJobStatus"]
     except ClientError as err:
         error = err.response.get("Error", {})
         raise UserError(f"AWS refused the launch: {error.get('Code')}: {error.get('Message')}") from None

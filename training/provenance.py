@@ -80,7 +80,7 @@ def check_resume(job) -> None:
     """
     from training.callbacks import latest_checkpoint
 
-    checkpoints = job.opt_ml.checkpoint_dir
+    checkpoints = job.checkpoint_dir
     source_file = checkpoints / SOURCE_FILE
     now = run_source(job)
     fix = ("use a new --output (or checkpoint location), or start over with `hilt train --fresh`, "

@@ -30,7 +30,7 @@ def train_and_save(job: Job, trainer, tokenizer, stopper) -> TrainOutcome:
 
     if trainer.is_world_process_zero():
         print(describe_backend(trainer), flush=True)
-    resume = latest_checkpoint(job.opt_ml.checkpoint_dir)
+    resume = latest_checkpoint(job.checkpoint_dir)
     with stopping.protected("train"):  # SIGTERM: checkpoint at the end of the step, then stop
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return save_trained(job, trainer, tokenizer, stopper, resumed_from=resume)
@@ -58,7 +58,7 @@ def save_trained(job: Job, trainer, tokenizer, stopper, resumed_from: Path | Non
     if stopper.stopped_at is not None:
         if trainer.is_world_process_zero():
             print(f"[hilt] stopped by SIGTERM at step={stopper.stopped_at}; checkpoint saved in "
-                  f"{job.opt_ml.checkpoint_dir} (run again to resume), weights of that step in "
+                  f"{job.checkpoint_dir} (run again to resume), weights of that step in "
                   f"{job.opt_ml.model_dir}", flush=True)
         return TrainOutcome(True, stopper.stopped_at, resumed_from)
     if "validation" in job.channels:
