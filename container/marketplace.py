@@ -297,6 +297,9 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
         "server-sent events or JSON Lines).",
         "- Limits: 6 MB per real-time request; max_new_tokens ≤ 4096.",
         "",
+        "## Fine-tuning data (Algorithm)",
+        *[f"- `{name}` channel: {text}" for name, text in channel_descriptions().items()],
+        "",
     ]
     if report:
         lines += ["## Sample inputs and outputs (from the local validation replay)", ""]

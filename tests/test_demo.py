@@ -42,6 +42,14 @@ def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
         for name in ("model.tar.gz", "model-package.json", "LISTING.md", "validation/validation-input.jsonl.out"):
             assert (workdir / "package" / name).is_file(), name
 
+        # The Algorithm request the demo wrote passes Marketplace's certification, replayed offline.
+        command = re.search(r"certify algorithm\s+hilt (package validate --algorithm .*)", first.stdout).group(1)
+        certify = run_hilt(hilt_exe, *command.split(), timeout=900, env={"HF_HUB_OFFLINE": "1"})
+        assert certify.returncode == 0, (certify.stdout + certify.stderr)[-4000:]
+        assert "algorithm validation PASSED" in certify.stdout
+        steps = json.loads((workdir / "algorithm-validation" / "algorithm-validation.json").read_text())["steps"]
+        assert [s["step"] for s in steps] == ["request", "training-job", "model-artifact", "transform-job"]
+
         second = run_hilt(hilt_exe, "demo", "--workdir", str(workdir), timeout=600)
         assert second.returncode == 0, second.stderr[-3000:]
         assert second.stdout.count("(reused)") == 4
