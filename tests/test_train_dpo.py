@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import random
 import re
 
 import pytest
 from safetensors.torch import load_file
 
 from conftest import run_hilt
-from tasks import write_preference_dataset
+from tasks import LETTERS, write_preference_dataset
 
 pytestmark = pytest.mark.slow
 
 
 def test_dpo_lora_prefers_chosen(hilt_exe, warm_base_dir, tmp_path):
-    data = write_preference_dataset(tmp_path / "prefs", n_train=64)
+    data = write_preference_dataset(tmp_path / "prefs", n_train=48)
+    # A buyer's second file in TRL's standard (string) preference format: read beside the first.
+    rng = random.Random(1)
+    strings = []
+    for _ in range(16):
+        word = "".join(rng.choice(LETTERS) for _ in range(4))
+        strings.append({"prompt": f"upper: {word}", "chosen": word.upper(), "rejected": word})
+    (data / "train" / "strings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in strings))
     out = tmp_path / "job"
     result = run_hilt(
         hilt_exe, "train", "llama3-8b-dpo-lora", "--model", str(warm_base_dir), "--data", str(data),
@@ -25,6 +34,7 @@ def test_dpo_lora_prefers_chosen(hilt_exe, warm_base_dir, tmp_path):
         "--set", "train.logging_steps=5", "--set", "data.max_length=64",
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "data.jsonl (preference, 48 records), strings.jsonl (preference, 16 records)" in result.stdout
     losses = [float(x) for x in re.findall(r"train_loss=([0-9.e+-]+)", result.stdout)]
     # DPO's sigmoid loss starts at log(2) (policy == reference) and falls as the margin grows.
     assert abs(losses[0] - 0.6931) < 0.01
