@@ -166,7 +166,8 @@ def channel_descriptions() -> dict[str, str]:
 
     data = ("JSON Lines (*.jsonl) or JSON arrays (*.json), one format per file, detected per file. "
             f"SFT recipes: {accepted_formats('sft')}; a template.json (prompt/completion) beside JumpStart "
-            f"files names their keys. DPO recipes: {accepted_formats('preference')}.")
+            f"files names their keys. DPO recipes: {accepted_formats('preference')}. KTO recipes: "
+            f"{accepted_formats('unpaired')}.")
     return {
         "train": f"Training records. {data}"[:1024],
         "validation": ("Held-out records, same formats as train; required when tuning on eval_loss, and "

@@ -179,3 +179,22 @@ def test_a_channel_of_every_sft_format_trains(hilt_exe, warm_base_dir, tmp_path)
     assert losses[-1] < losses[0] * 0.7
     adapter = load_file(out / "model" / "adapter" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("record", [
+    {"prompt": "upper: ab", "completion": "AB", "label": True},
+    {"prompt": [{"role": "user", "content": "upper: ab"}], "completion": [{"role": "assistant", "content": "AB"}],
+     "label": True},
+], ids=["strings", "messages"])
+def test_unpaired_kto_records(tmp_path, record):
+    from training.data import read_channel
+
+    _write(tmp_path / "train" / "kto.jsonl", [record, {**record, "label": False}])
+    records, files = read_channel(tmp_path / "train", "kto")
+    assert files[0]["format"] == "unpaired"
+    assert records[0] == {"prompt": [{"role": "user", "content": "upper: ab"}],
+                          "completion": [{"role": "assistant", "content": "AB"}], "label": True}
+    assert records[1]["label"] is False
+    _write(tmp_path / "train" / "kto.jsonl", [{**record, "label": "yes"}])
+    with pytest.raises(UserError, match="needs 'label': true"):
+        read_channel(tmp_path / "train", "kto")

@@ -135,10 +135,13 @@ def test_methods_and_templates_are_looked_up_in_one_table_each():
     assert set(typing.get_args(Recipe.model_fields["method"].annotation)) == set(METHODS)
     assert all(m.record_kind in RECORD_CHECKS for m in METHODS.values())
     assert set(EXPORTERS) == set(REQUIRED_COLUMNS) == set(TEMPLATE_NAMES)
-    with pytest.raises(UserError, match="method 'kto' is not known"):
-        method_of("kto")
+    with pytest.raises(UserError, match="method 'orpo' is not known"):
+        method_of("orpo")
     with pytest.raises(UserError, match="neither a record kind"):
-        check_record({"messages": []}, "kto", "x:1")
+        check_record({"messages": []}, "orpo", "x:1")
+    # KTO reads its own kind: a preference pair is not an unpaired record.
+    with pytest.raises(UserError, match="unpaired record has no 'completion'"):
+        check_record({"prompt": [{"role": "user", "content": "a"}], "chosen": []}, "kto", "x:1")
     # A DPO recipe checks preference records: an SFT line is refused with the hint.
     with pytest.raises(UserError, match="preference record has no 'prompt'.*use an sft recipe"):
         check_record({"messages": [{"role": "user", "content": "a"}]}, "dpo", "x:1")

@@ -42,3 +42,40 @@ def test_dpo_lora_prefers_chosen(hilt_exe, warm_base_dir, tmp_path):
     adapter = load_file(out / "model" / "adapter" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
     assert (out / "model" / "hilt.json").is_file()
+
+
+def test_kto_lora_learns_from_thumbs_up_and_down(hilt_exe, warm_base_dir, tmp_path):
+    """KTO (TRL's KTOTrainer) from unpaired records: a desirable and an undesirable answer per prompt,
+    in two files of the two shapes buyers have (strings, messages)."""
+    rng = random.Random(0)
+    strings, messages = [], []
+    for i in range(64):
+        word = "".join(rng.choice(LETTERS) for _ in range(4))
+        good, bad = word.upper(), word
+        for answer, label in ((good, True), (bad, False)):
+            if i % 2:
+                strings.append({"prompt": f"upper: {word}", "completion": answer, "label": label})
+            else:
+                messages.append({"prompt": [{"role": "user", "content": f"upper: {word}"}],
+                                 "completion": [{"role": "assistant", "content": answer}], "label": label})
+    train = tmp_path / "kto" / "train"
+    train.mkdir(parents=True)
+    (train / "strings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in strings))
+    (train / "messages.jsonl").write_text("".join(json.dumps(r) + "\n" for r in messages))
+    out = tmp_path / "job"
+    result = run_hilt(hilt_exe, "train", "quickstart-tiny-kto", "--model", str(warm_base_dir), "--data",
+                      str(tmp_path / "kto"), "--output", str(out))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "messages.jsonl (unpaired, 64 records), strings.jsonl (unpaired, 64 records)" in result.stdout
+    losses = [float(x) for x in re.findall(r"train_loss=([0-9.e+-]+)", result.stdout)]
+    assert all(loss == loss and abs(loss) < 1e3 for loss in losses)  # finite
+    assert losses[-1] < losses[0] * 0.8
+    adapter = load_file(out / "model" / "adapter" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    assert json.loads((out / "model" / "hilt.json").read_text())["recipe"]["method"] == "kto"
+
+    # An SFT recipe on these files says which method reads them.
+    result = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data",
+                      str(tmp_path / "kto"), "--output", str(tmp_path / "sft-job"))
+    assert result.returncode == 2 and "is unpaired data; this recipe reads sft records: use a kto recipe" in \
+        result.stderr

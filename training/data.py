@@ -70,8 +70,20 @@ def _check_preference(record: dict, where: str) -> dict:
     return {k: record[k] for k in ("prompt", "chosen", "rejected")}
 
 
+def _check_unpaired(record: dict, where: str) -> dict:
+    for key in ("prompt", "completion"):
+        if key not in record:
+            raise UserError(f"{where}: unpaired record has no '{key}'")
+        _check_messages(record[key], where, key)
+    if not isinstance(record.get("label"), bool):
+        raise UserError(f"{where}: unpaired record needs 'label': true (desirable answer) or false (undesirable)")
+    if record["completion"][-1]["role"] != "assistant":
+        raise UserError(f"{where}: the completion must end with an assistant message")
+    return {k: record[k] for k in ("prompt", "completion", "label")}
+
+
 # Record kinds a dataset line can be, each with its check (training.methods names one per method).
-RECORD_CHECKS = {"sft": _check_sft, "preference": _check_preference}
+RECORD_CHECKS = {"sft": _check_sft, "preference": _check_preference, "unpaired": _check_unpaired}
 
 
 def record_kind_of(method_or_kind: str) -> str:
@@ -160,9 +172,11 @@ def read_channel(channel: Path, kind: str) -> tuple[list[dict], list[dict]]:
         for record, where in iter_jsonl([path]):
             fmt, converted = reader.convert(record, where)
             if fmt.kind != kind:
-                wanted = {"sft": "an sft recipe", "preference": "a dpo recipe"}[fmt.kind]
+                from training.methods import METHODS
+
+                wanted = " or ".join(m.name for m in METHODS.values() if m.record_kind == fmt.kind)
                 raise UserError(f"{where}: a {fmt.name} record ({fmt.looks_like}) is {fmt.kind} data; "
-                                f"this recipe reads {kind} records: use {wanted}")
+                                f"this recipe reads {kind} records: use a {wanted} recipe")
             records.append(check_record(converted, kind, where))
         if reader.format is not None:
             files.append({"file": str(path.relative_to(channel)), "format": reader.format.name,

@@ -148,8 +148,12 @@ def read_eval_records(data: Path) -> tuple[list[dict], Path]:
             messages = checked["messages"]
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
             prompt, reference = messages[:last], messages[last]["content"]
-        else:
+        elif "chosen" in checked:
             prompt, reference = checked["prompt"], checked["chosen"][-1]["content"]
+        elif checked["label"]:  # unpaired (KTO): only a desirable answer is a reference
+            prompt, reference = checked["prompt"], checked["completion"][-1]["content"]
+        else:
+            continue
         out.append({"prompt": prompt, "reference": reference, "kind": (record.get("meta") or {}).get("kind")})
     if not out:
         raise UserError(f"--data {data}: the held-out files are empty")

@@ -19,10 +19,13 @@ jumpstart                 ``{"instruction", "context", "response"}``; with a
 prompt-completion         Bedrock / OpenAI legacy: ``{"prompt": "...", "completion": "..."}``
 preference                ``{"prompt", "chosen", "rejected"}``: strings or message lists,
                           or ``chosen``/``rejected`` whole conversations (implicit prompt)
+unpaired                  KTO: ``{"prompt", "completion", "label": true|false}``, strings or
+                          message lists
 ========================  ===============================================================
 
-Every format but ``preference`` becomes an SFT record ``{"messages": [...]}``; preference
-records become ``{"prompt": [...], "chosen": [...], "rejected": [...]}``. A line that fits
+Every format but ``preference`` and ``unpaired`` becomes an SFT record ``{"messages": [...]}``;
+preference records become ``{"prompt": [...], "chosen": [...], "rejected": [...]}``, unpaired
+ones ``{"prompt": [...], "completion": [...], "label": bool}``. A line that fits
 none, or a file that mixes formats, is a user error naming file and line and listing the
 formats accepted.
 """
@@ -187,6 +190,17 @@ def _from_prompt_completion(r: dict, where: str, ctx: dict) -> dict:
     return _turns(prompt, completion.removeprefix(" ") if prompt.endswith((" ", "\n")) else completion)
 
 
+def _is_unpaired(r: dict) -> bool:
+    return "prompt" in r and "completion" in r and "label" in r
+
+
+def _from_unpaired(r: dict, where: str, ctx: dict) -> dict:
+    out: dict[str, Any] = {"label": r["label"]}
+    for key, value, role in (("prompt", r["prompt"], "user"), ("completion", r["completion"], "assistant")):
+        out[key] = [{"role": role, "content": value}] if _is_text(value) else _messages(value, where, key)
+    return out
+
+
 def _is_preference(r: dict) -> bool:
     return "chosen" in r and "rejected" in r
 
@@ -216,7 +230,7 @@ class RecordFormat:
     """A dataset format: which kind of record it holds, how to spot it, how to read it."""
 
     name: str
-    kind: str  # "sft" or "preference": a key of training.data.RECORD_CHECKS
+    kind: str  # "sft", "preference" or "unpaired": a key of training.data.RECORD_CHECKS
     looks_like: str  # for error messages and the Algorithm's channel descriptions
     matches: Callable[[dict, dict], bool]
     convert: Callable[[dict, str, dict], dict]
@@ -226,6 +240,7 @@ class RecordFormat:
 FORMATS: tuple[RecordFormat, ...] = (
     RecordFormat("preference", "preference", "prompt/chosen/rejected", lambda r, c: _is_preference(r),
                  _from_preference),
+    RecordFormat("unpaired", "unpaired", "prompt/completion/label", lambda r, c: _is_unpaired(r), _from_unpaired),
     RecordFormat("bedrock-conversation", "sft", "schemaVersion/system/messages[content:[{text}]]",
                  lambda r, c: _is_bedrock_conversation(r), _from_bedrock_conversation),
     RecordFormat("messages", "sft", "messages[{role, content}]", lambda r, c: _is_messages(r), _from_messages),

@@ -25,8 +25,9 @@ def loss_mask(tokenizer, record: dict, recipe: Recipe) -> tuple[list[int], list[
         encoded = encode_conversation(tokenizer, record["messages"], recipe.data.max_length,
                                       recipe.data.assistant_only_loss, recipe.data.assistant_turns == "last")
         return encoded.input_ids, encoded.mask
+    answer = record["chosen"] if "chosen" in record else record["completion"]  # preference / unpaired
     prompt = tokenizer.apply_chat_template(record["prompt"], tokenize=True, add_generation_prompt=True, return_dict=True)
-    full = tokenizer.apply_chat_template(record["prompt"] + record["chosen"], tokenize=True, return_dict=True)
+    full = tokenizer.apply_chat_template(record["prompt"] + answer, tokenize=True, return_dict=True)
     ids, n_prompt = list(full["input_ids"]), len(prompt["input_ids"])
     return ids, [0] * n_prompt + [1] * (len(ids) - n_prompt)
 

@@ -186,8 +186,8 @@ def default_tune_keys(recipe) -> list[str]:
     keys = ["train.learning_rate", "train.warmup_ratio"]
     if recipe.peft.method != "full":
         keys += ["peft.r", "peft.dropout"]
-    if recipe.method == "dpo":
-        keys.append("dpo.beta")
+    if recipe.method in ("dpo", "kto"):
+        keys.append(f"{recipe.method}.beta")
     if recipe.train.max_steps <= 0:
         keys.append("train.epochs")
     return keys

@@ -18,7 +18,7 @@ class Method:
     """A training method: what its dataset lines hold and which function trains a job."""
 
     name: str
-    record_kind: str  # a key of training.data.RECORD_CHECKS: "sft" (messages) or "preference"
+    record_kind: str  # a key of training.data.RECORD_CHECKS: "sft" (messages), "preference" or "unpaired"
     trainer: str  # "module:function" taking a Job and returning a TrainOutcome; imported on use
 
     def train(self, job):
@@ -28,7 +28,8 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "sft": Method("sft", "sft", "training.sft:train_sft"),
-    "dpo": Method("dpo", "preference", "training.dpo:train_dpo"),
+    "dpo": Method("dpo", "preference", "training.reference:train_dpo"),
+    "kto": Method("kto", "unpaired", "training.reference:train_kto"),
 }
 
 

@@ -122,6 +122,14 @@ class DpoSection(_Section):
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss variant.")
 
 
+class KtoSection(_Section):
+    beta: float = Field(0.1, gt=0.0, description="KTO temperature: how far the policy may move from the reference.",
+                        json_schema_extra={"tune": [0.01, 1.0]})
+    desirable_weight: float = Field(1.0, gt=0.0, description="Weight of desirable answers' loss (raise it when they "
+                                    "are fewer than undesirable ones).")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="Weight of undesirable answers' loss.")
+
+
 class EvalSection(_Section):
     metric: Literal["exact_match", "rougeL"] = Field(
         "exact_match", description="Headline task metric: exact_match for short fixed answers, rougeL for summaries "
@@ -152,12 +160,14 @@ class Recipe(_Section):
     name: str = Field(description="Recipe name, recorded in hilt.json and the model card.")
     description: str = Field("", description="One line on what this recipe is for.")
     method: Literal[tuple(METHODS)] = Field(  # type: ignore[valid-type]  (choices from the methods table)
-        "sft", description="sft on messages records; dpo on preference records.")
+        "sft", description="sft on messages records; dpo on preference records; kto on unpaired "
+        "(prompt, completion, label) records.")
     model: ModelSection = Field(default_factory=ModelSection, description="Base model and how to load it.")
     peft: PeftSection = Field(default_factory=PeftSection, description="Adapter or full fine-tuning.")
     data: DataSection = Field(default_factory=DataSection, description="Tokenization and packing.")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimizer and schedule.")
     dpo: DpoSection = Field(default_factory=DpoSection, description="DPO settings (method: dpo only).")
+    kto: KtoSection = Field(default_factory=KtoSection, description="KTO settings (method: kto only).")
     eval: EvalSection = Field(default_factory=EvalSection, description="Held-out scoring after training.")
     distributed: DistributedSection = Field(
         default_factory=DistributedSection, description="Multi-process and DeepSpeed."

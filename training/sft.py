@@ -28,7 +28,7 @@ def build_sft_trainer(job: Job):
     # to learn is a user error before the first step.
     stopping.enter("data")
     train_ds = load_dataset(job.channels["train"], "sft")
-    eval_ds = load_dataset(job.channels["validation"], "sft") if "validation" in job.channels else None
+    eval_ds = load_dataset(job.channels["validation"], "sft", "validation") if "validation" in job.channels else None
     tokenizer = build.load_tokenizer(job)
 
     from training.packing import PackedRowCollator, pack_rows, tokenize_conversations

@@ -1,0 +1,59 @@
+"""Methods that train against a frozen reference model: DPO (pairs) and KTO (single answers
+marked desirable or not), on TRL's DPOTrainer and KTOTrainer.
+
+With LoRA the reference model is the base with the adapter switched off, so only one copy
+of the weights is in memory. Same shape as sft.py: data -> arguments -> model -> train
+(resuming) -> save; the two methods differ only in their record kind and their trainer.
+"""
+
+from __future__ import annotations
+
+from training import build, stopping
+from training.callbacks import MetricsLogger, StopOnSigterm
+from training.data import load_dataset
+from training.job import Job
+from training.trained import TrainOutcome, train_and_save
+
+
+def _train(job: Job, method: str, config_class, trainer_class, **method_args) -> TrainOutcome:
+    recipe = job.recipe
+    stopping.enter("data")
+    train_ds = load_dataset(job.channels["train"], method)
+    eval_ds = load_dataset(job.channels["validation"], method, "validation") if "validation" in job.channels else None
+    args = config_class(
+        **build.training_arguments(job),
+        max_length=recipe.data.max_length,
+        dataset_num_proc=None,
+        **method_args,
+    )
+    tokenizer = build.load_tokenizer(job)
+    stopping.enter("model")
+    model = build.load_model(job)
+
+    stopper = StopOnSigterm()
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=build.lora_config(job),
+        callbacks=[MetricsLogger(), stopper],
+    )
+    return train_and_save(job, trainer, tokenizer, stopper)
+
+
+def train_dpo(job: Job) -> TrainOutcome:
+    """DPO on preference records (prompt / chosen / rejected)."""
+    from trl import DPOConfig, DPOTrainer
+
+    return _train(job, "dpo", DPOConfig, DPOTrainer, beta=job.recipe.dpo.beta, loss_type=[job.recipe.dpo.loss_type])
+
+
+def train_kto(job: Job) -> TrainOutcome:
+    """KTO on unpaired records (prompt / completion / label: desirable or not)."""
+    from trl import KTOConfig, KTOTrainer
+
+    k = job.recipe.kto
+    return _train(job, "kto", KTOConfig, KTOTrainer, beta=k.beta, desirable_weight=k.desirable_weight,
+                  undesirable_weight=k.undesirable_weight)
