@@ -137,14 +137,20 @@ def _is_alpaca(r: dict) -> bool:
     return "instruction" in r and "output" in r
 
 
-def _from_alpaca(r: dict, where: str, ctx: dict) -> dict:
-    for key in ("instruction", "output"):
+def _instruction(r: dict, where: str, extra_key: str, answer_key: str) -> dict:
+    """Alpaca and JumpStart without a template: the instruction, a blank line and the optional
+    extra text (``input`` / ``context``) as the user turn; the answer as the assistant turn."""
+    for key in ("instruction", answer_key):
         if not _is_text(r[key]):
             raise UserError(f"{where}: '{key}' must be a string")
-    extra = r.get("input") or ""
+    extra = r.get(extra_key) or ""
     if not _is_text(extra):
-        raise UserError(f"{where}: 'input' must be a string")
-    return _turns(r["instruction"] + (f"\n\n{extra}" if extra.strip() else ""), r["output"], r.get("system"))
+        raise UserError(f"{where}: '{extra_key}' must be a string")
+    return _turns(r["instruction"] + (f"\n\n{extra}" if extra.strip() else ""), r[answer_key], r.get("system"))
+
+
+def _from_alpaca(r: dict, where: str, ctx: dict) -> dict:
+    return _instruction(r, where, "input", "output")
 
 
 def _placeholders(text: str) -> set[str]:
@@ -161,13 +167,7 @@ def _is_jumpstart(r: dict, ctx: dict) -> bool:
 def _from_jumpstart(r: dict, where: str, ctx: dict) -> dict:
     template = ctx.get("template")
     if template is None:
-        for key in ("instruction", "response"):
-            if not _is_text(r[key]):
-                raise UserError(f"{where}: '{key}' must be a string")
-        context = r.get("context") or ""
-        if not _is_text(context):
-            raise UserError(f"{where}: 'context' must be a string")
-        return _turns(r["instruction"] + (f"\n\n{context}" if context.strip() else ""), r["response"])
+        return _instruction(r, where, "context", "response")
     values = {k: ("" if v is None else v) for k, v in r.items()}
     try:
         return _turns(template["prompt"].format(**values), template["completion"].format(**values))

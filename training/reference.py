@@ -9,10 +9,9 @@ of the weights is in memory. Same shape as sft.py: data -> arguments -> model ->
 from __future__ import annotations
 
 from training import build, stopping
-from training.callbacks import MetricsLogger, StopOnSigterm
 from training.data import load_dataset
 from training.job import Job
-from training.trained import TrainOutcome, train_and_save
+from training.trained import TrainOutcome, make_trainer, train_and_save
 
 
 def _train(job: Job, method: str, config_class, trainer_class, **method_args) -> TrainOutcome:
@@ -27,19 +26,7 @@ def _train(job: Job, method: str, config_class, trainer_class, **method_args) ->
         **method_args,
     )
     tokenizer = build.load_tokenizer(job)
-    stopping.enter("model")
-    model = build.load_model(job)
-
-    stopper = StopOnSigterm()
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=build.lora_config(job),
-        callbacks=[MetricsLogger(), stopper],
-    )
+    trainer, stopper = make_trainer(job, trainer_class, args, train_ds, eval_ds, tokenizer)
     return train_and_save(job, trainer, tokenizer, stopper)
 
 

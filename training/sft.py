@@ -7,10 +7,9 @@ every worker process; artifacts.py finishes the model directory afterwards.
 from __future__ import annotations
 
 from training import build, stopping
-from training.callbacks import MetricsLogger, StopOnSigterm
 from training.data import load_dataset
 from training.job import Job
-from training.trained import TrainOutcome, train_and_save
+from training.trained import TrainOutcome, make_trainer, train_and_save
 
 
 def build_sft_trainer(job: Job):
@@ -75,20 +74,7 @@ def build_sft_trainer(job: Job):
         # do not pad full ones.
         train_sampling_strategy="group_by_length" if rows else "random",
     )
-    stopping.enter("model")
-    model = build.load_model(job)
-
-    stopper = StopOnSigterm()
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        data_collator=collator,
-        peft_config=build.lora_config(job),
-        callbacks=[MetricsLogger(), stopper],
-    )
+    trainer, stopper = make_trainer(job, SFTTrainer, args, train_ds, eval_ds, tokenizer, data_collator=collator)
     if trainer.is_world_process_zero():
         attention = build.training_attention(job)
         mode = ("padding-free (varlen)" if varlen else "off") if not rows else (

@@ -21,6 +21,24 @@ class TrainOutcome:
     resumed_from: Path | None
 
 
+def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **extra):
+    """A TRL trainer for ``job`` with hilt's callbacks (metric lines, SIGTERM) and its LoRA config.
+
+    Returns:
+        (trainer, stopper): the stopper turns SIGTERM into a checkpoint at the step's end.
+    """
+    from training import build, stopping
+    from training.callbacks import MetricsLogger, StopOnSigterm
+
+    stopping.enter("model")
+    model = build.load_model(job)
+    stopper = StopOnSigterm()
+    trainer = trainer_class(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                            processing_class=tokenizer, peft_config=build.lora_config(job),
+                            callbacks=[MetricsLogger(), stopper], **extra)
+    return trainer, stopper
+
+
 def train_and_save(job: Job, trainer, tokenizer, stopper) -> TrainOutcome:
     """Train (resuming from the newest complete checkpoint) and save: SFT and DPO alike."""
     from training.build import describe_backend
