@@ -85,11 +85,15 @@ class StudioClient:
                 bar.update(len(batch))
         return ids
 
+    def download_export(self, project: int, export_type: str = "JSON") -> bytes:
+        """A project's export file as Label Studio writes it (``JSON``, ``JSON_MIN``, ``CSV``, ``TSV``...)."""
+        with self._calling(f"export project {project} as {export_type}", project=project):
+            return b"".join(self.sdk.projects.exports.download_sync(project, export_type=export_type,
+                                                                    download_all_tasks=True))
+
     def export_tasks(self, project: int) -> list[dict]:
         """All tasks of a project in Label Studio's JSON export format."""
-        with self._calling(f"export project {project}", project=project):
-            raw = b"".join(self.sdk.projects.exports.download_sync(project, export_type="JSON", download_all_tasks=True))
-        return json.loads(raw)
+        return json.loads(self.download_export(project, "JSON"))
 
     def task_ids(self, project: int) -> list[int]:
         with self._calling(f"list tasks of project {project}", project=project):

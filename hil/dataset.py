@@ -241,6 +241,11 @@ def parse_export_json(raw: bytes, path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
+        first = text.lstrip().split("\n", 1)[0]
+        if first.startswith('"') and ('","' in first or '"\t"' in first or "," in first or "\t" in first):
+            kind = "TSV" if "\t" in first else "CSV"
+            raise UserError(f"{path}: a {kind} export: its cells cannot say which text is the prompt and which the "
+                            "answer; export the project as JSON (Export > JSON) and pass that file") from None
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); "
                         "pass Label Studio's JSON export (Export > JSON)") from None
     except RecursionError:
@@ -275,7 +280,7 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
     """
     from hil.templates import default_spec, parse_label_config
 
-    from hil.export import check_export_shape
+    from hil.export import JSON_MIN_NOT_CARRIED, check_export_shape, from_json_min, is_json_min
 
     if from_file is not None:
         if not template:
@@ -289,11 +294,18 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
         except OSError as err:
             raise UserError(os_error_message(err, from_file, "read")) from None
         tasks = parse_export_json(raw, from_file)
-        check_export_shape(tasks, str(from_file))
         spec = default_spec(template)
         if label_config:
             spec = parse_label_config(read_text_file(label_config, "--label-config"), where=str(label_config))
         source = {"type": "file", "name": from_file.name, "sha256": hashlib.sha256(raw).hexdigest()}
+        if is_json_min(tasks):
+            if not label_config:  # the bundled template's controls (answer, comparison)
+                from hil.templates import template_xml
+
+                spec = parse_label_config(template_xml(template), where=f"template {template}")
+            tasks = from_json_min(tasks, spec, str(from_file))
+            source.update(format="JSON_MIN", not_carried=JSON_MIN_NOT_CARRIED)
+        check_export_shape(tasks, str(from_file))
         return tasks, spec, source, str(from_file)
     from hil.client import connect
 
@@ -305,6 +317,30 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
     tasks = client.export_tasks(project)
     check_export_shape(tasks, f"project {project}")
     return tasks, spec, {"type": "project", "project_id": project, "url": client.url}, f"project {project}"
+
+
+def check_not_empty(result, tasks: list[dict], source: dict) -> None:
+    """Never write an empty dataset from a non-empty export.
+
+    Raises:
+        UserError: with the reject counts, and the controls no exporter reads, when an export
+            holding tasks gives no record.
+    """
+    from hil.export import unread_controls
+
+    if any(result.records.values()) or not tasks:
+        return
+    name = source.get("name") or (f"project {source['project_id']}" if "project_id" in source else "the export")
+    c = result.counts
+    if not c["annotations"]:
+        raise UserError(f"{name}: {c['tasks']} tasks but no annotations to export; annotate first (or export the "
+                        "project again if the file is older than the annotations)")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["rejects"]["by_reason"].items()))
+    unread = unread_controls(tasks)
+    hint = (f"; results of controls hilt does not read: {', '.join(unread[:4])} (hilt reads TextArea answers and "
+            "Pairwise choices)" if unread else "; see the reasons in `hilt export --help`")
+    raise UserError(f"{name}: {c['annotations']} annotations gave 0 records (rejected: {reasons}){hint}; "
+                    "nothing was written")
 
 
 def export_to_dataset(tasks: list[dict], spec, options: ExportOptions, source: dict, out: Path,
@@ -322,6 +358,7 @@ def export_to_dataset(tasks: list[dict], spec, options: ExportOptions, source: d
     result = export_annotations(tasks, spec, options, skip_annotation_ids=skip)
     if since_last and result.counts["annotations"] == 0:
         return None, None
+    check_not_empty(result, tasks, source)
     files, manifest = build_files(result, source, options)
     target = next_version_dir(out) if since_last else out
     return write_dataset(target, files, manifest), manifest

@@ -506,6 +506,63 @@ def _first_bad_string(value: Any, path: str) -> str | None:
     return None
 
 
+# JSON-MIN: one flat object per annotation (Label Studio's "JSON-MIN" export): the task's data
+# keys, one key per control, and these. Cancelled annotations, drafts (predictions) and the
+# ground-truth flag are not in it; a dataset exported from it says so in its manifest.
+JSON_MIN_KEYS = ("id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time")
+JSON_MIN_NOT_CARRIED = ["cancelled annotations", "drafts (predictions) and whether they were edited",
+                        "ground-truth flags", "tasks without annotations"]
+READ_RESULT_TYPES = ("textarea", "pairwise")
+
+
+def is_json_min(tasks: Any) -> bool:
+    """Whether a parsed export is JSON-MIN (flat rows with ``annotation_id``), not JSON."""
+    return isinstance(tasks, list) and bool(tasks) and all(
+        isinstance(t, dict) and "annotation_id" in t and "annotations" not in t and "data" not in t for t in tasks)
+
+
+def from_json_min(rows: list[dict], spec: LabelingSpec, where: str) -> list[dict]:
+    """JSON-MIN rows as JSON-export tasks, using the labeling config to tell answers from task data.
+
+    Raises:
+        UserError: when the spec does not say which keys are controls.
+    """
+    from hilt.errors import UserError
+
+    if not spec.control_tags:
+        raise UserError(f"{where}: a JSON-MIN export does not say which keys are answers; pass --label-config "
+                        "(the project's labeling config) or export as JSON (Export > JSON)")
+    controls = {name: (tag, to_name) for name, tag, to_name in spec.control_tags}
+    tasks: dict[Any, dict] = {}
+    for row in rows:
+        task = tasks.setdefault(row.get("id"), {"id": row.get("id"), "annotations": [], "data": {
+            k: v for k, v in row.items() if k not in controls and k not in JSON_MIN_KEYS}})
+        results = []
+        for name, value in row.items():
+            if name not in controls:
+                continue
+            tag, to_name = controls[name]
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                value = value[0]  # Pairwise and most controls: a list of their value objects
+            elif tag == "textarea":
+                value = {"text": value if isinstance(value, list) else [value]}
+            elif not isinstance(value, dict):
+                value = {tag: value}
+            results.append({"from_name": name, "to_name": to_name, "type": tag, "value": value})
+        task["annotations"].append({"id": row.get("annotation_id"), "completed_by": row.get("annotator"),
+                                    "created_at": row.get("created_at"), "updated_at": row.get("updated_at"),
+                                    "lead_time": row.get("lead_time"), "result": results})
+    return list(tasks.values())
+
+
+def unread_controls(tasks: list[dict]) -> list[str]:
+    """``name (type)`` of the controls whose results no exporter reads (a Chat tag's chatmessage...)."""
+    found = {(str(r.get("from_name")), str(r.get("type"))) for t in tasks if isinstance(t, dict)
+             for a in (t.get("annotations") or []) if isinstance(a, dict) for r in (a.get("result") or [])
+             if isinstance(r, dict) and r.get("type") not in READ_RESULT_TYPES}
+    return [f"{name} ({kind})" for name, kind in sorted(found)]
+
+
 def check_export_shape(tasks: Any, where: str) -> None:
     """Refuse, with one line, an export that is not Label Studio's JSON export shape.
 

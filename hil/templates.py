@@ -35,6 +35,8 @@ class LabelingSpec:
     right_key: str = "answer2"
     rationale_control: str | None = None  # preference: optional TextArea on the prompt
     controls: frozenset[str] = field(default_factory=frozenset)  # every control; empty = unknown
+    # (name, tag in lower case, toName) of every control: what a JSON-MIN export's keys are.
+    control_tags: tuple[tuple[str, str, str], ...] = ()
 
 
 def template_xml(name: str) -> str:
@@ -72,6 +74,7 @@ def parse_label_config(xml: str, where: str = "label config") -> LabelingSpec:
     }
     controls = [el for el in root.iter() if el.get("toName") and el.get("name")]
     names = frozenset(el.get("name") for el in controls)
+    tags = tuple((el.get("name"), el.tag.lower(), el.get("toName")) for el in controls)
     prompt_object = "prompt" if objects.get("prompt") == "prompt" else next(
         (name for name, key in objects.items() if key == "prompt"), None
     )
@@ -92,6 +95,7 @@ def parse_label_config(xml: str, where: str = "label config") -> LabelingSpec:
             right_key=objects[targets[1]],
             rationale_control=textareas_on_prompt[0].get("name") if textareas_on_prompt else None,
             controls=names,
+            control_tags=tags,
         )
     if prompt_object is not None and textareas_on_prompt:
         return LabelingSpec(
@@ -100,6 +104,7 @@ def parse_label_config(xml: str, where: str = "label config") -> LabelingSpec:
             prompt_key=objects[prompt_object],
             answer_control=textareas_on_prompt[0].get("name"),
             controls=names,
+            control_tags=tags,
         )
     raise UserError(
         f"{where}: neither a TextArea on a $prompt Text (sft) nor a Pairwise over two answers (preference); "

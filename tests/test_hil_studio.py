@@ -232,3 +232,57 @@ def test_templates_render_in_label_studio_ui(hilt_exe, studio, client, tmp_path,
         browser.close()
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+def test_every_export_format_gives_records_or_one_line(hilt_exe, studio, client, tmp_path):
+    """JSON and JSON-MIN give the same records; CSV and TSV are refused in one line; an export
+    that gives no record is never written as an empty dataset."""
+    sft = create_project(hilt_exe, studio, tmp_path, "sft",
+                         [{"id": f"q{i}", "prompt": f"Where is office {i}?"} for i in range(4)], "--title", "formats")
+    tasks = sorted(client.export_tasks(sft), key=lambda t: t["id"])
+    for i, task in enumerate(tasks[:3]):
+        client.create_annotation(task["id"], textarea(f"Office {i} is on floor {i}."))
+    client.create_annotation(tasks[3]["id"], [], was_cancelled=True)
+    pref = create_project(hilt_exe, studio, tmp_path, "preference",
+                          [{"id": "r0", "prompt": "Greet", "answer1": "Hi.", "answer2": "Good morning, how can I help?"}],
+                          "--title", "formats-pref")
+    (ptask,) = client.export_tasks(pref)
+    client.create_annotation(ptask["id"], pairwise("right"))
+
+    def export(project, fmt, template, *extra):
+        path = tmp_path / f"{project}-{fmt}.export"
+        path.write_bytes(client.download_export(project, fmt))
+        out = tmp_path / f"{project}-{fmt}-data"
+        return run_hilt(hilt_exe, "export", "--from-file", str(path), "--template", template, "--out", str(out),
+                        *extra), out
+
+    for project, template in ((sft, "sft"), (pref, "preference")):
+        full, full_out = export(project, "JSON", template)
+        assert full.returncode == 0, full.stderr
+        minimal, min_out = export(project, "JSON_MIN", template)
+        assert minimal.returncode == 0, minimal.stderr
+        strip = lambda recs: [{k: v for k, v in r.items() if k != "meta"} for r in recs]  # noqa: E731
+        assert strip(all_records(min_out)) == strip(all_records(full_out)) and all_records(min_out)
+        source = json.loads((min_out / "manifest.json").read_text())["source"]
+        assert source["format"] == "JSON_MIN" and "cancelled annotations" in source["not_carried"]
+        for fmt in ("CSV", "TSV"):
+            refused, out = export(project, fmt, template)
+            assert refused.returncode == 2 and f"a {fmt} export" in refused.stderr
+            assert refused.stderr.count("\n") == 1 and not out.exists()
+
+    # Results of a control no exporter reads: refused with the control named, nothing written.
+    config = tmp_path / "rating.xml"
+    config.write_text('<View><Text name="prompt" value="$prompt"/><TextArea name="answer" toName="prompt"/>'
+                      '<Rating name="stars" toName="prompt" maxRating="5"/></View>')
+    rated = client.create_project("formats-rating", config.read_text())
+    client.import_tasks(rated, [{"data": {"prompt": "Rate me"}}])
+    (rtask,) = client.export_tasks(rated)
+    client.create_annotation(rtask["id"], [{"from_name": "stars", "to_name": "prompt", "type": "rating",
+                                            "value": {"rating": 4}}])
+    refused, out = export(rated, "JSON", "sft", "--label-config", str(config))
+    assert refused.returncode == 2 and "1 annotations gave 0 records" in refused.stderr
+    assert "stars (rating)" in refused.stderr and not out.exists()
+    # And tasks nobody annotated yet.
+    empty = create_project(hilt_exe, studio, tmp_path, "sft", [{"id": "e", "prompt": "?"}], "--title", "formats-empty")
+    refused, out = export(empty, "JSON", "sft")
+    assert refused.returncode == 2 and "1 tasks but no annotations to export" in refused.stderr and not out.exists()
