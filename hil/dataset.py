@@ -43,7 +43,13 @@ def _sha256(data: bytes) -> str:
 RECORD_FORMATS = {
     "sft": '`{"messages": [system?, user, assistant], "meta": {...}}`',
     "preference": '`{"prompt": [...], "chosen": [assistant], "rejected": [assistant], "meta": {...}}`',
+    "rate": '`{"prompt": [...], "completion": [assistant], "label": true|false, "meta": {"ratings", "critiques", ...}}` '
+            "(KTO); corrections in `corrections/sft/` and `corrections/preference/`",
 }
+
+
+# The bundled recipe that trains on each template's records (the dataset card's example).
+TRAIN_RECIPES = {"sft": "quickstart-tiny-sft", "preference": "llama3-8b-dpo-lora", "rate": "quickstart-tiny-kto"}
 
 
 def dataset_card(manifest: dict) -> str:
@@ -94,7 +100,7 @@ Agreement: {agreement}. Duplicate rate: {q.get('duplicate_rate')}.
 ## Train on it
 
 ```bash
-hilt train quickstart-tiny-sft --data THIS_DIR --model MODEL_DIR --output runs/x
+hilt train {TRAIN_RECIPES[kind]} --data THIS_DIR --model MODEL_DIR --output runs/x
 ```
 """
 
@@ -102,6 +108,9 @@ hilt train quickstart-tiny-sft --data THIS_DIR --model MODEL_DIR --output runs/x
 def build_files(result: ExportResult, source: dict, options: ExportOptions) -> tuple[dict[str, bytes], dict]:
     """The dataset's files (relative path -> bytes) and its manifest."""
     files = {f"{split}/data.jsonl": _jsonl(result.records[split]) for split in SPLITS}
+    for name, sets in result.extra.items():  # e.g. corrections/sft/train/data.jsonl (a dataset of its own)
+        if any(sets.values()):
+            files.update({f"{name}/{split}/data.jsonl": _jsonl(sets[split]) for split in SPLITS})
     files["rejects.jsonl"] = _jsonl(result.rejects)
     digest = hashlib.sha256()
     for split in SPLITS:
@@ -113,6 +122,8 @@ def build_files(result: ExportResult, source: dict, options: ExportOptions) -> t
         "options": {"policy": options.policy, "validation_fraction": options.validation_fraction,
                     "max_chars": options.max_chars, "scrub_pii": options.scrub_pii},
         "counts": result.counts,
+        "extra_records": {name: {split: len(sets[split]) for split in SPLITS} for name, sets in result.extra.items()
+                          if any(sets.values())},
         "quality": result.quality,
         "pii": result.pii,
         "dataset_sha256": digest.hexdigest(),

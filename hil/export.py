@@ -51,6 +51,7 @@ class ExportOptions:
     validation_fraction: float = 0.1
     max_chars: int = 20_000
     scrub_pii: bool = False
+    rating_threshold: float = 4.0  # rate: a mean rating at or above it makes a desirable (KTO) answer
 
 
 @dataclass
@@ -66,6 +67,9 @@ class ExportResult:
     annotation_ids: list[int] = field(default_factory=list)
     # id -> updated_at: an annotation edited after its export is exported again (--since-last).
     annotation_versions: dict[str, str | None] = field(default_factory=dict)
+    # Further record sets some templates give beside the main one (rate: its corrections as
+    # "corrections/sft" and "corrections/preference"), each by split.
+    extra: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
 
 
 def split_of(task_id: Any, validation_fraction: float) -> str:
@@ -145,10 +149,11 @@ def _results(annotation: dict, spec: LabelingSpec) -> tuple[list[dict], list[str
     results = annotation.get("result") or []
     if spec.controls:
         return results, sorted({str(r.get("from_name")) for r in results if r.get("from_name") not in spec.controls})
-    known_types = {"textarea", "pairwise"} if spec.kind == "preference" else {"textarea"}
+    known_types = {"sft": {"textarea"}, "preference": {"textarea", "pairwise"}, "rate": {"textarea", "rating"}}
+    notes_on = spec.answer_object if spec.kind == "rate" else spec.prompt_object
     unknown = {str(r.get("from_name")) for r in results
-               if r.get("type") not in known_types
-               or (r.get("type") == "textarea" and r.get("to_name") != spec.prompt_object)}
+               if r.get("type") not in known_types[spec.kind]
+               or (r.get("type") == "textarea" and r.get("to_name") != notes_on)}
     answers = {str(r.get("from_name")) for r in results
                if r.get("type") == "textarea" and r.get("to_name") == spec.prompt_object}
     if spec.kind == "sft" and len(answers) > 1:
@@ -326,9 +331,100 @@ def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub:
         out.counts["annotations_in_records"] += len(votes)
 
 
+def rating_of(results: list[dict], control: str | None = None) -> int | None:
+    """The star rating of a Rating result (of ``control``, if named)."""
+    for r in results:
+        if r.get("type") == "rating" and (control is None or r.get("from_name") == control):
+            value = (r.get("value") or {}).get("rating")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return int(value)
+    return None
+
+
+def _answer_note(results: list[dict], spec: LabelingSpec, control: str | None) -> str:
+    """A TextArea on the graded answer (the critique or the correction), stripped; empty when absent."""
+    if control is None:
+        return ""
+    for r in results:
+        if r.get("type") == "textarea" and r.get("from_name") == control:
+            text = (r.get("value") or {}).get("text")
+            return ("\n".join(str(t) for t in text) if isinstance(text, list) else str(text or "")).strip()
+    return ""
+
+
+def _export_rate(tasks, spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
+    """One KTO record per task (desirable when the mean rating reaches the threshold); every
+    correction also as an SFT record and a (corrected over original) preference pair."""
+    out.extra = {"corrections/sft": {"train": [], "validation": []},
+                 "corrections/preference": {"train": [], "validation": []}}
+    for task in tasks:
+        prompt = _prompt_messages(task, spec, scrub)
+        answer = (task.get("data") or {}).get(spec.answer_key)
+        grades: list[tuple[dict, int, str, str]] = []
+        for annotation in sorted_annotations(task):
+            rejected = _basic_reject(task, annotation, spec, prompt)
+            if rejected is not None:
+                out.rejects.append(rejected)
+                continue
+            if not isinstance(answer, str) or not answer.strip():
+                out.rejects.append(_reject(task, annotation, MISSING_ANSWERS, f"task data needs '{spec.answer_key}'"))
+                continue
+            results, unknown = _results(annotation, spec)
+            if unknown:
+                out.rejects.append(_reject(task, annotation, UNKNOWN_CONTROL, f"from_name not in config: {unknown}"))
+                continue
+            rating = rating_of(results, spec.rating_control)
+            if rating is None:
+                out.rejects.append(_reject(task, annotation, NO_SELECTION, "no Rating"))
+                continue
+            corrected = _answer_note(results, spec, spec.correction_control)
+            if "\x00" in answer + corrected:
+                out.rejects.append(_reject(task, annotation, NUL_BYTES, "the answer holds NUL (\\x00) characters"))
+                continue
+            grades.append((annotation, rating, _answer_note(results, spec, spec.critique_control), corrected))
+        if not grades:
+            continue
+        split = split_of(task.get("id"), options.validation_fraction)
+        mean = statistics.mean(g[1] for g in grades)
+        first = grades[0][0]
+        meta = _base_meta(task, first)
+        del meta["annotation_id"], meta["annotator"]
+        meta.update(annotation_ids=[g[0].get("id") for g in grades], annotators=[annotator(g[0]) for g in grades],
+                    ratings=[g[1] for g in grades], mean_rating=round(mean, 3),
+                    critiques=[scrub(g[2]) for g in grades if g[2]],
+                    ground_truth=any(g[0].get("ground_truth") for g in grades))
+        original = [{"role": "assistant", "content": scrub(answer.strip())}]
+        out.records[split].append({"prompt": prompt, "completion": original,
+                                   "label": mean >= options.rating_threshold, "meta": meta})
+        out.counts["annotations_in_records"] += len(grades)
+        for annotation, _, _, corrected in grades:
+            if not corrected or _normalize(corrected) == _normalize(answer):
+                continue
+            fixed = {"role": "assistant", "content": scrub(corrected)}
+            source = {**_base_meta(task, annotation), "corrects_answer": True}
+            out.extra["corrections/sft"][split].append({"messages": [*prompt, fixed], "meta": source})
+            out.extra["corrections/preference"][split].append(
+                {"prompt": prompt, "chosen": [fixed], "rejected": original, "meta": source})
+
+
 # One exporter per labeling template (hil.templates.TEMPLATE_NAMES): a new template is one
 # function and one entry here.
-EXPORTERS = {"sft": _export_sft, "preference": _export_preference}
+EXPORTERS = {"sft": _export_sft, "preference": _export_preference, "rate": _export_rate}
+
+
+def _answer_label(results: list[dict], spec: LabelingSpec) -> str | None:
+    text = _textarea(results, spec, spec.answer_control)
+    return _normalize(text) if text else None
+
+
+def _rating_label(results: list[dict], spec: LabelingSpec) -> str | None:
+    rating = rating_of(results, spec.rating_control)
+    return None if rating is None else str(rating)
+
+
+# What two annotations of a task are compared by, per template.
+_QUALITY_LABELS = {"sft": _answer_label, "preference": lambda results, spec: pairwise_choice(results),
+                   "rate": _rating_label}
 
 
 def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
@@ -353,12 +449,7 @@ def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
             continue
         for annotation in done:
             who = annotator(annotation)
-            results = annotation.get("result") or []
-            if spec.kind == "preference":
-                label = pairwise_choice(results)
-            else:
-                text = _textarea(results, spec, spec.answer_control)
-                label = _normalize(text) if text else None
+            label = _QUALITY_LABELS[spec.kind](annotation.get("result") or [], spec)
             if label is None:
                 continue
             if annotation.get("ground_truth"):
@@ -512,7 +603,7 @@ def _first_bad_string(value: Any, path: str) -> str | None:
 JSON_MIN_KEYS = ("id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time")
 JSON_MIN_NOT_CARRIED = ["cancelled annotations", "drafts (predictions) and whether they were edited",
                         "ground-truth flags", "tasks without annotations"]
-READ_RESULT_TYPES = ("textarea", "pairwise")
+READ_RESULT_TYPES = ("textarea", "pairwise", "rating")
 
 
 def is_json_min(tasks: Any) -> bool:

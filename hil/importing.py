@@ -101,7 +101,7 @@ def _key(row: dict, index: int) -> str:
 
 def build_tasks(rows: list[dict], spec: LabelingSpec, drafts: dict[str, str] | None = None,
                 version: str | None = None) -> list[dict]:
-    """Label Studio tasks; drafts (sft only) attached as predictions."""
+    """Label Studio tasks; drafts attached as predictions (sft) or as the answer to grade (rate)."""
     tasks = []
     for index, row in enumerate(rows):
         data = {"prompt": str(row["prompt"])}
@@ -109,10 +109,16 @@ def build_tasks(rows: list[dict], spec: LabelingSpec, drafts: dict[str, str] | N
             data["system"] = str(row["system"])
         if spec.kind == "preference":
             data["answer1"], data["answer2"] = str(row["answer1"]), str(row["answer2"])
+        draft = (drafts or {}).get(_key(row, index))
+        if spec.kind == "rate":  # the answer to grade: from the file, else the model's draft
+            answer = str(row.get("answer") or "").strip() or draft
+            if not answer:
+                raise UserError(f"prompt {index + 1} ({_key(row, index)}): no answer to grade; give the prompts file "
+                                "an 'answer' column or pass --drafts/--drafts-from")
+            data["answer"] = answer
         if row.get("id") is not None:
             data["source_id"] = str(row["id"])
         task: dict = {"data": data}
-        draft = (drafts or {}).get(_key(row, index))
         if draft is not None and spec.kind == "sft":
             task["predictions"] = [{
                 "model_version": version or "drafts",

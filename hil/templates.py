@@ -1,8 +1,9 @@
 """Labeling configs: the bundled templates, and reading any config's controls.
 
-hilt knows two kinds of project. An ``sft`` project has a TextArea on the prompt's Text
+hilt knows three kinds of project. An ``sft`` project has a TextArea on the prompt's Text
 object: the annotator's answer. A ``preference`` project has a Pairwise over two Text
-objects: the annotator's choice. Projects made from Label Studio's stock LLM templates
+objects: the annotator's choice. A ``rate`` project has a Rating on an answer's Text object,
+with optional TextAreas on it: a critique, then a corrected answer. Projects made from Label Studio's stock LLM templates
 are read the same way: controls are found by what they are attached to, not by name.
 """
 
@@ -16,9 +17,9 @@ from typing import Literal
 from hilt.errors import UserError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-TEMPLATE_NAMES = ("sft", "preference")
+TEMPLATE_NAMES = ("sft", "preference", "rate")
 # Task data columns each template's prompts file must give (JSONL/CSV/HF dataset).
-REQUIRED_COLUMNS = {"sft": ("prompt",), "preference": ("prompt", "answer1", "answer2")}
+REQUIRED_COLUMNS = {"sft": ("prompt",), "preference": ("prompt", "answer1", "answer2"), "rate": ("prompt",)}
 OBJECT_TAGS = {"Text", "HyperText", "Paragraphs"}
 
 
@@ -26,7 +27,7 @@ OBJECT_TAGS = {"Text", "HyperText", "Paragraphs"}
 class LabelingSpec:
     """Where the prompt, the answer(s) and the judgement live in a project's tasks and results."""
 
-    kind: Literal["sft", "preference"]
+    kind: Literal["sft", "preference", "rate"]
     prompt_object: str = "prompt"  # name of the Text object showing the prompt
     prompt_key: str = "prompt"  # task data key of the prompt
     answer_control: str | None = None  # sft: TextArea name; None = any TextArea on the prompt
@@ -34,13 +35,18 @@ class LabelingSpec:
     left_key: str = "answer1"  # preference: data key of the left (first) answer
     right_key: str = "answer2"
     rationale_control: str | None = None  # preference: optional TextArea on the prompt
+    answer_key: str = "answer"  # rate: data key of the graded answer
+    answer_object: str = "answer"  # rate: name of the Text object showing it
+    rating_control: str | None = None  # rate: Rating name; None = any Rating
+    critique_control: str | None = "critique"  # rate: optional TextArea on the answer
+    correction_control: str | None = "corrected"  # rate: optional TextArea on the answer
     controls: frozenset[str] = field(default_factory=frozenset)  # every control; empty = unknown
     # (name, tag in lower case, toName) of every control: what a JSON-MIN export's keys are.
     control_tags: tuple[tuple[str, str, str], ...] = ()
 
 
 def template_xml(name: str) -> str:
-    """The bundled labeling config for ``sft`` or ``preference``."""
+    """The bundled labeling config of a template (``TEMPLATE_NAMES``)."""
     if name not in TEMPLATE_NAMES:
         raise UserError(f"unknown template '{name}'; use one of {', '.join(TEMPLATE_NAMES)}")
     return (TEMPLATES_DIR / f"{name}.xml").read_text()
@@ -78,6 +84,18 @@ def parse_label_config(xml: str, where: str = "label config") -> LabelingSpec:
     prompt_object = "prompt" if objects.get("prompt") == "prompt" else next(
         (name for name, key in objects.items() if key == "prompt"), None
     )
+    rating = next((el for el in controls if el.tag == "Rating"), None)
+    if rating is not None and prompt_object is not None and rating.get("toName") in objects \
+            and rating.get("toName") != prompt_object:
+        # rate: a Rating on the answer's Text; TextAreas on it are the critique, then the correction.
+        target = rating.get("toName")
+        notes = [el.get("name") for el in controls if el.tag == "TextArea" and el.get("toName") == target]
+        return LabelingSpec(
+            kind="rate", prompt_object=prompt_object, prompt_key=objects[prompt_object], answer_object=target,
+            answer_key=objects[target], rating_control=rating.get("name"),
+            critique_control=notes[0] if notes else None, correction_control=notes[1] if len(notes) > 1 else None,
+            controls=names, control_tags=tags,
+        )
     pairwise = next((el for el in controls if el.tag == "Pairwise"), None)
     textareas_on_prompt = [el for el in controls if el.tag == "TextArea" and el.get("toName") == prompt_object]
     if pairwise is not None:
@@ -107,6 +125,6 @@ def parse_label_config(xml: str, where: str = "label config") -> LabelingSpec:
             control_tags=tags,
         )
     raise UserError(
-        f"{where}: neither a TextArea on a $prompt Text (sft) nor a Pairwise over two answers (preference); "
-        "create the project from `hilt label create --template sft|preference`"
+        f"{where}: neither a TextArea on a $prompt Text (sft), a Pairwise over two answers (preference) nor a "
+        "Rating on an answer (rate); create the project from `hilt label create --template sft|preference|rate`"
     )

@@ -163,8 +163,9 @@ def _cmd_label_create(args: argparse.Namespace) -> int:
     from hil.importing import build_tasks, drafts_from_model, load_drafts, load_prompts, model_version
     from hil.templates import parse_label_config, template_xml
 
-    if (args.drafts or args.drafts_from) and args.template != "sft":
-        raise UserError("--drafts/--drafts-from apply to the sft template only; drop them for preference projects")
+    if (args.drafts or args.drafts_from) and args.template == "preference":
+        raise UserError("--drafts/--drafts-from apply to the sft and rate templates (the draft is the answer to edit "
+                        "or to grade); a preference task brings its two answers: drop them")
     config = template_xml(args.template)
     spec = parse_label_config(config, where=f"template {args.template}")
     rows = load_prompts(Path(args.prompts), args.template)
@@ -236,7 +237,7 @@ def _export_options(args: argparse.Namespace):
     if not 0.0 <= args.validation_fraction < 1.0:
         raise UserError(f"--validation-fraction {args.validation_fraction}: must be in [0, 1)")
     return ExportOptions(policy=args.policy, validation_fraction=args.validation_fraction,
-                         max_chars=args.max_chars, scrub_pii=args.scrub_pii)
+                         max_chars=args.max_chars, scrub_pii=args.scrub_pii, rating_threshold=args.rating_threshold)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -414,6 +415,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from container.contract import METERING_UNITS
     from container.validate import BATCH_STRATEGIES, DEFAULT_START_SECONDS
+    from hil.templates import TEMPLATE_NAMES
 
     parser = argparse.ArgumentParser(
         prog="hilt",
@@ -472,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a local model) become predictions the annotator edits. Prints the project id last. The server "
         "is $LABEL_STUDIO_URL/$LABEL_STUDIO_API_KEY, else the one `hilt studio start` runs.",
     )
-    p.add_argument("--template", choices=["sft", "preference"], required=True)
+    p.add_argument("--template", choices=list(TEMPLATE_NAMES), required=True)
     p.add_argument("--prompts", required=True, help="JSONL / CSV / saved HF dataset with a prompt column")
     p.add_argument("--title", help="project title")
     drafts = p.add_mutually_exclusive_group()
@@ -501,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add_source_flags(p):
         p.add_argument("--project", type=int, help="Label Studio project id (live server)")
         p.add_argument("--from-file", help="a Label Studio JSON export file instead of a live project")
-        p.add_argument("--template", choices=["sft", "preference"],
+        p.add_argument("--template", choices=list(TEMPLATE_NAMES),
                        help="the project's template (required with --from-file; checked with --project)")
         p.add_argument("--label-config", help="with --from-file: the project's labeling config XML, to "
                        "check every result's control against it")
@@ -511,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--validation-fraction", type=float, default=0.1, help="share of tasks held out (0.1)")
         p.add_argument("--max-chars", type=_positive_int, default=20000, help="longer answers are rejected (20000)")
         p.add_argument("--scrub-pii", action="store_true", help="replace emails and phone numbers; count them")
+        p.add_argument("--rating-threshold", type=float, default=4.0,
+                       help="rate template: a mean rating at or above it makes a desirable KTO answer (4)")
 
     p = sub.add_parser(
         "export", help="Label Studio annotations -> versioned SFT / preference dataset",

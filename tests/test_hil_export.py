@@ -253,3 +253,50 @@ def test_since_last_needs_project(capsys):
 
     assert main(["export", "--from-file", "x.json", "--since-last", "--out", "y"]) == 2
     assert "--since-last needs --project" in capsys.readouterr().err
+
+
+def test_rate_template_gives_kto_records_and_corrections():
+    """Ratings -> one KTO record per task by mean rating; a written correction -> an SFT record and a
+    (corrected over original) preference pair; no rating -> a reject with its reason."""
+    from hil.dataset import build_files
+    from hil.export import ExportOptions, export_annotations
+    from hil.templates import parse_label_config, template_xml
+
+    spec = parse_label_config(template_xml("rate"))
+    assert (spec.kind, spec.rating_control, spec.critique_control, spec.correction_control, spec.answer_key) == (
+        "rate", "rating", "critique", "corrected", "answer")
+
+    def graded(aid, stars, critique="", corrected="", who=1):
+        result = [{"from_name": "rating", "to_name": "answer", "type": "rating", "value": {"rating": stars}}]
+        if critique:
+            result.append({"from_name": "critique", "to_name": "answer", "type": "textarea",
+                           "value": {"text": [critique]}})
+        if corrected:
+            result.append({"from_name": "corrected", "to_name": "answer", "type": "textarea",
+                           "value": {"text": [corrected]}})
+        return {"id": aid, "completed_by": who, "result": result}
+
+    tasks = [
+        {"id": 1, "data": {"prompt": "Book a room?", "answer": "Use the portal."},
+         "annotations": [graded(11, 5), graded(12, 4, who=2)]},
+        {"id": 2, "data": {"prompt": "Reset password?", "answer": "No idea."},
+         "annotations": [graded(21, 1, "Unhelpful.", "Open the IT portal and click Reset.")]},
+        {"id": 3, "data": {"prompt": "Lunch?", "answer": "At noon."},
+         "annotations": [{"id": 31, "completed_by": 1, "result": []}]},
+    ]
+    result = export_annotations(tasks, spec, ExportOptions(validation_fraction=0.0))
+    kto = {r["meta"]["annotation_ids"][0]: r for r in result.records["train"]}
+    assert kto[11]["label"] is True and kto[11]["meta"]["ratings"] == [5, 4] and kto[11]["meta"]["mean_rating"] == 4.5
+    assert kto[21]["label"] is False and kto[21]["meta"]["critiques"] == ["Unhelpful."]
+    assert kto[21]["completion"] == [{"role": "assistant", "content": "No idea."}]
+    assert kto[21]["prompt"] == [{"role": "user", "content": "Reset password?"}]
+    assert [(r["annotation_id"], r["reason"]) for r in result.rejects] == [(31, "no_selection")]
+    c = result.counts
+    assert c["annotations"] == 4 == c["annotations_in_records"] + c["rejects"]["total"]
+    (sft,) = result.extra["corrections/sft"]["train"]
+    assert sft["messages"][-1] == {"role": "assistant", "content": "Open the IT portal and click Reset."}
+    (pair,) = result.extra["corrections/preference"]["train"]
+    assert pair["chosen"][0]["content"].startswith("Open the IT") and pair["rejected"][0]["content"] == "No idea."
+    files, manifest = build_files(result, {"type": "file"}, ExportOptions())
+    assert "corrections/sft/train/data.jsonl" in files and manifest["extra_records"]["corrections/sft"]["train"] == 1
+    assert "hilt train quickstart-tiny-kto" in files["README.md"].decode()

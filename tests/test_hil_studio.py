@@ -204,7 +204,7 @@ def test_user_errors_against_the_server(hilt_exe, studio, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("template", ["sft", "preference"])
+@pytest.mark.parametrize("template", ["sft", "preference", "rate"])
 def test_templates_render_in_label_studio_ui(hilt_exe, studio, client, tmp_path, template):
     """Open the labeling page of one task in headless Chromium, check its text, save a screenshot."""
     from browser import Chromium, login_cookies
@@ -216,6 +216,11 @@ def test_templates_render_in_label_studio_ui(hilt_exe, studio, client, tmp_path,
         project = create_project(hilt_exe, studio, tmp_path, "sft", rows, "--drafts", str(drafts))
         expected = ["Write the ideal answer", "How do I order a new laptop?", "Open the IT portal and request one.",
                     "Submit"]
+    elif template == "rate":
+        rows = [{"prompt": "How do I order a new laptop?", "answer": "Ask someone."}]
+        project = create_project(hilt_exe, studio, tmp_path, "rate", rows)
+        expected = ["Answer to grade", "How do I order a new laptop?", "Ask someone.", "How good is this answer?",
+                    "Corrected answer (optional)", "Submit"]
     else:
         rows = [{"prompt": "Summarize the client call", "answer1": "Client wants a bond review.",
                  "answer2": "Client called."}]
@@ -286,3 +291,55 @@ def test_every_export_format_gives_records_or_one_line(hilt_exe, studio, client,
     empty = create_project(hilt_exe, studio, tmp_path, "sft", [{"id": "e", "prompt": "?"}], "--title", "formats-empty")
     refused, out = export(empty, "JSON", "sft")
     assert refused.returncode == 2 and "1 tasks but no annotations to export" in refused.stderr and not out.exists()
+
+
+def test_rate_project_exports_kto_records_and_corrections(hilt_exe, studio, client, second_annotator, tmp_path):
+    """A rating project on the real server: answers from the file and from drafts, graded by two
+    annotators through the API; the export equals what they rated and wrote."""
+    rows = [{"id": "r0", "prompt": "How do I book room 1?", "answer": "Open the portal and book it."},
+            {"id": "r1", "prompt": "Who approves travel?", "answer": "Nobody."},
+            {"id": "r2", "prompt": "Where is the cafeteria?"}]
+    drafts = tmp_path / "rate-drafts.jsonl"
+    drafts.write_text(json.dumps({"id": "r2", "draft": "Floor 3."}) + "\n")
+    project = create_project(hilt_exe, studio, tmp_path, "rate", rows, "--drafts", str(drafts), "--title", "rate")
+    tasks = {t["data"]["source_id"]: t for t in client.export_tasks(project)}
+    assert tasks["r2"]["data"]["answer"] == "Floor 3."  # the draft is the answer to grade
+
+    def grade(stars, critique=None, corrected=None):
+        result = [{"from_name": "rating", "to_name": "answer", "type": "rating", "value": {"rating": stars}}]
+        for name, text in (("critique", critique), ("corrected", corrected)):
+            if text:
+                result.append({"from_name": name, "to_name": "answer", "type": "textarea", "value": {"text": [text]}})
+        return result
+
+    a = client.create_annotation(tasks["r0"]["id"], grade(5))
+    b = client.create_annotation(tasks["r0"]["id"], grade(4), completed_by=second_annotator)
+    c = client.create_annotation(tasks["r1"]["id"], grade(1, "Wrong: managers approve.",
+                                                          "Your manager approves travel in the HR portal."))
+    d = client.create_annotation(tasks["r2"]["id"], grade(3))
+    out = tmp_path / "rate-data"
+    result = run_hilt(hilt_exe, "export", "--project", str(project), "--out", str(out), env=studio["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_task = {r["prompt"][-1]["content"]: r for r in all_records(out)}
+    assert by_task["How do I book room 1?"]["label"] is True
+    assert by_task["How do I book room 1?"]["meta"]["annotation_ids"] == [a, b]
+    assert by_task["How do I book room 1?"]["meta"]["ratings"] == [5, 4]
+    assert by_task["Who approves travel?"]["label"] is False
+    assert by_task["Who approves travel?"]["meta"]["critiques"] == ["Wrong: managers approve."]
+    assert by_task["Where is the cafeteria?"]["completion"] == [{"role": "assistant", "content": "Floor 3."}]
+    assert by_task["Where is the cafeteria?"]["label"] is False and by_task["Where is the cafeteria?"]["meta"][
+        "annotation_ids"] == [d]
+    corrections = records(out / "corrections" / "sft" / "train" / "data.jsonl") + records(
+        out / "corrections" / "sft" / "validation" / "data.jsonl")
+    assert [r["messages"][-1]["content"] for r in corrections] == ["Your manager approves travel in the HR portal."]
+    assert corrections[0]["meta"]["annotation_id"] == c
+    pairs = records(out / "corrections" / "preference" / "train" / "data.jsonl") + records(
+        out / "corrections" / "preference" / "validation" / "data.jsonl")
+    assert pairs[0]["rejected"] == [{"role": "assistant", "content": "Nobody."}]
+    # A stricter threshold turns the 4.5 mean undesirable; quality compares the two ratings.
+    strict = run_hilt(hilt_exe, "export", "--project", str(project), "--out", str(tmp_path / "strict"),
+                      "--rating-threshold", "5", env=studio["env"])
+    assert strict.returncode == 0
+    assert all(r["label"] is False for r in all_records(tmp_path / "strict"))
+    quality = json.loads(run_hilt(hilt_exe, "quality", "--project", str(project), env=studio["env"]).stdout)
+    assert quality["quality"]["tasks_with_2plus_annotations"] == 1 and quality["quality"]["percent_agreement"] == 0.0
