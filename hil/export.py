@@ -199,19 +199,30 @@ def sorted_annotations(task: dict) -> list[dict]:
     return sorted(task.get("annotations") or [], key=_id_order)
 
 
+def _usable_results(task: dict, annotation: dict, spec: LabelingSpec, prompt: list[dict] | None,
+                   missing: str | None, out: ExportResult) -> list[dict] | None:
+    """The annotation's results, or None after recording why it is rejected: cancelled, no
+    prompt, ``missing`` (the task data lacks what is judged), or a control the config lacks."""
+    rejected = _basic_reject(task, annotation, spec, prompt)
+    if rejected is None and missing:
+        rejected = _reject(task, annotation, MISSING_ANSWERS, missing)
+    if rejected is None:
+        results, unknown = _results(annotation, spec)
+        if not unknown:
+            return results
+        rejected = _reject(task, annotation, UNKNOWN_CONTROL, f"from_name not in config: {unknown}")
+    out.rejects.append(rejected)
+    return None
+
+
 def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
     seen_answers: set[tuple[str, str]] = set()
     for task in tasks:
         prompt = _prompt_messages(task, spec, scrub)
         candidates = []
         for annotation in sorted_annotations(task):
-            rejected = _basic_reject(task, annotation, spec, prompt)
-            if rejected is not None:
-                out.rejects.append(rejected)
-                continue
-            results, unknown = _results(annotation, spec)
-            if unknown:
-                out.rejects.append(_reject(task, annotation, UNKNOWN_CONTROL, f"from_name not in config: {unknown}"))
+            results = _usable_results(task, annotation, spec, prompt, None, out)
+            if results is None:
                 continue
             answer = _textarea(results, spec, spec.answer_control)
             if answer is None:
@@ -268,18 +279,11 @@ def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub:
         data = task.get("data") or {}
         left, right = data.get(spec.left_key), data.get(spec.right_key)
         votes: list[tuple[dict, str, str | None]] = []
+        both = isinstance(left, str) and left.strip() and isinstance(right, str) and right.strip()
+        missing = None if both else f"task data needs '{spec.left_key}' and '{spec.right_key}'"
         for annotation in sorted_annotations(task):
-            rejected = _basic_reject(task, annotation, spec, prompt)
-            if rejected is not None:
-                out.rejects.append(rejected)
-                continue
-            if not (isinstance(left, str) and left.strip() and isinstance(right, str) and right.strip()):
-                out.rejects.append(_reject(task, annotation, MISSING_ANSWERS,
-                                           f"task data needs '{spec.left_key}' and '{spec.right_key}'"))
-                continue
-            results, unknown = _results(annotation, spec)
-            if unknown:
-                out.rejects.append(_reject(task, annotation, UNKNOWN_CONTROL, f"from_name not in config: {unknown}"))
+            results = _usable_results(task, annotation, spec, prompt, missing, out)
+            if results is None:
                 continue
             selected = pairwise_choice(results, spec.comparison_control)
             if selected not in ("left", "right"):
@@ -361,17 +365,10 @@ def _export_rate(tasks, spec: LabelingSpec, options: ExportOptions, scrub: _Scru
         prompt = _prompt_messages(task, spec, scrub)
         answer = (task.get("data") or {}).get(spec.answer_key)
         grades: list[tuple[dict, int, str, str]] = []
+        missing = None if isinstance(answer, str) and answer.strip() else f"task data needs '{spec.answer_key}'"
         for annotation in sorted_annotations(task):
-            rejected = _basic_reject(task, annotation, spec, prompt)
-            if rejected is not None:
-                out.rejects.append(rejected)
-                continue
-            if not isinstance(answer, str) or not answer.strip():
-                out.rejects.append(_reject(task, annotation, MISSING_ANSWERS, f"task data needs '{spec.answer_key}'"))
-                continue
-            results, unknown = _results(annotation, spec)
-            if unknown:
-                out.rejects.append(_reject(task, annotation, UNKNOWN_CONTROL, f"from_name not in config: {unknown}"))
+            results = _usable_results(task, annotation, spec, prompt, missing, out)
+            if results is None:
                 continue
             rating = rating_of(results, spec.rating_control)
             if rating is None:
