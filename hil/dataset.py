@@ -347,9 +347,9 @@ def check_not_empty(result, tasks: list[dict], source: dict) -> None:
         raise UserError(f"{name}: {c['tasks']} tasks but no annotations to export; annotate first (or export the "
                         "project again if the file is older than the annotations)")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["rejects"]["by_reason"].items()))
-    unread = unread_controls(tasks)
-    hint = (f"; results of controls hilt does not read: {', '.join(unread[:4])} (hilt reads TextArea answers and "
-            "Pairwise choices)" if unread else "; see the reasons in `hilt export --help`")
+    unread = unread_controls(tasks, result.kind)
+    hint = (f"; results of controls a {result.kind} export does not read: {', '.join(unread[:4])}"
+            if unread else "; see the reasons in `hilt export --help`")
     raise UserError(f"{name}: {c['annotations']} annotations gave 0 records (rejected: {reasons}){hint}; "
                     "nothing was written")
 

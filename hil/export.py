@@ -39,6 +39,9 @@ IDENTICAL_ANSWERS = "identical_answers"
 CONFLICTING_PREFERENCE = "conflicting_preference"
 NUL_BYTES = "nul_bytes"
 
+# The result types each template's exporter reads.
+READ_RESULT_TYPES = {"sft": {"textarea"}, "preference": {"textarea", "pairwise"}, "rate": {"textarea", "rating"}}
+
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<!\w)(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}(?!\w)")
 
@@ -149,10 +152,9 @@ def _results(annotation: dict, spec: LabelingSpec) -> tuple[list[dict], list[str
     results = annotation.get("result") or []
     if spec.controls:
         return results, sorted({str(r.get("from_name")) for r in results if r.get("from_name") not in spec.controls})
-    known_types = {"sft": {"textarea"}, "preference": {"textarea", "pairwise"}, "rate": {"textarea", "rating"}}
     notes_on = spec.answer_object if spec.kind == "rate" else spec.prompt_object
     unknown = {str(r.get("from_name")) for r in results
-               if r.get("type") not in known_types[spec.kind]
+               if r.get("type") not in READ_RESULT_TYPES[spec.kind]
                or (r.get("type") == "textarea" and r.get("to_name") != notes_on)}
     answers = {str(r.get("from_name")) for r in results
                if r.get("type") == "textarea" and r.get("to_name") == spec.prompt_object}
@@ -600,7 +602,6 @@ def _first_bad_string(value: Any, path: str) -> str | None:
 JSON_MIN_KEYS = ("id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time")
 JSON_MIN_NOT_CARRIED = ["cancelled annotations", "drafts (predictions) and whether they were edited",
                         "ground-truth flags", "tasks without annotations"]
-READ_RESULT_TYPES = ("textarea", "pairwise", "rating")
 
 
 def is_json_min(tasks: Any) -> bool:
@@ -643,11 +644,12 @@ def from_json_min(rows: list[dict], spec: LabelingSpec, where: str) -> list[dict
     return list(tasks.values())
 
 
-def unread_controls(tasks: list[dict]) -> list[str]:
-    """``name (type)`` of the controls whose results no exporter reads (a Chat tag's chatmessage...)."""
+def unread_controls(tasks: list[dict], kind: str) -> list[str]:
+    """``name (type)`` of the controls whose results the ``kind`` exporter does not read (a Rating in
+    an sft project, a Chat tag's chatmessage...)."""
     found = {(str(r.get("from_name")), str(r.get("type"))) for t in tasks if isinstance(t, dict)
              for a in (t.get("annotations") or []) if isinstance(a, dict) for r in (a.get("result") or [])
-             if isinstance(r, dict) and r.get("type") not in READ_RESULT_TYPES}
+             if isinstance(r, dict) and r.get("type") not in READ_RESULT_TYPES[kind]}
     return [f"{name} ({kind})" for name, kind in sorted(found)]
 
 
