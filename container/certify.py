@@ -40,9 +40,9 @@ from pathlib import Path
 
 from hilt.errors import UserError
 from hilt.outputs import claim_output_dir, write_atomic
+from training.stopping import GRACE_SECONDS  # SageMaker's SIGTERM -> SIGKILL window
 
 REPORT_FILE = "algorithm-validation.json"
-STOP_GRACE_SECONDS = 120  # SageMaker's SIGTERM -> SIGKILL window
 SAGEMAKER_PREFIXES = ("sagemaker_", "_")
 
 
@@ -265,7 +265,7 @@ def _stop(process: subprocess.Popen) -> int:
         return process.returncode
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        return process.wait(timeout=STOP_GRACE_SECONDS)
+        return process.wait(timeout=GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         return process.wait()

@@ -29,6 +29,7 @@ from training.provenance import model_fingerprint
 from training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
 
 MANIFEST_FILE = "hilt.json"
+MERGE_STAGING = ".merged.tmp"  # inside /opt/ml/model: the merge is written here, then moved in
 CARD_FILE = "README.md"
 PLOT_FILE = "loss_curve.png"
 _VERSIONED = ("hilt", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed")
@@ -105,7 +106,7 @@ def merge_adapter(job: Job) -> None:
     from training.build import resolve_dtype
 
     adapter = job.opt_ml.model_dir / ADAPTER_DIR
-    staging = job.opt_ml.model_dir / ".merged.tmp"
+    staging = job.opt_ml.model_dir / MERGE_STAGING
     shutil.rmtree(staging, ignore_errors=True)
     try:
         dtype = torch.bfloat16 if job.recipe.peft.method == "qlora" else resolve_dtype(job)
@@ -138,7 +139,7 @@ def merge_within(job: Job, seconds: float) -> bool:
     except subprocess.TimeoutExpired:
         import shutil
 
-        shutil.rmtree(job.opt_ml.model_dir / ".merged.tmp", ignore_errors=True)
+        shutil.rmtree(job.opt_ml.model_dir / MERGE_STAGING, ignore_errors=True)
         print(f"[hilt] merge did not fit in the {seconds:.0f} s left; the adapter alone is saved", flush=True)
         return False
     if done.returncode != 0:
@@ -281,6 +282,12 @@ def _history(job: Job) -> list[dict]:
         return []
 
 
+def _drop_training_args(model_dir: Path) -> None:
+    """A pickle of the TrainingArguments does not belong in a shipped artifact."""
+    for stray in model_dir.rglob("training_args.bin"):
+        stray.unlink()
+
+
 def _write_manifest(model_dir: Path, manifest: dict) -> None:
     tmp = model_dir / f".{MANIFEST_FILE}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -293,9 +300,7 @@ def finish_model_dir(job: Job) -> dict:
     if job.recipe.peft.method != "full":
         stopping.enter("merge")
         merge_adapter(job)
-    # A pickle of the TrainingArguments does not belong in a shipped artifact.
-    for stray in model_dir.rglob("training_args.bin"):
-        stray.unlink()
+    _drop_training_args(model_dir)
     history = _history(job)
     manifest = _manifest(job, history)
     stopping.enter("score")
@@ -323,14 +328,13 @@ def finish_partial_model_dir(job: Job, phase: str) -> dict:
     ``JobStopped``.
     """
     model_dir = job.opt_ml.model_dir
+    adapter = job.recipe.peft.method != "full"
     with stopping.protected():
-        for stray in model_dir.rglob("training_args.bin"):
-            stray.unlink()
+        _drop_training_args(model_dir)
         weights = has_weights(job)
-        merged = job.recipe.peft.method == "full" and weights
-        if weights and job.recipe.peft.method != "full":
-            # Leave 20 s for hilt.json, the card and the upload's start.
-            merged = merge_within(job, stopping.seconds_left() - 20)
+        # Full weights are already the model; an adapter is merged if that fits, leaving 20 s
+        # for hilt.json and the upload's start.
+        merged = weights and (not adapter or merge_within(job, stopping.seconds_left() - 20))
         history = _history(job)
         manifest = _manifest(job, history)
         step = manifest["metrics"].get("global_step", 0)
@@ -343,10 +347,9 @@ def finish_partial_model_dir(job: Job, phase: str) -> dict:
         _write_manifest(model_dir, manifest)
         if history:
             plot_loss(history, model_dir / PLOT_FILE)
+        left = ("adapter + merged weights" if merged else "adapter") if adapter else "weights"
         print(f"[hilt] partial model in {model_dir}: stopped in {phase} at step {step}; "
-              f"{'adapter' if weights and job.recipe.peft.method != 'full' else 'weights' if weights else 'no weights'}"
-              f"{' + merged weights' if merged and job.recipe.peft.method != 'full' else ''}; hilt.json marks it "
-              "partial", flush=True)
+              f"{left if weights else 'no weights'}; hilt.json marks it partial", flush=True)
         return manifest
 
 

@@ -194,11 +194,14 @@ def _is_unpaired(r: dict) -> bool:
     return "prompt" in r and "completion" in r and "label" in r
 
 
+def _as_messages(value: Any, role: str, where: str, field: str) -> Any:
+    """A string as one message of ``role``; a list of messages read as messages."""
+    return [{"role": role, "content": value}] if _is_text(value) else _messages(value, where, field)
+
+
 def _from_unpaired(r: dict, where: str, ctx: dict) -> dict:
-    out: dict[str, Any] = {"label": r["label"]}
-    for key, value, role in (("prompt", r["prompt"], "user"), ("completion", r["completion"], "assistant")):
-        out[key] = [{"role": role, "content": value}] if _is_text(value) else _messages(value, where, key)
-    return out
+    return {"prompt": _as_messages(r["prompt"], "user", where, "prompt"),
+            "completion": _as_messages(r["completion"], "assistant", where, "completion"), "label": r["label"]}
 
 
 def _is_preference(r: dict) -> bool:
@@ -218,11 +221,9 @@ def _from_preference(r: dict, where: str, ctx: dict) -> dict:
         chosen, rejected = _messages(chosen, where, "chosen"), _messages(rejected, where, "rejected")
         cut = _common_prefix(chosen, rejected)  # implicit prompt: the turns both conversations share
         return {"prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
-    out = {}
-    for key, value, role in (("prompt", prompt, "user"), ("chosen", chosen, "assistant"),
-                             ("rejected", rejected, "assistant")):
-        out[key] = [{"role": role, "content": value}] if _is_text(value) else _messages(value, where, key)
-    return out
+    return {"prompt": _as_messages(prompt, "user", where, "prompt"),
+            "chosen": _as_messages(chosen, "assistant", where, "chosen"),
+            "rejected": _as_messages(rejected, "assistant", where, "rejected")}
 
 
 @dataclass(frozen=True)

@@ -105,8 +105,9 @@ def _sdk_string(value: Any) -> Any:
     return value
 
 
-def read_hyperparameters(opt_ml: OptML) -> tuple[str, dict[str, str]]:
-    """Split hyperparameters.json into the recipe name and the dotted overrides."""
+def read_hyperparameters(opt_ml: OptML) -> tuple[str, dict[str, str], str | None]:
+    """Split hyperparameters.json into the recipe name, the dotted overrides, and the metric a
+    hyperparameter tuning job optimises (SageMaker adds ``_tuning_objective_metric``)."""
     raw = _read_json(opt_ml.hyperparameters_file, "hyperparameters.json") or {}
     if not isinstance(raw, dict):
         raise UserError(f"{opt_ml.hyperparameters_file}: expected a JSON object of name -> string")
@@ -118,14 +119,8 @@ def read_hyperparameters(opt_ml: OptML) -> tuple[str, dict[str, str]]:
             f"{opt_ml.hyperparameters_file}: hyperparameter 'recipe' is missing; "
             "set it to a recipe name such as quickstart-tiny-sft"
         )
-    return str(recipe), overrides
-
-
-def tuning_objective(opt_ml: OptML) -> str | None:
-    """The metric a hyperparameter tuning job optimises (SageMaker adds ``_tuning_objective_metric``)."""
-    raw = _read_json(opt_ml.hyperparameters_file, "hyperparameters.json") or {}
-    value = _sdk_string(raw.get("_tuning_objective_metric")) if isinstance(raw, dict) else None
-    return str(value) if value else None
+    objective = raw.get("_tuning_objective_metric")
+    return str(recipe), overrides, str(objective) if objective else None
 
 
 def read_hosts(opt_ml: OptML) -> Hosts:
@@ -206,7 +201,7 @@ def read_job(opt_ml: OptML | None = None) -> Job:
         UserError: with every problem found, each naming the file or key and the fix.
     """
     opt_ml = opt_ml or OptML.from_env()
-    recipe_name, overrides = read_hyperparameters(opt_ml)
+    recipe_name, overrides, objective = read_hyperparameters(opt_ml)
     # A bundled recipe arrives by name; any other recipe arrives whole, as JSON (hilt launch).
     recipe = load_recipe(json.loads(recipe_name) if recipe_name.lstrip().startswith("{") else recipe_name, overrides)
     channels = read_channels(opt_ml)
@@ -223,7 +218,7 @@ def read_job(opt_ml: OptML | None = None) -> Job:
         )
     if Path(model_path).exists() and not (Path(model_path) / "config.json").is_file():
         raise UserError(f"{model_path}: no config.json; the model channel must hold a save_pretrained directory")
-    if tuning_objective(opt_ml) == "eval_loss" and "validation" not in channels:
+    if objective == "eval_loss" and "validation" not in channels:
         raise UserError("the tuning objective is eval_loss but the job has no 'validation' channel; give the "
                         "tuning job's training definition a validation channel or tune on train_loss")
     gpus = detect_gpus()

@@ -108,11 +108,12 @@ def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
-def job_name(recipe_name: str) -> str:
-    """``hilt-<recipe>-<UTC timestamp>``, trimmed to SageMaker's 63 characters and pattern."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+def job_name(recipe_name: str, limit: int = 63, stamp_format: str = "%Y%m%d-%H%M%S") -> str:
+    """``hilt-<recipe>-<UTC timestamp>``, trimmed to SageMaker's name pattern and ``limit``
+    characters (63 for a training job; a tuning job has 32 and a shorter stamp)."""
+    stamp = time.strftime(stamp_format, time.gmtime())
     base = re.sub(r"[^a-zA-Z0-9-]+", "-", f"hilt-{recipe_name}").strip("-")
-    return f"{base[: 63 - len(stamp) - 1].rstrip('-')}-{stamp}"
+    return f"{base[: limit - len(stamp) - 1].rstrip('-')}-{stamp}"
 
 
 def recipe_hyperparameters(recipe: str, overrides: dict[str, str]) -> dict[str, str]:
@@ -172,13 +173,6 @@ def build_request(spec: LaunchSpec, recipe, channel_uris: dict[str, str], s3_roo
 
 
 TUNING_STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
-
-
-def tuning_job_name(recipe_name: str) -> str:
-    """``hilt-<recipe>-<MMDDHHMMSS>`` within the 32 characters a tuning job name may have."""
-    stamp = time.strftime("%m%d%H%M%S", time.gmtime())
-    base = re.sub(r"[^a-zA-Z0-9-]+", "-", f"hilt-{recipe_name}").strip("-")
-    return f"{base[: 32 - len(stamp) - 1].rstrip('-')}-{stamp}"
 
 
 def default_tune_keys(recipe) -> list[str]:
@@ -259,7 +253,7 @@ def build_tuning_request(spec: LaunchSpec, recipe, training: dict) -> dict:
         # resume another's checkpoints (the entry point would refuse them).
     }
     return {
-        "HyperParameterTuningJobName": tuning_job_name(recipe.name),
+        "HyperParameterTuningJobName": job_name(recipe.name, limit=32, stamp_format="%m%d%H%M%S"),
         "HyperParameterTuningJobConfig": {
             "Strategy": tune.strategy,
             "HyperParameterTuningJobObjective": {"Type": objectives[objective], "MetricName": objective},
