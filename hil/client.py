@@ -91,6 +91,11 @@ class StudioClient:
             return b"".join(self.sdk.projects.exports.download_sync(project, export_type=export_type,
                                                                     download_all_tasks=True))
 
+    def export_formats(self, project: int) -> list[str]:
+        """The export formats Label Studio offers for a project (its labeling config decides which)."""
+        with self._calling(f"list export formats of project {project}", project=project):
+            return list(self.sdk.projects.exports.list_formats(project))
+
     def export_tasks(self, project: int) -> list[dict]:
         """All tasks of a project in Label Studio's JSON export format."""
         return json.loads(self.download_export(project, "JSON"))

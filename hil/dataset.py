@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from hil.export import ExportOptions, ExportResult
+from hil.templates import TEMPLATE_NAMES, TEMPLATES
 from hilt.errors import UserError
-from hilt.outputs import MARKER, check_output_dir, make_staging_dir, os_error_message, replace_dir
+from hilt.outputs import MARKER, check_output_dir, make_staging_dir, os_error_message, read_text_file, replace_dir
 
 FORMAT = "hilt-dataset/1"
 SPLITS = ("train", "validation")
@@ -39,19 +40,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# What a record of each template's dataset looks like, for the dataset card.
-RECORD_FORMATS = {
-    "sft": '`{"messages": [system?, user, assistant], "meta": {...}}`',
-    "preference": '`{"prompt": [...], "chosen": [assistant], "rejected": [assistant], "meta": {...}}`',
-    "rate": '`{"prompt": [...], "completion": [assistant], "label": true|false, "meta": {"ratings", "critiques", ...}}` '
-            "(KTO); corrections in `corrections/sft/` and `corrections/preference/`",
-}
-
-
-# The bundled recipe that trains on each template's records (the dataset card's example).
-TRAIN_RECIPES = {"sft": "quickstart-tiny-sft", "preference": "llama3-8b-dpo-lora", "rate": "quickstart-tiny-kto"}
-
-
 def dataset_card(manifest: dict) -> str:
     c = manifest["counts"]
     reasons = "\n".join(f"| {k} | {v} |" for k, v in c["rejects"]["by_reason"].items()) or "| (none) | 0 |"
@@ -60,7 +48,7 @@ def dataset_card(manifest: dict) -> str:
         f"| {who} | {v['annotations']} | {v['median_lead_time_s']} |" for who, v in q.get("annotators", {}).items()
     ) or "| (none) | 0 | - |"
     kind = manifest["template"]
-    fmt = RECORD_FORMATS[kind]
+    fmt = TEMPLATES[kind].record_format
     agreement = ", ".join(
         f"{k} {q[k]}" for k in ("percent_agreement", "fleiss_kappa", "gold_accuracy") if q.get(k) is not None
     ) or "n/a (no task has two annotations or a gold answer)"
@@ -100,7 +88,7 @@ Agreement: {agreement}. Duplicate rate: {q.get('duplicate_rate')}.
 ## Train on it
 
 ```bash
-hilt train {TRAIN_RECIPES[kind]} --data THIS_DIR --model MODEL_DIR --output runs/x
+hilt train {TEMPLATES[kind].train_recipe} --data THIS_DIR --model MODEL_DIR --output runs/x
 ```
 """
 
@@ -264,20 +252,6 @@ def parse_export_json(raw: bytes, path: Path) -> Any:
                         "pass Label Studio's JSON export (Export > JSON)") from None
 
 
-def read_text_file(path: Path, flag: str) -> str:
-    """A small UTF-8 text file a flag names (a labeling config), or one line saying why not."""
-    try:
-        return path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise UserError(f"{flag} {path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{flag} {path} is a folder; pass the file") from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"{flag} {path}: not UTF-8 text (offset {err.start}); re-save it as UTF-8") from None
-    except OSError as err:
-        raise UserError(os_error_message(err, path, "read")) from None
-
-
 def read_export_source(project: int | None, from_file: Path | None, template: str | None,
                        label_config: Path | None = None) -> tuple[list[dict], Any, dict, str]:
     """What to export: (tasks, spec, source for the manifest, a name for messages).
@@ -295,7 +269,8 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
 
     if from_file is not None:
         if not template:
-            raise UserError("--from-file needs --template sft|preference (the export file has no labeling config)")
+            raise UserError(f"--from-file needs --template {'|'.join(TEMPLATE_NAMES)} (the export file has no labeling "
+                            "config)")
         try:
             raw = from_file.read_bytes()
         except FileNotFoundError:

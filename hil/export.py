@@ -6,8 +6,10 @@ record or in the rejects with a machine-readable reason; ``ExportResult.counts``
 
 Records use TRL's conversational formats:
 
-- SFT: ``{"messages": [system?, user, assistant], "meta": {...}}``
-- preference: ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant], "meta": {...}}``
+- sft: ``{"messages": [system?, user, assistant], "meta": {...}}``
+- chat: ``{"messages": [the conversation..., assistant (the new turn)], "meta": {...}}``
+- preference, rank: ``{"prompt": [system?, user], "chosen": [assistant], "rejected": [assistant], "meta": {...}}``
+- rate: ``{"prompt": [...], "completion": [assistant], "label": bool, "meta": {...}}`` (KTO)
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hil.templates import LabelingSpec
+from hil.templates import TEMPLATES, LabelingSpec
 
 SftPolicy = Literal["distinct", "all", "latest", "ground-truth-first"]
 SFT_POLICIES = ("distinct", "all", "latest", "ground-truth-first")
+# rank: which (chosen, rejected) pairs a task's mean ranking gives.
+RankPolicy = Literal["best-vs-rest", "all-pairs", "adjacent"]
+RANK_POLICIES = ("best-vs-rest", "all-pairs", "adjacent")
 
 # Reject reasons (machine-readable, stable: downstream tools filter on them).
 CANCELLED = "cancelled"
@@ -38,9 +43,9 @@ NO_SELECTION = "no_selection"
 IDENTICAL_ANSWERS = "identical_answers"
 CONFLICTING_PREFERENCE = "conflicting_preference"
 NUL_BYTES = "nul_bytes"
-
-# The result types each template's exporter reads.
-READ_RESULT_TYPES = {"sft": {"textarea"}, "preference": {"textarea", "pairwise"}, "rate": {"textarea", "rating"}}
+INCOMPLETE_RANKING = "incomplete_ranking"
+INVALID_RANKING = "invalid_ranking"
+TIED_RANKING = "tied_ranking"
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<!\w)(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}(?!\w)")
@@ -55,6 +60,7 @@ class ExportOptions:
     max_chars: int = 20_000
     scrub_pii: bool = False
     rating_threshold: float = 4.0  # rate: a mean rating at or above it makes a desirable (KTO) answer
+    rank_policy: RankPolicy = "best-vs-rest"  # rank: which pairs a ranking gives
 
 
 @dataclass
@@ -130,7 +136,8 @@ def _basic_reject(task: dict, annotation: dict, spec: LabelingSpec, prompt: list
     if annotation.get("was_cancelled"):
         return _reject(task, annotation, CANCELLED)
     if prompt is None:
-        return _reject(task, annotation, MISSING_PROMPT, f"task data has no '{spec.prompt_key}'")
+        wanted = "conversation ending with a user turn" if spec.kind == "chat" else "text"
+        return _reject(task, annotation, MISSING_PROMPT, f"task data has no {wanted} in '{spec.prompt_key}'")
     return None
 
 
@@ -154,11 +161,11 @@ def _results(annotation: dict, spec: LabelingSpec) -> tuple[list[dict], list[str
         return results, sorted({str(r.get("from_name")) for r in results if r.get("from_name") not in spec.controls})
     notes_on = spec.answer_object if spec.kind == "rate" else spec.prompt_object
     unknown = {str(r.get("from_name")) for r in results
-               if r.get("type") not in READ_RESULT_TYPES[spec.kind]
+               if r.get("type") not in TEMPLATES[spec.kind].result_types
                or (r.get("type") == "textarea" and r.get("to_name") != notes_on)}
     answers = {str(r.get("from_name")) for r in results
                if r.get("type") == "textarea" and r.get("to_name") == spec.prompt_object}
-    if spec.kind == "sft" and len(answers) > 1:
+    if spec.kind in ("sft", "chat") and len(answers) > 1:
         unknown |= answers
     return results, sorted(unknown)
 
@@ -179,8 +186,14 @@ def _textarea(results: list[dict], spec: LabelingSpec, control: str | None, excl
 
 
 def _prompt_messages(task: dict, spec: LabelingSpec, scrub: _Scrubber) -> list[dict] | None:
+    """The messages an answer follows: system? + the prompt, or (chat) the conversation so far."""
     data = task.get("data") or {}
     prompt = data.get(spec.prompt_key)
+    if spec.kind == "chat":
+        usable = isinstance(prompt, list) and prompt and all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            and m["content"].strip() for m in prompt) and prompt[-1]["role"] == "user"
+        return [{"role": m["role"], "content": scrub(m["content"])} for m in prompt] if usable else None
     if not isinstance(prompt, str) or not prompt.strip():
         return None
     messages = []
@@ -218,7 +231,7 @@ def _usable_results(task: dict, annotation: dict, spec: LabelingSpec, prompt: li
 
 
 def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
-    seen_answers: set[tuple[str, str]] = set()
+    seen_answers: set[tuple[str, ...]] = set()
     for task in tasks:
         prompt = _prompt_messages(task, spec, scrub)
         candidates = []
@@ -257,7 +270,7 @@ def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, s
 
         split = split_of(task.get("id"), options.validation_fraction)
         for annotation, answer in candidates:
-            key = (_normalize(prompt[-1]["content"]), _normalize(answer))
+            key = (*(_normalize(m["content"]) for m in prompt), _normalize(answer))
             if options.policy != "all" and key in seen_answers:
                 out.rejects.append(_reject(task, annotation, DUPLICATE, "same prompt and answer already exported"))
                 continue
@@ -406,24 +419,235 @@ def _export_rate(tasks, spec: LabelingSpec, options: ExportOptions, scrub: _Scru
                 {"prompt": prompt, "chosen": [fixed], "rejected": original, "meta": source})
 
 
-# One exporter per labeling template (hil.templates.TEMPLATE_NAMES): a new template is one
+def rank_answers(task: dict, spec: LabelingSpec) -> dict[str, str]:
+    """A rank task's answers, ``{List item id: text}``, in the order shown (items without text left out)."""
+    items = (task.get("data") or {}).get(spec.answers_key)
+    if not isinstance(items, list):
+        return {}
+    return {str(item["id"]): item["body"] for item in items
+            if isinstance(item, dict) and item.get("id") is not None and isinstance(item.get("body"), str)
+            and item["body"].strip()}
+
+
+def ranking_of(results: list[dict], spec: LabelingSpec, ids: list[str]) -> tuple[dict[str, float] | None, str, str]:
+    """The rank of each answer id in a Ranker result (1 = best; answers in one Bucket share the mean
+    of their places), or None with the reject reason and its detail.
+
+    Without Buckets the Ranker saves one ordered column named after it; with Buckets (Label Studio's
+    stock "LLM Ranker") the Buckets are tiers, best first, and answers left in the List are unranked.
+    """
+    result = next((r for r in results if r.get("type") == "ranker"
+                   and (spec.ranker_control is None or r.get("from_name") == spec.ranker_control)), None)
+    if result is None:
+        return None, NO_SELECTION, "no Ranker result"
+    value = result.get("value") or {}
+    columns = value.get("ranker", value)  # JSON-MIN may drop the "ranker" level
+    if not isinstance(columns, dict) or not all(isinstance(v, list) for v in columns.values()):
+        return None, INVALID_RANKING, "the Ranker value is not {column: [answer ids]}"
+    if spec.buckets:
+        tiers = [[str(i) for i in columns.get(b) or []] for b in spec.buckets]
+    else:
+        order = columns.get(str(result.get("from_name")))
+        if order is None and len(columns) == 1:
+            order = next(iter(columns.values()))
+        tiers = [[str(i)] for i in order or []]
+    placed = [i for tier in tiers for i in tier]
+    unknown = sorted(set(placed) - set(ids))
+    if unknown:
+        return None, INVALID_RANKING, f"answer ids not in the task: {unknown}"
+    twice = sorted({i for i in placed if placed.count(i) > 1})
+    if twice:
+        return None, INVALID_RANKING, f"answers ranked twice: {twice}"
+    missing = [i for i in ids if i not in placed]
+    if missing:
+        return None, INCOMPLETE_RANKING, f"{len(missing)} of {len(ids)} answers not ranked: {missing}"
+    ranks: dict[str, float] = {}
+    place = 0
+    for tier in filter(None, tiers):
+        ranks.update(dict.fromkeys(tier, place + (len(tier) + 1) / 2))
+        place += len(tier)
+    return ranks, "", ""
+
+
+def ranked_pairs(mean_ranks: dict[str, float], policy: RankPolicy) -> tuple[list[tuple[str, str]], str]:
+    """(chosen id, rejected id) pairs of a ranking by policy, or none and why (ties).
+
+    ``best-vs-rest``: the best over every other answer (the best must be alone at the top);
+    ``all-pairs``: every answer over each one ranked below it; ``adjacent``: each answer over the
+    next one down. Answers with equal mean ranks are never paired with each other.
+    """
+    levels = sorted(set(mean_ranks.values()))
+    tiers = [[i for i, r in mean_ranks.items() if r == level] for level in levels]
+    if len(tiers) < 2:
+        return [], f"all {len(mean_ranks)} answers tie (mean rank {levels[0]:g})"
+    if policy == "best-vs-rest":
+        if len(tiers[0]) > 1:
+            return [], f"answers {tiers[0]} tie for best (mean rank {levels[0]:g})"
+        return [(tiers[0][0], j) for tier in tiers[1:] for j in tier], ""
+    if policy == "adjacent":
+        return [(a, b) for upper, lower in zip(tiers, tiers[1:]) for a in upper for b in lower], ""
+    return [(a, b) for k, upper in enumerate(tiers) for lower in tiers[k + 1:] for a in upper for b in lower], ""
+
+
+def _export_rank(tasks, spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
+    """Preference pairs from rankings: every annotator's complete ranking counts, the task's order is
+    the mean rank of each answer, and the policy picks the pairs."""
+    seen: set[tuple[str, str, str]] = set()
+    for task in tasks:
+        prompt = _prompt_messages(task, spec, scrub)
+        texts = rank_answers(task, spec)
+        sources = (task.get("data") or {}).get("answer_sources") or {}
+        missing = None if len(texts) >= 2 else f"task data needs 2 or more answers in '{spec.answers_key}'"
+        rankings: list[tuple[dict, dict[str, float], str | None]] = []
+        for annotation in sorted_annotations(task):
+            results = _usable_results(task, annotation, spec, prompt, missing, out)
+            if results is None:
+                continue
+            ranks, reason, detail = ranking_of(results, spec, list(texts))
+            if ranks is None:
+                out.rejects.append(_reject(task, annotation, reason, detail))
+                continue
+            if any("\x00" in text for text in texts.values()):
+                out.rejects.append(_reject(task, annotation, NUL_BYTES, "an answer holds NUL (\\x00) characters"))
+                continue
+            rankings.append((annotation, ranks, _textarea(results, spec, spec.rationale_control)))
+        if not rankings:
+            continue
+        mean = {i: round(statistics.mean(r[1][i] for r in rankings), 6) for i in texts}
+        pairs, why = ranked_pairs(mean, options.rank_policy)
+        reason = TIED_RANKING
+        if pairs:
+            pairs = [(a, b) for a, b in pairs if _normalize(texts[a]) != _normalize(texts[b])]
+            reason, why = IDENTICAL_ANSWERS, "every pair the policy gives holds the same text twice"
+        if pairs:
+            keys = {(a, b): (_normalize(prompt[-1]["content"]), _normalize(texts[a]), _normalize(texts[b]))
+                    for a, b in pairs}
+            pairs = [pair for pair in pairs if keys[pair] not in seen]
+            seen.update(keys.values())
+            reason, why = DUPLICATE, "same prompt and pairs already exported"
+        if not pairs:
+            out.rejects.extend(_reject(task, r[0], reason, why) for r in rankings)
+            continue
+        first = rankings[0][0]
+        meta = _base_meta(task, first)
+        del meta["annotation_id"], meta["annotator"]
+        meta.update(
+            annotation_ids=[r[0].get("id") for r in rankings], annotators=[annotator(r[0]) for r in rankings],
+            rankings=[ranking_text(r[1]) for r in rankings], mean_ranks=mean, policy=options.rank_policy,
+            rationales=[scrub(r[2]) for r in rankings if r[2]],
+            ground_truth=any(r[0].get("ground_truth") for r in rankings),
+            created_at=min((r[0].get("created_at") or "") for r in rankings) or None,
+            updated_at=max((r[0].get("updated_at") or "") for r in rankings) or None,
+        )
+        split = split_of(task.get("id"), options.validation_fraction)
+        for chosen, rejected in pairs:
+            out.records[split].append({
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": scrub(texts[chosen])}],
+                "rejected": [{"role": "assistant", "content": scrub(texts[rejected])}],
+                "meta": {**meta, "chosen_id": chosen, "rejected_id": rejected,
+                         "chosen_source": sources.get(chosen), "rejected_source": sources.get(rejected)},
+            })
+        out.counts["annotations_in_records"] += len(rankings)
+
+
+# One exporter per labeling template (hil.templates.TEMPLATES): a new template is one
 # function and one entry here.
-EXPORTERS = {"sft": _export_sft, "preference": _export_preference, "rate": _export_rate}
+EXPORTERS = {"sft": _export_sft, "chat": _export_sft, "preference": _export_preference, "rank": _export_rank,
+             "rate": _export_rate}
 
 
-def _answer_label(results: list[dict], spec: LabelingSpec) -> str | None:
+def _answer_label(results: list[dict], spec: LabelingSpec, task: dict) -> str | None:
     text = _textarea(results, spec, spec.answer_control)
     return _normalize(text) if text else None
 
 
-def _rating_label(results: list[dict], spec: LabelingSpec) -> str | None:
+def _rating_label(results: list[dict], spec: LabelingSpec, task: dict) -> str | None:
     rating = rating_of(results, spec.rating_control)
     return None if rating is None else str(rating)
 
 
+def ranking_text(ranks: dict[str, float]) -> str:
+    """A ranking as text: ``2>1=3`` (answer 2 best, 1 and 3 tied)."""
+    tiers = [[i for i in ranks if ranks[i] == level] for level in sorted(set(ranks.values()))]
+    return ">".join("=".join(tier) for tier in tiers)
+
+
+def _ranking_label(results: list[dict], spec: LabelingSpec, task: dict) -> str | None:
+    ranks, _, _ = ranking_of(results, spec, list(rank_answers(task, spec)))
+    return None if ranks is None else ranking_text(ranks)
+
+
 # What two annotations of a task are compared by, per template.
-_QUALITY_LABELS = {"sft": _answer_label, "preference": lambda results, spec: pairwise_choice(results),
-                   "rate": _rating_label}
+_QUALITY_LABELS = {"sft": _answer_label, "chat": _answer_label,
+                   "preference": lambda results, spec, task: pairwise_choice(results),
+                   "rank": _ranking_label, "rate": _rating_label}
+
+
+def _kendall_w(rankings: list[dict[str, float]]) -> float | None:
+    """Kendall's coefficient of concordance of m rankings of the same n answers, corrected for ties."""
+    m, ids = len(rankings), list(rankings[0])
+    n = len(ids)
+    totals = [sum(r[i] for r in rankings) for i in ids]
+    mean = sum(totals) / n
+    spread = sum((t - mean) ** 2 for t in totals)
+    ties = sum(c ** 3 - c for r in rankings for c in Counter(r.values()).values())
+    denominator = m * m * (n ** 3 - n) - m * ties
+    return None if denominator <= 0 else round(12 * spread / denominator, 4)
+
+
+def _kendall_tau(a: dict[str, float], b: dict[str, float]) -> float | None:
+    """Kendall's tau-b of two rankings of the same answers (None when either ties everything)."""
+    ids = list(a)
+    concordant = discordant = ties_a = ties_b = 0
+    for x in range(len(ids)):
+        for y in range(x + 1, len(ids)):
+            da, db = a[ids[x]] - a[ids[y]], b[ids[x]] - b[ids[y]]
+            ties_a += da == 0
+            ties_b += db == 0
+            concordant += da * db > 0
+            discordant += da * db < 0
+    pairs = len(ids) * (len(ids) - 1) / 2
+    denominator = ((pairs - ties_a) * (pairs - ties_b)) ** 0.5
+    return None if denominator == 0 else round((concordant - discordant) / denominator, 4)
+
+
+def _rank_agreement(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
+    """Agreement of annotators who ranked the same task: mean Kendall's W over tasks with 2+ complete
+    rankings, mean tau-b per annotator pair, and the share of rankings left in the order shown (an
+    annotator who submits without dragging leaves it so)."""
+    w_values: list[float] = []
+    taus: dict[str, list[float]] = defaultdict(list)
+    complete = unchanged = 0
+    for task in tasks:
+        ids = list(rank_answers(task, spec))
+        by_annotator: dict[Any, dict[str, float]] = {}
+        for annotation in sorted_annotations(task):
+            if annotation.get("was_cancelled") or len(ids) < 2:
+                continue
+            ranks, _, _ = ranking_of(annotation.get("result") or [], spec, ids)
+            if ranks is None:
+                continue
+            complete += 1
+            unchanged += all(ranks[i] == place for place, i in enumerate(ids, 1))
+            by_annotator[annotator(annotation)] = ranks
+        if len(by_annotator) < 2:
+            continue
+        w = _kendall_w(list(by_annotator.values()))
+        if w is not None:
+            w_values.append(w)
+        people = sorted(by_annotator, key=str)
+        for x in range(len(people)):
+            for y in range(x + 1, len(people)):
+                tau = _kendall_tau(by_annotator[people[x]], by_annotator[people[y]])
+                if tau is not None:
+                    taus[f"{people[x]}~{people[y]}"].append(tau)
+    return {
+        "kendall_w": round(statistics.mean(w_values), 4) if w_values else None,
+        "kendall_tau": {pair: round(statistics.mean(v), 4) for pair, v in sorted(taus.items())},
+        "complete_rankings": complete,
+        "rankings_in_shown_order": round(unchanged / complete, 4) if complete else None,
+    }
 
 
 def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
@@ -448,7 +672,7 @@ def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
             continue
         for annotation in done:
             who = annotator(annotation)
-            label = _QUALITY_LABELS[spec.kind](annotation.get("result") or [], spec)
+            label = _QUALITY_LABELS[spec.kind](annotation.get("result") or [], spec, task)
             if label is None:
                 continue
             if annotation.get("ground_truth"):
@@ -482,6 +706,8 @@ def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
     if spec.kind == "preference" and multi:
         report["fleiss_kappa"] = _fleiss_kappa([list(l.values()) for l in multi.values()], ("left", "right"))
         report["cohen_kappa"] = _pairwise_cohen(multi)
+    if spec.kind == "rank":
+        report.update(_rank_agreement(tasks, spec))
     return report
 
 
@@ -649,7 +875,7 @@ def unread_controls(tasks: list[dict], kind: str) -> list[str]:
     an sft project, a Chat tag's chatmessage...)."""
     found = {(str(r.get("from_name")), str(r.get("type"))) for t in tasks if isinstance(t, dict)
              for a in (t.get("annotations") or []) if isinstance(a, dict) for r in (a.get("result") or [])
-             if isinstance(r, dict) and r.get("type") not in READ_RESULT_TYPES[kind]}
+             if isinstance(r, dict) and r.get("type") not in TEMPLATES[kind].result_types}
     return [f"{name} ({kind})" for name, kind in sorted(found)]
 
 
@@ -702,17 +928,28 @@ def check_export_shape(tasks: Any, where: str) -> None:
 
 
 def check_template_matches(tasks: list[dict], spec: LabelingSpec, where: str) -> None:
-    """Refuse an export made with the other template, before writing anything.
+    """Refuse an export made with another template, before writing anything: its results are of a
+    type only another template reads (Pairwise, Ranker, Rating), and none of this template's own.
+    A spec read from a labeling config (a live project, ``--label-config``) is the project's own.
 
     Raises:
         UserError: naming the template the annotations look like.
     """
     from hilt.errors import UserError
 
+    if spec.controls:
+        return
     types = Counter(
         r.get("type") for t in tasks for a in (t.get("annotations") or []) for r in (a.get("result") or [])
     )
-    if spec.kind == "sft" and types["pairwise"] and not types["textarea"]:
-        raise UserError(f"{where} holds preference annotations (Pairwise), not SFT answers; use --template preference")
-    if spec.kind == "preference" and types["textarea"] and not types["pairwise"]:
-        raise UserError(f"{where} holds SFT answers (TextArea), not preferences; use --template sft")
+    own = TEMPLATES[spec.kind].result_types - {"textarea"}  # a TextArea is in every template
+    if own and not any(types[t] for t in own) and types["textarea"]:
+        raise UserError(f"{where} holds only TextArea results (written answers), none of a {spec.kind} project's "
+                        f"{'/'.join(sorted(own))}; use --template sft (or chat for conversations)")
+    if any(types[t] for t in own):
+        return
+    for name, other in TEMPLATES.items():
+        theirs = sorted(t for t in other.result_types - {"textarea"} if types[t])
+        if theirs and name != spec.kind:
+            raise UserError(f"{where} holds {name} annotations ({', '.join(theirs)} results), not {spec.kind} ones; "
+                            f"use --template {name}")

@@ -1,26 +1,34 @@
 """Prompts (JSONL, CSV or a saved HF dataset) -> Label Studio tasks, with model drafts.
 
-Drafts become Label Studio *predictions*: the annotator opens a task with the model's
-answer already in the answer box and edits it instead of writing from zero. The model
-version is recorded on each prediction and carried into the exported record's meta.
+Drafts (from files, or written by local models) become Label Studio *predictions* for the
+sft and chat templates: the annotator opens a task with the model's answer already in the
+answer box and edits it instead of writing from zero; the model version is recorded on each
+prediction and carried into the exported record's meta. For rate a draft is the answer to
+grade; for rank every draft source adds one answer to rank beside the file's own.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import sys
 from pathlib import Path
 
-from hil.templates import LabelingSpec
+from hil.templates import LabelingSpec, template
 from hilt.errors import UserError
+from hilt.outputs import read_text_file
 
 
 def load_prompts(path: Path, kind: str) -> list[dict]:
-    """Rows with ``prompt`` (and ``system``, ``id``; ``answer1``/``answer2`` for preference).
+    """The rows of a prompts file, each with what its template needs (``Template.columns``):
+    ``prompt`` (and ``system``, ``id``); ``answer1``/``answer2`` for preference, ``answer`` for rate;
+    chat: ``messages`` (or ShareGPT ``conversations``) ending with a user turn; rank: ``answers``
+    (a list, or ``answer1``, ``answer2``... columns) as ``[{"text", "source"}]``.
 
     Raises:
-        UserError: naming the file (and line) that lacks a required field.
+        UserError: naming the file (and line) that is unreadable or lacks a required field.
     """
     if not path.exists():
         raise UserError(f"--prompts {path}: no such file or directory")
@@ -33,40 +41,96 @@ def load_prompts(path: Path, kind: str) -> list[dict]:
             raise UserError(f"--prompts {path}: not a saved Hugging Face dataset ({err})") from None
         where = lambda i: f"{path} row {i}"  # noqa: E731
     elif path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = list(csv.DictReader(io.StringIO(read_text_file(path, "--prompts"), newline="")))
         where = lambda i: f"{path}:{i + 2}"  # noqa: E731  (header is line 1)
     else:
-        rows = []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{line_no}: not valid JSON ({err.msg}); one JSON object per line") from None
+        rows = [row for _, row in _jsonl(path, "--prompts")]
         where = lambda i: f"{path} record {i + 1}"  # noqa: E731
-    from hil.templates import REQUIRED_COLUMNS, template_xml
-
-    template_xml(kind)  # refuses an unknown template
-    required = REQUIRED_COLUMNS[kind]
+    spec = template(kind)  # refuses an unknown template
+    rows = [_ROW_READERS.get(kind, _as_is)(row, where(i)) for i, row in enumerate(rows)]
     for i, row in enumerate(rows):
-        missing = [key for key in required if not str(row.get(key) or "").strip()]
+        missing = [key for key in spec.columns if not str(row.get(key) or "").strip()]
         if missing:
-            raise UserError(f"{where(i)}: missing {', '.join(missing)}; every row needs {', '.join(required)}")
+            raise UserError(f"{where(i)}: missing {', '.join(missing)}; every row needs {', '.join(spec.columns)}")
     if not rows:
         raise UserError(f"--prompts {path}: no prompts in it")
+    return rows
+
+
+def _as_is(row: dict, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: a {type(row).__name__}, not an object; one JSON object per line")
+    return row
+
+
+def _chat_row(row: dict, where: str) -> dict:
+    """A chat row's conversation as ``messages`` (from ``messages`` or ShareGPT ``conversations``),
+    checked: text turns of system/user/assistant, ending with the user turn to answer."""
+    from training.formats import conversation
+
+    messages = conversation(_as_is(row, where), where)
+    if messages is None:
+        raise UserError(f"{where}: no 'messages' (or ShareGPT 'conversations'); the chat template needs the "
+                        "conversation so far")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES or not isinstance(m.get("content"), str) \
+                or not m["content"].strip():
+            raise UserError(f"{where}: messages[{i}] must be {{\"role\": system|user|assistant, \"content\": "
+                            "non-empty text}")
+    if not messages or messages[-1]["role"] != "user":
+        last = messages[-1]["role"] if messages else "empty"
+        raise UserError(f"{where}: the conversation ends with a {last} turn; the annotator writes the assistant's "
+                        "next turn, so end it with the user turn to answer")
+    rest = {k: v for k, v in row.items() if k not in ("messages", "conversations")}
+    return {**rest, "messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+
+
+def _rank_row(row: dict, where: str) -> dict:
+    """A rank row's answers as ``[{"text", "source"}]``: from an ``answers`` list (strings, or objects
+    with ``text``/``body`` and an optional ``source``) or from ``answer1``, ``answer2``... columns."""
+    row = _as_is(row, where)
+    numbered = sorted((int(k[6:]), k) for k in row if k.startswith("answer") and k[6:].isdigit())
+    given = row.get("answers")
+    if given is None:
+        given = [row[k] for _, k in numbered if str(row[k] or "").strip()]
+    if isinstance(given, str) or not isinstance(given, list):
+        raise UserError(f"{where}: 'answers' must be a list of answers (strings or {{\"text\", \"source\"}})")
+    answers = []
+    for i, answer in enumerate(given):
+        text, source = (answer, "file") if isinstance(answer, str) else (
+            (answer.get("text") or answer.get("body"), str(answer.get("source") or "file"))
+            if isinstance(answer, dict) else (None, None))
+        if not isinstance(text, str):
+            raise UserError(f"{where}: answers[{i}] is not text; give a string or {{\"text\": ..., \"source\": ...}}")
+        if text.strip():
+            answers.append({"text": text, "source": source})
+    rest = {k: v for k, v in row.items() if k != "answers" and k not in dict(numbered).values()}
+    return {**rest, "answers": answers}
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+# Templates whose rows are read into a shape of their own before the column check.
+_ROW_READERS = {"chat": _chat_row, "rank": _rank_row}
+
+
+def _jsonl(path: Path, flag: str) -> list[tuple[int, object]]:
+    """(line number, value) of each non-blank line of a JSONL file, or one line saying what is wrong."""
+    rows = []
+    for line_no, line in enumerate(read_text_file(path, flag).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((line_no, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{line_no}: not valid JSON ({err.msg}); one JSON object per line") from None
     return rows
 
 
 def load_drafts(path: Path) -> dict[str, str]:
     """Drafts from JSONL rows ``{"id" or "prompt": ..., "draft": ...}``, keyed by id or prompt."""
     drafts: dict[str, str] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        key = str(row["id"]) if "id" in row else row.get("prompt")
+    for line_no, row in _jsonl(path, "--drafts"):
+        key = (str(row["id"]) if "id" in row else row.get("prompt")) if isinstance(row, dict) else None
         if key is None or not isinstance(row.get("draft"), str):
             raise UserError(f"{path}:{line_no}: a draft row needs \"draft\" and \"id\" or \"prompt\"")
         drafts[key] = row["draft"]
@@ -82,51 +146,88 @@ def model_version(model_dir: Path) -> str:
     return f"{model_dir.name}@{digest.hexdigest()[:12]}"
 
 
+def conversation_of(row: dict) -> list[dict]:
+    """The messages a model answers for a prompts row: the chat conversation, else system? + prompt."""
+    if "messages" in row:
+        return row["messages"]
+    return ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + [
+        {"role": "user", "content": row["prompt"]}]
+
+
 def drafts_from_model(model_dir: Path, rows: list[dict], max_new_tokens: int = 128) -> dict[str, str]:
     """Greedy drafts from a local model, keyed like ``load_drafts``."""
     from training.generation import greedy_answers
 
-    conversations = [
-        ([{"role": "system", "content": r["system"]}] if r.get("system") else [])
-        + [{"role": "user", "content": r["prompt"]}]
-        for r in rows
-    ]
-    answers = greedy_answers(model_dir, conversations, max_new_tokens=max_new_tokens)
+    answers = greedy_answers(model_dir, [conversation_of(r) for r in rows], max_new_tokens=max_new_tokens)
     return {_key(r, i): a for i, (r, a) in enumerate(zip(rows, answers))}
 
 
 def _key(row: dict, index: int) -> str:
-    return str(row["id"]) if "id" in row and row["id"] is not None else row["prompt"]
+    """How a draft finds its row: the id, else the prompt (chat: the last user turn)."""
+    if row.get("id") is not None:
+        return str(row["id"])
+    return row["prompt"] if "prompt" in row else row["messages"][-1]["content"]
 
 
-def build_tasks(rows: list[dict], spec: LabelingSpec, drafts: dict[str, str] | None = None,
-                version: str | None = None) -> list[dict]:
-    """Label Studio tasks; drafts attached as predictions (sft) or as the answer to grade (rate)."""
+# Drafts: (version, {row key: text}) per source, a file (``file:NAME``) or a model (``NAME@sha``).
+Drafts = list[tuple[str, dict[str, str]]]
+
+
+def _rank_answers(row: dict, index: int, drafts: Drafts) -> tuple[list[dict], dict[str, str]]:
+    """The List items of a rank task (shown in an order drawn from the row's key, so position says
+    nothing of the source) and which source wrote each."""
+    answers = [*row.get("answers", []),
+               *({"text": d[_key(row, index)], "source": version} for version, d in drafts if _key(row, index) in d)]
+    unique: dict[str, dict] = {}
+    for answer in answers:
+        if "\x00" in answer["text"]:  # a random model's bytes: the export would reject every ranking of it
+            print(f"[hilt] prompt {index + 1} ({_key(row, index)}): the answer from {answer['source']} holds NUL "
+                  "(\\x00) characters; left out", file=sys.stderr)
+        elif answer["text"].strip():
+            unique.setdefault(" ".join(answer["text"].split()).casefold(), answer)
+    if len(unique) < 2:
+        raise UserError(f"prompt {index + 1} ({_key(row, index)}): {len(unique)} distinct answer(s) to rank; give "
+                        "2 or more (an 'answers' list, answer1/answer2... columns, --drafts or --drafts-from)")
+    order = sorted(unique.values(), key=lambda a: hashlib.sha256(f"{_key(row, index)}\0{a['text']}".encode()).digest())
+    items = [{"id": str(i + 1), "title": f"Answer {i + 1}", "body": a["text"]} for i, a in enumerate(order)]
+    return items, {item["id"]: a["source"] for item, a in zip(items, order)}
+
+
+def build_tasks(rows: list[dict], spec: LabelingSpec, drafts: Drafts = ()) -> list[dict]:
+    """Label Studio tasks: drafts attached as predictions (sft, chat), as the answer to grade (rate),
+    or as answers to rank beside the file's (rank)."""
     tasks = []
     for index, row in enumerate(rows):
-        data = {"prompt": str(row["prompt"])}
-        if row.get("system"):
-            data["system"] = str(row["system"])
+        key = _key(row, index)
+        data: dict = {}
+        if spec.kind == "chat":
+            data[spec.prompt_key] = row["messages"]
+        else:
+            data["prompt"] = str(row["prompt"])
+            if row.get("system"):
+                data["system"] = str(row["system"])
         if spec.kind == "preference":
             data["answer1"], data["answer2"] = str(row["answer1"]), str(row["answer2"])
-        draft = (drafts or {}).get(_key(row, index))
+        first = next(((version, d[key]) for version, d in drafts if key in d), None)
         if spec.kind == "rate":  # the answer to grade: from the file, else the model's draft
-            answer = str(row.get("answer") or "").strip() or draft
+            answer = str(row.get("answer") or "").strip() or (first[1] if first else None)
             if not answer:
-                raise UserError(f"prompt {index + 1} ({_key(row, index)}): no answer to grade; give the prompts file "
+                raise UserError(f"prompt {index + 1} ({key}): no answer to grade; give the prompts file "
                                 "an 'answer' column or pass --drafts/--drafts-from")
             data["answer"] = answer
+        if spec.kind == "rank":
+            data[spec.answers_key], data["answer_sources"] = _rank_answers(row, index, drafts)
         if row.get("id") is not None:
             data["source_id"] = str(row["id"])
         task: dict = {"data": data}
-        if draft is not None and spec.kind == "sft":
+        if first is not None and spec.kind in ("sft", "chat"):
             task["predictions"] = [{
-                "model_version": version or "drafts",
+                "model_version": first[0],
                 "result": [{
                     "from_name": spec.answer_control or "answer",
                     "to_name": spec.prompt_object,
                     "type": "textarea",
-                    "value": {"text": [draft]},
+                    "value": {"text": [first[1]]},
                 }],
             }]
         tasks.append(task)

@@ -51,8 +51,8 @@ def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[i
     rows = [{"id": i["id"], "prompt": i["prompt"], "system": i["system"]} for i in items]
     config = template_xml("sft")
     print(f"[demo] drafting {len(rows)} answers with the base model (annotators edit drafts, not blank boxes)")
-    tasks = build_tasks(rows, parse_label_config(config), drafts_from_model(model_dir, rows, max_new_tokens=48),
-                        model_version(model_dir))
+    tasks = build_tasks(rows, parse_label_config(config),
+                        [(model_version(model_dir), drafts_from_model(model_dir, rows, max_new_tokens=48))])
     project = client.create_project("hilt demo: internal-process assistant", config,
                                     description="Write the polite, accurate answer; edit the model's draft.")
     client.import_tasks(project, tasks)

@@ -164,3 +164,17 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
             pass
         raise UserError(os_error_message(err, path)) from None
     return path
+
+
+def read_text_file(path: Path, flag: str) -> str:
+    """A UTF-8 text file a flag names (a labeling config, a prompts file), or one line saying why not."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{flag} {path} is a folder; pass the file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{flag} {path}: not UTF-8 text (offset {err.start}); re-save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(os_error_message(err, path, "read")) from None

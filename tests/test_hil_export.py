@@ -300,3 +300,159 @@ def test_rate_template_gives_kto_records_and_corrections():
     files, manifest = build_files(result, {"type": "file"}, ExportOptions())
     assert "corrections/sft/train/data.jsonl" in files and manifest["extra_records"]["corrections/sft"]["train"] == 1
     assert "hilt train quickstart-tiny-kto" in files["README.md"].decode()
+
+
+# ------------------------------------------------------------------ chat: the next assistant turn
+
+CHAT = default_spec("chat")
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi, I need a room."},
+                {"role": "assistant", "content": "Which day?"}, {"role": "user", "content": "Friday."}]
+
+
+def chat_task(tid, annotations, messages=CONVERSATION):
+    return {"id": tid, "data": {"messages": messages}, "annotations": annotations, "predictions": []}
+
+
+def chat_annotation(aid, text, who=1, **extra):
+    return {**sft_annotation(aid, None, who, **extra),
+            "result": [] if text is None else [{"from_name": "answer", "to_name": "dialogue", "type": "textarea",
+                                                 "value": {"text": [text]}}]}
+
+
+def test_chat_record_is_the_conversation_plus_the_new_turn():
+    tasks = [chat_task(1, [chat_annotation(1, " Booked room 4 for Friday. ")])]
+    result = export_annotations(tasks, CHAT, ExportOptions(validation_fraction=0.0))
+    (record,) = result.records["train"]
+    assert record["messages"] == [*CONVERSATION, {"role": "assistant", "content": "Booked room 4 for Friday."}]
+    assert record["meta"]["annotation_id"] == 1
+
+
+@pytest.mark.parametrize("annotation, messages, reason", [
+    (chat_annotation(1, "x", was_cancelled=True), CONVERSATION, "cancelled"),
+    (chat_annotation(1, None), CONVERSATION, "no_answer"),
+    (chat_annotation(1, "  "), CONVERSATION, "empty_answer"),
+    (chat_annotation(1, "y" * 101), CONVERSATION, "too_long"),
+    (chat_annotation(1, "fine"), CONVERSATION[:3], "missing_prompt"),  # ends with the assistant
+    (chat_annotation(1, "fine"), "not a list", "missing_prompt"),
+])
+def test_chat_reject_rules_are_the_sft_ones(annotation, messages, reason):
+    result = export_annotations([chat_task(1, [annotation], messages)], CHAT, ExportOptions(max_chars=100))
+    assert reasons(result) == [reason]
+
+
+def test_chat_duplicates_look_at_the_whole_conversation():
+    other = [*CONVERSATION[:3], {"role": "user", "content": "Saturday."}]
+    tasks = [chat_task(1, [chat_annotation(1, "Done.")]), chat_task(2, [chat_annotation(2, "Done.")], other),
+             chat_task(3, [chat_annotation(3, "done. ")])]
+    result = export_annotations(tasks, CHAT, ExportOptions(validation_fraction=0.0))
+    assert len(result.records["train"]) == 2 and reasons(result) == ["duplicate"]
+
+
+# ------------------------------------------------------------------ rank: N answers in order
+
+RANK = default_spec("rank")
+ITEMS = [{"id": str(i), "title": f"Answer {i}", "body": text} for i, text in enumerate(("red", "green", "blue", "gray"), 1)]
+
+
+def rank_annotation(aid, order, who=1, name="rank", **extra):
+    value = order if isinstance(order, dict) else {name: order}
+    return {**sft_annotation(aid, None, who, **extra),
+            "result": [{"from_name": name, "to_name": "answers", "type": "ranker", "value": {"ranker": value}}]}
+
+
+def rank_task(tid, annotations, items=ITEMS):
+    return {"id": tid, "data": {"prompt": f"question {tid}", "answers": items,
+                                "answer_sources": {"1": "m1@a", "2": "m2@b", "3": "file", "4": "file"}},
+            "annotations": annotations}
+
+
+def pairs(result):
+    return [(r["meta"]["chosen_id"], r["meta"]["rejected_id"]) for r in result.records["train"]]
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("best-vs-rest", [("2", "1"), ("2", "3"), ("2", "4")]),
+    ("adjacent", [("2", "1"), ("1", "3"), ("3", "4")]),
+    ("all-pairs", [("2", "1"), ("2", "3"), ("2", "4"), ("1", "3"), ("1", "4"), ("3", "4")]),
+])
+def test_rank_policies_give_the_pairs_of_the_order(policy, expected):
+    result = export_annotations([rank_task(1, [rank_annotation(1, ["2", "1", "3", "4"])])], RANK,
+                                ExportOptions(validation_fraction=0.0, rank_policy=policy))
+    assert pairs(result) == expected
+    texts = {i["id"]: i["body"] for i in ITEMS}
+    for record, (chosen, rejected) in zip(result.records["train"], expected):
+        assert record["prompt"] == [{"role": "user", "content": "question 1"}]
+        assert record["chosen"] == [{"role": "assistant", "content": texts[chosen]}]
+        assert record["rejected"] == [{"role": "assistant", "content": texts[rejected]}]
+    meta = result.records["train"][0]["meta"]
+    assert meta["rankings"] == ["2>1>3>4"] and meta["policy"] == policy
+    assert (meta["chosen_source"], meta["rejected_source"]) == ("m2@b", "m1@a")
+
+
+@pytest.mark.parametrize("annotation, reason", [
+    (rank_annotation(1, ["2", "1", "3"]), "incomplete_ranking"),
+    (rank_annotation(1, ["2", "1", "3", "9"]), "invalid_ranking"),
+    (rank_annotation(1, ["2", "2", "1", "3", "4"]), "invalid_ranking"),
+    ({**rank_annotation(1, []), "result": []}, "no_selection"),
+    (rank_annotation(1, ["1", "2", "3", "4"], was_cancelled=True), "cancelled"),
+])
+def test_rank_reject_rules(annotation, reason):
+    result = export_annotations([rank_task(1, [annotation])], RANK, ExportOptions())
+    assert reasons(result) == [reason] and not result.records["train"] + result.records["validation"]
+
+
+def test_rank_mean_of_several_annotators_and_ties():
+    # Two annotators swap 1 and 2: they tie for best, so best-vs-rest has no best; all-pairs still pairs
+    # them with the answers both put below.
+    annotations = [rank_annotation(1, ["1", "2", "3", "4"]), rank_annotation(2, ["2", "1", "3", "4"], who=2)]
+    tied = export_annotations([rank_task(1, annotations)], RANK, ExportOptions(validation_fraction=0.0))
+    assert reasons(tied) == ["tied_ranking", "tied_ranking"] and "tie for best" in tied.rejects[0]["detail"]
+    full = export_annotations([rank_task(1, annotations)], RANK,
+                              ExportOptions(validation_fraction=0.0, rank_policy="all-pairs"))
+    assert sorted(pairs(full)) == [("1", "3"), ("1", "4"), ("2", "3"), ("2", "4"), ("3", "4")]
+    assert full.records["train"][0]["meta"]["mean_ranks"] == {"1": 1.5, "2": 1.5, "3": 3.0, "4": 4.0}
+    assert full.counts["annotations_in_records"] == 2
+    # A third annotator breaks the tie: mean ranks decide.
+    third = export_annotations([rank_task(1, [*annotations, rank_annotation(3, ["2", "3", "1", "4"], who=3)])],
+                               RANK, ExportOptions(validation_fraction=0.0))
+    assert pairs(third) == [("2", "1"), ("2", "3"), ("2", "4")]
+    quality = third.quality
+    assert quality["complete_rankings"] == 3 and 0 < quality["kendall_w"] < 1
+    assert quality["kendall_tau"]["1~2"] == pytest.approx(0.6667) and quality["rankings_in_shown_order"] == 0.3333
+
+
+def test_rank_buckets_of_the_stock_llm_ranker_are_tiers():
+    config = ('<View><Text name="prompt" value="$prompt"/><List name="answers" value="$items"/>'
+              '<Ranker name="rank" toName="answers"><Bucket name="good" title="Good"/><Bucket name="bad" title="Bad"/>'
+              '</Ranker></View>')
+    spec = parse_label_config(config)
+    assert (spec.kind, spec.buckets, spec.answers_key) == ("rank", ("good", "bad"), "items")
+    items_task = lambda annotations: {**rank_task(1, annotations), "data": {"prompt": "q", "items": ITEMS}}  # noqa: E731
+    result = export_annotations([items_task([rank_annotation(1, {"good": ["3", "1"], "bad": ["2", "4"]})])], spec,
+                                ExportOptions(validation_fraction=0.0, rank_policy="all-pairs"))
+    assert sorted(pairs(result)) == [("1", "2"), ("1", "4"), ("3", "2"), ("3", "4")]
+    left = export_annotations([items_task([rank_annotation(1, {"good": ["3"], "bad": [], "_": ["1", "2", "4"]})])],
+                              spec, ExportOptions())
+    assert reasons(left) == ["incomplete_ranking"]
+
+
+def test_rank_identical_and_duplicate_pairs():
+    same = [{**ITEMS[0]}, {**ITEMS[1], "body": " RED "}]
+    result = export_annotations([rank_task(1, [rank_annotation(1, ["1", "2"])], same)], RANK, ExportOptions())
+    assert reasons(result) == ["identical_answers"]
+    twice = [rank_task(1, [rank_annotation(1, ["2", "1", "3", "4"])]),
+             {**rank_task(2, [rank_annotation(2, ["2", "1", "3", "4"])]), "data": rank_task(1, [])["data"]}]
+    result = export_annotations(twice, RANK, ExportOptions(validation_fraction=0.0))
+    assert len(pairs(result)) == 3 and reasons(result) == ["duplicate"]
+
+
+def test_rank_from_a_file_needs_its_template(hilt_exe, tmp_path):
+    export = write_export(tmp_path / "ranked.json", [rank_task(1, [rank_annotation(1, ["2", "1", "3", "4"])])])
+    wrong = run(hilt_exe, "export", "--from-file", str(export), "--template", "preference", "--out", str(tmp_path / "x"))
+    assert wrong.returncode == 2 and "use --template rank" in wrong.stderr and not (tmp_path / "x").exists()
+    ok = run(hilt_exe, "export", "--from-file", str(export), "--template", "rank", "--rank-policy", "adjacent",
+             "--out", str(tmp_path / "ds"))
+    assert ok.returncode == 0, ok.stderr
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["template"] == "rank" and sum(manifest["counts"]["records"].values()) == 3
+    assert "llama3-8b-dpo-lora" in (tmp_path / "ds" / "README.md").read_text()

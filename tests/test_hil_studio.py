@@ -204,7 +204,7 @@ def test_user_errors_against_the_server(hilt_exe, studio, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("template", ["sft", "preference", "rate"])
+@pytest.mark.parametrize("template", ["sft", "chat", "preference", "rank", "rate"])
 def test_templates_render_in_label_studio_ui(hilt_exe, studio, client, tmp_path, template):
     """Open the labeling page of one task in headless Chromium, check its text, save a screenshot."""
     from browser import Chromium, login_cookies
@@ -216,6 +216,21 @@ def test_templates_render_in_label_studio_ui(hilt_exe, studio, client, tmp_path,
         project = create_project(hilt_exe, studio, tmp_path, "sft", rows, "--drafts", str(drafts))
         expected = ["Write the ideal answer", "How do I order a new laptop?", "Open the IT portal and request one.",
                     "Submit"]
+    elif template == "chat":
+        rows = [{"id": "c1", "messages": [{"role": "user", "content": "I need a laptop."},
+                                          {"role": "assistant", "content": "Which model?"},
+                                          {"role": "user", "content": "The 14-inch one."}]}]
+        drafts = tmp_path / "d.jsonl"
+        drafts.write_text(json.dumps({"id": "c1", "draft": "Request it in the IT portal."}) + "\n")
+        project = create_project(hilt_exe, studio, tmp_path, "chat", rows, "--drafts", str(drafts))
+        expected = ["Conversation so far", "I need a laptop.", "Which model?", "The 14-inch one.",
+                    "Write the assistant's next turn", "Request it in the IT portal.", "Submit"]
+    elif template == "rank":
+        rows = [{"prompt": "How do I order a new laptop?",
+                 "answers": ["Ask someone.", "Open the IT portal and request one.", "Buy one yourself."]}]
+        project = create_project(hilt_exe, studio, tmp_path, "rank", rows)
+        expected = ["Drag the answers into order", "How do I order a new laptop?", "Ask someone.",
+                    "Open the IT portal and request one.", "Buy one yourself.", "Answer 1", "Answer 3", "Submit"]
     elif template == "rate":
         rows = [{"prompt": "How do I order a new laptop?", "answer": "Ask someone."}]
         project = create_project(hilt_exe, studio, tmp_path, "rate", rows)
@@ -343,3 +358,158 @@ def test_rate_project_exports_kto_records_and_corrections(hilt_exe, studio, clie
     assert all(r["label"] is False for r in all_records(tmp_path / "strict"))
     quality = json.loads(run_hilt(hilt_exe, "quality", "--project", str(project), env=studio["env"]).stdout)
     assert quality["quality"]["tasks_with_2plus_annotations"] == 1 and quality["quality"]["percent_agreement"] == 0.0
+
+
+def download(client, project, fmt, path):
+    path.write_bytes(client.download_export(project, fmt))
+    return path
+
+
+def strip_meta(recs):
+    return [{k: v for k, v in r.items() if k != "meta"} for r in recs]
+
+
+def export_every_format(hilt_exe, client, project, template, tmp_path, expected):
+    """Each export format the server offers for the project: JSON and JSON-MIN give the ``expected``
+    records (meta aside), any other is refused in one line with nothing written."""
+    formats = client.export_formats(project)
+    assert {"JSON", "JSON_MIN", "CSV", "TSV"} <= set(formats), formats
+    for fmt in formats:
+        out = tmp_path / f"{template}-{fmt}-data"
+        done = run_hilt(hilt_exe, "export", "--from-file", str(download(client, project, fmt, tmp_path / f"{fmt}.x")),
+                        "--template", template, "--out", str(out))
+        if fmt in ("JSON", "JSON_MIN"):
+            assert done.returncode == 0, (fmt, done.stderr)
+            assert strip_meta(all_records(out)) == strip_meta(expected), fmt
+        else:
+            assert done.returncode == 2 and done.stderr.count("\n") == 1 and not out.exists(), (fmt, done.stderr)
+    return formats
+
+
+def test_chat_project_exports_the_conversation_plus_the_written_turn(hilt_exe, studio, client, second_annotator,
+                                                                    tmp_path):
+    """Conversations from messages and ShareGPT rows, drafts as predictions, two annotators; JSON and
+    JSON-MIN exports give the same records; CSV is refused."""
+    rows = [{"id": "c0", "messages": [{"role": "system", "content": "You book rooms."},
+                                      {"role": "user", "content": "I need a room."},
+                                      {"role": "assistant", "content": "For which day?"},
+                                      {"role": "user", "content": "Friday, for 6 people."}]},
+            {"id": "c1", "conversations": [{"from": "human", "value": "Where is the cafeteria?"}]},
+            {"id": "c2", "messages": [{"role": "user", "content": "Who approves travel?"}]}]
+    drafts = tmp_path / "chat-drafts.jsonl"
+    drafts.write_text(json.dumps({"id": "c0", "draft": "Room 4 is free on Friday."}) + "\n")
+    project = create_project(hilt_exe, studio, tmp_path, "chat", rows, "--drafts", str(drafts), "--title", "chat")
+    tasks = {t["data"]["source_id"]: t for t in client.export_tasks(project)}
+    assert tasks["c1"]["data"]["messages"] == [{"role": "user", "content": "Where is the cafeteria?"}]
+    (draft,) = client.task_predictions(tasks["c0"]["id"])
+
+    def turn(text):
+        return [{"from_name": "answer", "to_name": "dialogue", "type": "textarea", "value": {"text": [text]}}]
+
+    written = {
+        client.create_annotation(tasks["c0"]["id"], turn("Room 4 is free on Friday; I booked it."),
+                                 parent_prediction=draft["id"]): ("c0", "Room 4 is free on Friday; I booked it."),
+        client.create_annotation(tasks["c1"]["id"], turn("Floor 3, next to the lifts.")):
+            ("c1", "Floor 3, next to the lifts."),
+        client.create_annotation(tasks["c1"]["id"], turn("On floor 3."), completed_by=second_annotator):
+            ("c1", "On floor 3."),
+    }
+    empty = client.create_annotation(tasks["c2"]["id"], turn("  "), completed_by=second_annotator)
+    skipped = client.create_annotation(tasks["c2"]["id"], [], was_cancelled=True)
+    out = tmp_path / "chat-data"
+    result = run_hilt(hilt_exe, "export", "--project", str(project), "--out", str(out), env=studio["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = {r["meta"]["annotation_id"]: r for r in all_records(out)}
+    assert set(exported) == set(written)
+    for annotation_id, (source, text) in written.items():
+        conversation = [m for m in tasks[source]["data"]["messages"]]
+        assert exported[annotation_id]["messages"] == [*conversation, {"role": "assistant", "content": text}]
+    assert exported[next(iter(written))]["meta"]["draft_edited"] is True
+    rejects = {r["annotation_id"]: r["reason"] for r in records(out / "rejects.jsonl")}
+    assert rejects == {empty: "empty_answer", skipped: "cancelled"}
+
+    # The records train as chat: every assistant turn is read, the earlier ones as context of the new one.
+    from training.data import read_channel
+
+    read = [read_channel(out / split, "sft") for split in ("train", "validation") if records(out / split / "data.jsonl")]
+    assert sum(len(records) for records, _ in read) == 3
+    assert {f["format"] for _, files in read for f in files} == {"messages"}
+
+    formats = export_every_format(hilt_exe, client, project, "chat", tmp_path, all_records(out))
+    print(f"chat project export formats: {formats}")
+
+
+def test_rank_project_exports_pairs_by_policy_and_agreement(hilt_exe, studio, client, second_annotator,
+                                                             warm_base_dir, tmp_path):
+    """Answers from the file, a drafts file and a local model; two annotators drag them into order
+    through the API; the pairs follow the mean rank; ties and incomplete rankings are rejects; JSON
+    and JSON-MIN give the same pairs; quality reports Kendall's W."""
+    rows = [{"id": "k0", "prompt": "How do I book a room?",
+             "answers": ["Use the booking portal.", "Ask reception to book it for you."]},
+            {"id": "k1", "prompt": "Who approves travel?", "answer1": "Your manager, in the HR portal.",
+             "answer2": "Nobody."},
+            {"id": "k2", "prompt": "Where is the cafeteria?", "answers": ["Floor 3.", "Floor 9."]}]
+    drafts = tmp_path / "rank-drafts.jsonl"
+    drafts.write_text("".join(json.dumps({"id": f"k{i}", "draft": f"I do not know ({i})."}) + "\n" for i in range(3)))
+    project = create_project(hilt_exe, studio, tmp_path, "rank", rows, "--drafts", str(drafts),
+                             "--drafts-from", str(warm_base_dir), "--title", "rank")
+    tasks = {t["data"]["source_id"]: t for t in client.export_tasks(project)}
+    sources = set(tasks["k0"]["data"]["answer_sources"].values())
+    assert {"file", "file:rank-drafts.jsonl"} <= sources and any(s.startswith(warm_base_dir.name + "@") for s in sources)
+
+    def ids(source, *texts):
+        by_text = {i["body"]: i["id"] for i in tasks[source]["data"]["answers"]}
+        return [by_text[t] for t in texts]
+
+    def others(source, *first):
+        return [i["id"] for i in tasks[source]["data"]["answers"] if i["id"] not in first]
+
+    def ranking(order):
+        return [{"from_name": "rank", "to_name": "answers", "type": "ranker", "value": {"ranker": {"rank": order}}}]
+
+    best0 = ids("k0", "Use the booking portal.")
+    a = client.create_annotation(tasks["k0"]["id"], ranking(best0 + others("k0", *best0)))
+    b = client.create_annotation(tasks["k0"]["id"], ranking(best0 + others("k0", *best0)[::-1]),
+                                 completed_by=second_annotator)
+    best1 = ids("k1", "Your manager, in the HR portal.")
+    c = client.create_annotation(tasks["k1"]["id"], ranking(best1 + others("k1", *best1)) + [
+        {"from_name": "rationale", "to_name": "prompt", "type": "textarea", "value": {"text": ["it is right"]}}])
+    incomplete = client.create_annotation(tasks["k2"]["id"], ranking(ids("k2", "Floor 3.")))
+    out = tmp_path / "rank-data"
+    result = run_hilt(hilt_exe, "export", "--project", str(project), "--out", str(out), env=studio["env"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_prompt: dict[str, list] = {}
+    for r in all_records(out):
+        by_prompt.setdefault(r["prompt"][-1]["content"], []).append(r)
+    room = by_prompt.get("How do I book a room?", records(out / "rejects.jsonl"))
+    n_room = len(tasks["k0"]["data"]["answers"])
+    assert len(room) == n_room - 1 and "chosen" in room[0], room
+    assert all(r["chosen"][0]["content"] == "Use the booking portal." for r in room)
+    assert room[0]["meta"]["annotation_ids"] == [a, b] and room[0]["meta"]["policy"] == "best-vs-rest"
+    travel = by_prompt["Who approves travel?"]
+    assert {r["rejected"][0]["content"] for r in travel} == {i["body"] for i in tasks["k1"]["data"]["answers"]} - {
+        "Your manager, in the HR portal."}
+    assert travel[0]["meta"]["rationales"] == ["it is right"] and travel[0]["meta"]["annotation_ids"] == [c]
+    rejects = {r["annotation_id"]: r["reason"] for r in records(out / "rejects.jsonl")}
+    assert rejects == {incomplete: "incomplete_ranking"}
+
+    # all-pairs on the same annotations: every answer over each one below it in the mean ranking.
+    everything = run_hilt(hilt_exe, "export", "--project", str(project), "--rank-policy", "all-pairs", "--out",
+                          str(tmp_path / "all-pairs"), env=studio["env"])
+    assert everything.returncode == 0
+    n_travel = len(tasks["k1"]["data"]["answers"])
+    # k0: the two annotators agree on the best only, the rest tie at the same mean rank.
+    assert len(all_records(tmp_path / "all-pairs")) == (n_room - 1) + n_travel * (n_travel - 1) // 2
+
+    quality = json.loads(run_hilt(hilt_exe, "quality", "--project", str(project), env=studio["env"]).stdout)
+    assert quality["quality"]["complete_rankings"] == 3 and quality["quality"]["kendall_w"] is not None
+    assert quality["quality"]["kendall_tau"]
+
+    formats = export_every_format(hilt_exe, client, project, "rank", tmp_path, all_records(out))
+    print(f"rank project export formats: {formats}")
+
+    from training.data import read_channel
+
+    split = next(s for s in ("train", "validation") if records(out / s / "data.jsonl"))
+    pairs, files = read_channel(out / split, "dpo")  # the pairs read as DPO's preference records
+    assert pairs and {f["format"] for f in files} == {"preference"}

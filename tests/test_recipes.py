@@ -127,14 +127,16 @@ def test_recipe_schema_and_check_commands(hilt_exe):
 
 def test_methods_and_templates_are_looked_up_in_one_table_each():
     from hil.export import EXPORTERS
-    from hil.templates import REQUIRED_COLUMNS, TEMPLATE_NAMES
+    from hil.export import _QUALITY_LABELS
+    from hil.templates import TEMPLATE_NAMES, TEMPLATES, template_xml
     from training.data import RECORD_CHECKS, check_record
     from training.methods import METHODS, method_of
     from training.recipe import Recipe
 
     assert set(typing.get_args(Recipe.model_fields["method"].annotation)) == set(METHODS)
     assert all(m.record_kind in RECORD_CHECKS for m in METHODS.values())
-    assert set(EXPORTERS) == set(REQUIRED_COLUMNS) == set(TEMPLATE_NAMES)
+    assert set(EXPORTERS) == set(_QUALITY_LABELS) == set(TEMPLATES) == set(TEMPLATE_NAMES)
+    assert all(template_xml(name) for name in TEMPLATES)  # each has its XML
     with pytest.raises(UserError, match="method 'orpo' is not known"):
         method_of("orpo")
     with pytest.raises(UserError, match="neither a record kind"):

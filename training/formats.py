@@ -133,6 +133,19 @@ def _from_sharegpt(r: dict, where: str, ctx: dict) -> dict:
     return {"messages": messages}
 
 
+def conversation(row: dict, where: str) -> list | None:
+    """A row's conversation as ``[{"role", "content"}]``: from OpenAI/Bedrock ``messages`` or ShareGPT
+    ``conversations``, roles and content parts read as training reads them; None when it has neither.
+    The caller checks the turns (roles, text, which comes last)."""
+    if _is_sharegpt(row):
+        return _from_sharegpt(row, where, {})["messages"]
+    if _is_bedrock_conversation(row):
+        return _from_bedrock_conversation(row, where, {})["messages"]
+    if isinstance(row.get("messages"), list):
+        return _from_messages(row, where, {})["messages"]
+    return None
+
+
 def _is_alpaca(r: dict) -> bool:
     return "instruction" in r and "output" in r
 
