@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from container.backend import backend_class
+from container.capture import DataCapture
 from container.contract import (
     EVENT_STREAM,
     JSON,
@@ -46,6 +47,7 @@ from container.contract import (
     parse_body,
     streamed_metering_header,
 )
+from hilt.errors import UserError
 from training.opt_ml import OptML
 
 HOST_ENV = "HILT_SERVE_HOST"
@@ -142,6 +144,10 @@ def create_app(model_dir=None, metering_unit: str | None = None):
     # several in flight keep the batch full (one at a time for the serial backend).
     concurrent_transforms = _number_env(MAX_CONCURRENT_TRANSFORMS_ENV, 1 if backend_cls.name == "hf-serial" else 4, int)
     state: dict[str, Any] = {"runner": None, "error": None, "slots": None}
+    try:
+        capture = DataCapture.from_env()
+    except UserError as err:
+        raise SystemExit(f"serve: {err}") from None
 
     def load() -> None:
         try:
@@ -156,6 +162,8 @@ def create_app(model_dir=None, metering_unit: str | None = None):
         yield
         if state["runner"] is not None:  # stop the batch's thread with the server
             state["runner"].close()
+        if capture is not None:  # publish the open capture file
+            capture.close()
 
     app = FastAPI(title="hilt serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     threading.Thread(target=load, name="model-loader", daemon=True).start()
@@ -190,6 +198,7 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             where = ("SAGEMAKER_MAX_PAYLOAD_IN_MB" if batch["batch"] else "SageMaker's 6 MB real-time limit")
             return error(413, f"payload of {size} bytes is over {where} ({limit} bytes)")
         body = b"".join(chunks)
+        captured = capture is not None and capture.sampled()
         content_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
         if content_type not in (JSON, JSONLINES):
             return error(415, f"content type {content_type!r} not supported; use {JSON} or {JSONLINES}")
@@ -222,6 +231,8 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             headers = {METERING_HEADER: streamed_metering_header(unit, len(ids), kwargs["max_new_tokens"]),
                        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             chunks_out = _stream(runner, requests[0][1], ids, kwargs, deadline, cancelled, media, state["slots"])
+            if captured:
+                chunks_out = _captured_stream(chunks_out, capture, body, content_type, media)
             return StreamingResponse(chunks_out, media_type=media, headers=headers)
 
         async def one(ids, kwargs):
@@ -246,12 +257,26 @@ def create_app(model_dir=None, metering_unit: str | None = None):
         headers = {METERING_HEADER: metering_header(unit, generations)}
         answers = [invocation.answer(generation) for (_, invocation), generation in zip(requests, generations)]
         if content_type == JSON:
-            return JSONResponse(answers[0], headers=headers)
-        payload = "".join(json.dumps(answer, ensure_ascii=False) + "\n" for answer in answers)
-        return Response(payload, media_type=JSONLINES, headers=headers)
+            response = JSONResponse(answers[0], headers=headers)
+        else:
+            payload = "".join(json.dumps(answer, ensure_ascii=False) + "\n" for answer in answers)
+            response = Response(payload, media_type=JSONLINES, headers=headers)
+        if captured:
+            capture.record(body, content_type, response.body, content_type)
+        return response
 
     app.state.model_state = state
+    app.state.capture = capture
     return app
+
+
+async def _captured_stream(chunks, capture: DataCapture, body: bytes, content_type: str, media: str):
+    """The chunks of a streamed answer, captured as one response once the stream has ended."""
+    sent = []
+    async for chunk in chunks:
+        sent.append(chunk)
+        yield chunk
+    capture.record(body, content_type, b"".join(c if isinstance(c, bytes) else c.encode("utf-8") for c in sent), media)
 
 
 async def _stream(runner, invocation: Invocation, ids: list[int], kwargs: dict, deadline: float,

@@ -92,9 +92,12 @@ class StudioClient:
                                                                     download_all_tasks=True))
 
     def export_formats(self, project: int) -> list[str]:
-        """The export formats Label Studio offers for a project (its labeling config decides which)."""
+        """The names of the export formats Label Studio offers for a project (its labeling config decides
+        which: the others are listed as disabled)."""
         with self._calling(f"list export formats of project {project}", project=project):
-            return list(self.sdk.projects.exports.list_formats(project))
+            formats = self.sdk.projects.exports.list_formats(project)
+        return [f if isinstance(f, str) else f["name"] for f in formats
+                if isinstance(f, str) or not f.get("disabled")]
 
     def export_tasks(self, project: int) -> list[dict]:
         """All tasks of a project in Label Studio's JSON export format."""

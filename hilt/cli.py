@@ -390,6 +390,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else 1
 
 
+def _cmd_monitor_report(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from hilt.monitor import REPORT_JSON, REPORT_MD, monitor_report
+
+    since = None
+    if args.since:
+        try:
+            since = dt.datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+        except ValueError:
+            raise UserError(f"--since {args.since!r}: not a date or time; write e.g. 2026-11-24 or "
+                            "2026-11-24T18:00Z") from None
+        since = since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)
+    result = monitor_report(args.capture, Path(args.baseline), Path(args.out), gates=args.gate or None, since=since)
+    c = result["counts"]
+    print(f"{c['exchanges']} exchanges from {c['events']} captured invocations ({c['files']} files, "
+          f"{c['unreadable_lines']} unreadable lines, {c['events_not_understood']} not understood) vs "
+          f"{result['baseline']['records']} training records")
+    for gate in result["gates"]:
+        print(f"gate {gate['gate']}: {gate['value']:.4f} -> {'pass' if gate['passed'] else 'FAIL'}")
+    print(f"{Path(args.out) / REPORT_JSON}, {Path(args.out) / REPORT_MD}, plots: {', '.join(result['plots'])}")
+    return 0 if result["passed"] else 1
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     if args.pipeline_command == "run":
         from hilt.pipeline import run_pipeline
@@ -720,6 +744,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="cap on each answer (64)")
     p.add_argument("--max-samples", type=_positive_int, help="score only the first N records")
     p.set_defaults(func=_cmd_evaluate)
+
+    monitor = sub.add_parser("monitor", help="watch a deployed model: drift of its captured traffic")
+    monitor_sub = monitor.add_subparsers(dest="monitor_command", metavar="ACTION", required=True)
+    from hilt.monitor import DEFAULT_GATES, METRICS as MONITOR_METRICS  # light: no torch import
+
+    p = monitor_sub.add_parser(
+        "report", help="training data vs live traffic: lengths, PSI, empty/refusal/truncated, unseen words",
+        description="Read SageMaker Data Capture files (an endpoint's capture destination on S3, or the "
+        "HILT_DATA_CAPTURE_DIR of `serve`) and compare the traffic with the dataset the model was trained on: "
+        "prompt and answer length distributions with their population stability index, empty / refusal / "
+        "truncated answer rates, the share of prompt words never seen in training, traffic per hour. Writes "
+        "report.json, report.md and a PNG per feature. Exit 1 when a --gate fails.",
+    )
+    p.add_argument("--capture", required=True, help="capture folder or s3://bucket/prefix")
+    p.add_argument("--baseline", required=True, help="the training dataset (an export's folder, or *.jsonl)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--since", help="only traffic at or after this UTC time (2026-11-24 or 2026-11-24T18:00Z)")
+    p.add_argument("--gate", action="append", metavar="EXPR",
+                   help=f"METRIC OP NUMBER, repeatable; metrics: {', '.join(MONITOR_METRICS)} "
+                   f"(default: {' '.join(DEFAULT_GATES)})")
+    p.set_defaults(func=_cmd_monitor_report)
 
     pipeline = sub.add_parser("pipeline", help="export -> train -> evaluate gate -> package -> validate -> request")
     pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)

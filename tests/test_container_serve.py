@@ -362,3 +362,70 @@ def test_metering_is_at_least_one_unit():
     empty = [Generation("", input_tokens=0, output_tokens=0)]
     for unit in ("invocation", "output_tokens", "total_tokens", "per_1k_tokens"):
         assert metering_units(unit, empty) == 1
+
+
+def test_data_capture_writes_sagemakers_format(tiny_model_dir, tmp_path):
+    """JSON, JSON Lines and streamed invocations captured field for field as SageMaker Data Capture
+    writes them, in its hourly layout; files appear whole (published when the server stops)."""
+    import base64
+    import re
+
+    from container.capture import read_capture
+
+    captures = tmp_path / "capture"
+    proc, url = start_server(tiny_model_dir, tmp_path / "ml", {
+        "HILT_DATA_CAPTURE_DIR": str(captures), "HILT_ENDPOINT_NAME": "ep-1", "HILT_VARIANT_NAME": "v1"})
+    try:
+        one = {"inputs": "Book room 4, please.", "parameters": {"max_new_tokens": 3}}
+        status, _, answer = post(url, one)
+        assert status == 200
+        lines = b"".join(json.dumps({"inputs": f"Room {i}?", "parameters": {"max_new_tokens": 2}}).encode() + b"\n"
+                         for i in range(2))
+        status, _, jsonl_answer = post(url, lines, content_type="application/jsonlines")
+        assert status == 200
+        status, _, streamed = _stream(url, {**one, "stream": True}, accept="text/event-stream")
+        assert status == 200
+        assert post(url, b"{broken")[0] == 400  # an error is not a model answer: not captured
+        assert not list(captures.rglob("*.jsonl"))  # the open file is hidden until it is published
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    (path,) = captures.rglob("*.jsonl")
+    relative = path.relative_to(captures).parts
+    assert relative[:2] == ("ep-1", "v1") and re.fullmatch(r"\d{4}/\d{2}/\d{2}/\d{2}", "/".join(relative[2:6]))
+    assert re.fullmatch(r"\d{2}-\d{2}-\d{3}-[0-9a-f-]{36}\.jsonl", relative[6])
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 3
+    first = records[0]
+    assert set(first) == {"captureData", "eventMetadata", "eventVersion"} and first["eventVersion"] == "0"
+    assert first["captureData"]["endpointInput"] == {"observedContentType": "application/json", "mode": "INPUT",
+                                                     "data": json.dumps(one), "encoding": "JSON"}
+    assert first["captureData"]["endpointOutput"] == {"observedContentType": "application/json", "mode": "OUTPUT",
+                                                      "data": answer.decode(), "encoding": "JSON"}
+    assert set(first["eventMetadata"]) == {"eventId", "inferenceTime"}
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", first["eventMetadata"]["inferenceTime"])
+    assert records[1]["captureData"]["endpointOutput"]["data"] == jsonl_answer.decode()
+    stream_out = records[2]["captureData"]["endpointOutput"]
+    assert stream_out["encoding"] == "BASE64" and stream_out["observedContentType"] == "text/event-stream"
+    assert [x for x in base64.b64decode(stream_out["data"]).splitlines() if x] == [line for _, line in streamed]
+    events, counts = read_capture(str(captures))
+    assert [e.request for e in events[:1]] == [json.dumps(one)] and counts["unreadable_lines"] == 0
+    assert [x for x in events[2].response.splitlines() if x] == [line.decode() for _, line in streamed]
+
+
+def test_data_capture_samples_and_refuses_a_bad_percentage(tiny_model_dir, tmp_path):
+    from container.capture import DataCapture
+
+    capture = DataCapture(tmp_path / "c", percent=0)
+    assert not any(capture.sampled() for _ in range(200))
+    capture.close()
+    half = DataCapture(tmp_path / "c", percent=50)
+    assert 50 < sum(half.sampled() for _ in range(400)) < 350
+    half.close()
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path / "ml"), "HILT_DATA_CAPTURE_DIR": str(tmp_path / "c"),
+           "HILT_DATA_CAPTURE_PERCENT": "150"}
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml" / "model").symlink_to(tiny_model_dir, target_is_directory=True)
+    result = subprocess.run([str(Path(sys.executable).parent / "serve")], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "HILT_DATA_CAPTURE_PERCENT='150': not a percentage" in result.stderr

@@ -96,8 +96,8 @@ class Gate:
                 "threshold": self.threshold, "value": round(value, 6), "passed": bool(passed)}
 
 
-def parse_gate(text: str) -> Gate:
-    """Parse ``rougeL>=+0.05`` / ``exact_match>=0.6`` / ``loss<=-0.1``.
+def parse_gate(text: str, metrics: tuple[str, ...] = METRICS) -> Gate:
+    """Parse ``rougeL>=+0.05`` / ``exact_match>=0.6`` / ``loss<=-0.1`` (a metric of ``metrics``).
 
     Raises:
         UserError: naming the gate, what is wrong and the form that works.
@@ -107,8 +107,8 @@ def parse_gate(text: str) -> Gate:
         raise UserError(f"--gate '{text}': not METRIC OP NUMBER; write e.g. --gate 'rougeL>=+0.05' "
                         "(signed = change against --baseline) or --gate 'exact_match>=0.6' (absolute)")
     metric, op, sign, number = match.groups()
-    if metric not in METRICS:
-        raise UserError(f"--gate '{text}': unknown metric '{metric}'; use one of {', '.join(METRICS)}")
+    if metric not in metrics:
+        raise UserError(f"--gate '{text}': unknown metric '{metric}'; use one of {', '.join(metrics)}")
     threshold = float(number) * (-1 if sign == "-" else 1)
     return Gate(text.strip(), metric, op, threshold, relative=bool(sign))
 

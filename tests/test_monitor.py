@@ -1,0 +1,163 @@
+"""`hilt monitor report`: captured traffic against the training data, from a folder and from S3."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from container.capture import DataCapture, capture_record
+from hilt.scenario import scenario_prompts
+
+NEW_TOPICS = ["municipal bond taxation", "derivatives margin rules", "cross-border pension transfers",
+              "quantum-safe encryption", "merger arbitrage"]
+
+
+def write_baseline(directory: Path) -> Path:
+    records = [{"messages": [{"role": "system", "content": p["system"]}, {"role": "user", "content": p["prompt"]},
+                             {"role": "assistant", "content": p["reference"]}]} for p in scenario_prompts(120)]
+    (directory / "train").mkdir(parents=True)
+    (directory / "train" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return directory
+
+
+def steady_traffic(n: int) -> list[tuple[str, str, str]]:
+    """(prompt, answer, finish_reason) like the training data."""
+    return [(p["prompt"], p["reference"], "stop") for p in scenario_prompts(n, seed=7)]
+
+
+def drifted_traffic(n: int) -> list[tuple[str, str, str]]:
+    """New topics, prompts four times longer, answers cut at the token limit or refused."""
+    rng = random.Random(3)
+    out = []
+    for i in range(n):
+        topic = rng.choice(NEW_TOPICS)
+        prompt = (f"Write a detailed memo on {topic} for a client with holdings in three countries, covering "
+                  f"the rules that changed this year, the deadlines, the penalties, the forms to file and who "
+                  f"signs them, and compare the options side by side with their costs (case {i}).")
+        answer = "I'm sorry, I cannot help with that." if i % 4 == 0 else f"Regarding {topic}, the first step is"
+        out.append((prompt, answer, "stop" if i % 4 == 0 else "length"))
+    return out
+
+
+def capture(directory: Path, traffic: list[tuple[str, str, str]]) -> Path:
+    """Traffic written by the same writer `serve` uses, in hilt's request and answer shapes."""
+    writer = DataCapture(directory, endpoint="ep", variant="AllTraffic")
+    for prompt, answer, reason in traffic:
+        request = json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": 64}}).encode()
+        response = json.dumps({"generated_text": answer, "finish_reason": reason}).encode()
+        writer.record(request, "application/json", response, "application/json")
+    writer.close()
+    return directory
+
+
+def run(hilt_exe, *args, env=None):
+    import os
+
+    return subprocess.run([str(hilt_exe), "monitor", "report", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_steady_traffic_passes_and_drifted_traffic_trips_the_gates(hilt_exe, tmp_path):
+    baseline = write_baseline(tmp_path / "data")
+    steady = capture(tmp_path / "steady", steady_traffic(80))
+    ok = run(hilt_exe, "--capture", str(steady), "--baseline", str(baseline), "--out", str(tmp_path / "r1"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert report["passed"] and report["counts"]["exchanges"] == 80
+    assert report["metrics"]["psi_prompt_words"] < 0.2 and report["metrics"]["unseen_vocabulary_rate"] < 0.25
+    assert sum(report["traffic_per_hour"].values()) == 80
+
+    drifted = capture(tmp_path / "drifted", drifted_traffic(40))
+    bad = run(hilt_exe, "--capture", str(drifted), "--baseline", str(baseline), "--out", str(tmp_path / "r2"))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    failed = {g["metric"] for g in report["gates"] if not g["passed"]}
+    assert {"psi_prompt_words", "unseen_vocabulary_rate", "refusal_rate", "truncated_rate"} <= failed
+    assert report["metrics"]["refusal_rate"] == 0.25 and report["metrics"]["truncated_rate"] == 0.75
+    assert "psi_prompt_words<=0.2: " in bad.stdout and "FAIL" in bad.stdout
+    for png in ("prompt_words.png", "answer_words.png", "traffic.png"):
+        assert (tmp_path / "r2" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "**FAIL**" in (tmp_path / "r2" / "report.md").read_text()
+    # A looser gate of the user's own passes the same traffic on that metric.
+    loose = run(hilt_exe, "--capture", str(drifted), "--baseline", str(baseline), "--out", str(tmp_path / "r3"),
+                "--gate", "empty_rate<=0.5")
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+
+
+def test_captures_from_s3_other_encodings_and_containers(hilt_exe, tmp_path, moto_server):
+    """A SageMaker endpoint's capture destination on S3: JSON and BASE64 encodings, OpenAI-style chat
+    requests and answers, JSON Lines batches and a broken line, read with real boto3 against moto."""
+    import boto3
+
+    baseline = write_baseline(tmp_path / "data")
+    prompts = steady_traffic(12)
+    lines = []
+    for i, (prompt, answer, _) in enumerate(prompts):
+        if i % 3 == 0:  # SageMaker's default without CaptureContentTypeHeader: base64
+            record = capture_record(json.dumps({"inputs": prompt}).encode(), "application/json",
+                                    json.dumps([{"generated_text": answer}]).encode(), "application/json", 1.7e9 + i)
+            for side in ("endpointInput", "endpointOutput"):
+                part = record["captureData"][side]
+                part.update(data=base64.b64encode(part["data"].encode()).decode(), encoding="BASE64")
+        elif i % 3 == 1:  # an OpenAI-style chat container
+            record = capture_record(json.dumps({"messages": [{"role": "user", "content": prompt}]}).encode(),
+                                    "application/json", json.dumps({"choices": [{"message": {
+                                        "role": "assistant", "content": answer}, "finish_reason": "stop"}]}).encode(),
+                                    "application/json", 1.7e9 + i)
+        else:  # a JSON Lines batch of two
+            request = "".join(json.dumps({"inputs": p}) + "\n" for p in (prompt, prompt + " Thanks."))
+            response = "".join(json.dumps({"generated_text": a}) + "\n" for a in (answer, answer))
+            record = capture_record(request.encode(), "application/jsonlines", response.encode(),
+                                    "application/jsonlines", 1.7e9 + i)
+        lines.append(json.dumps(record))
+    lines.append("{not json")
+    s3 = boto3.client("s3", endpoint_url=moto_server["url"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="captures")
+    s3.put_object(Bucket="captures", Key="monitor/ep/AllTraffic/2023/11/14/22/13-20-000-x.jsonl",
+                  Body="\n".join(lines).encode())
+    s3.put_object(Bucket="captures", Key="monitor/ep/AllTraffic/notes.txt", Body=b"not a capture")
+    result = run(hilt_exe, "--capture", "s3://captures/monitor", "--baseline", str(baseline), "--out",
+                 str(tmp_path / "r"), "--gate", "empty_rate<=0.05", env=moto_server["env"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["counts"] == {"files": 1, "lines": 13, "unreadable_lines": 1, "events": 12,
+                                "events_not_understood": 0, "exchanges": 16}
+    since = run(hilt_exe, "--capture", "s3://captures/monitor", "--baseline", str(baseline), "--out",
+                str(tmp_path / "r-since"), "--since", "2030-01-01", env=moto_server["env"])
+    assert since.returncode == 2 and "none with a request and an answer" in since.stderr
+
+
+def test_monitor_user_errors_leave_files_alone(hilt_exe, tmp_path):
+    baseline = write_baseline(tmp_path / "data")
+    steady = capture(tmp_path / "steady", steady_traffic(10))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for args, message in (
+            (["--capture", str(steady), "--baseline", str(baseline), "--out", str(mine)], "--out"),
+            (["--capture", str(tmp_path / "nowhere"), "--baseline", str(baseline), "--out", str(tmp_path / "x")],
+             "no such folder"),
+            (["--capture", str(steady), "--baseline", str(tmp_path / "none"), "--out", str(tmp_path / "x")],
+             "--baseline"),
+            (["--capture", str(steady), "--baseline", str(baseline), "--out", str(tmp_path / "x"), "--gate",
+              "loss<=1"], "unknown metric 'loss'"),
+            (["--capture", str(steady), "--baseline", str(baseline), "--out", str(tmp_path / "x"), "--since",
+              "yesterday"], "--since 'yesterday'")):
+        result = run(hilt_exe, *args)
+        assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("values, shifted", [([1, 2, 3, 4, 5] * 40, [1, 2, 3, 4, 5] * 40)])
+def test_psi_is_zero_for_the_same_distribution_and_grows_with_a_shift(values, shifted):
+    from hilt.monitor import psi
+
+    assert psi(values, shifted) == 0.0
+    assert psi(values, [v + 2 for v in shifted]) > 0.2 > psi(values, [1, 2, 3, 4, 5, 5] * 30)
