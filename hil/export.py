@@ -46,6 +46,7 @@ NUL_BYTES = "nul_bytes"
 INCOMPLETE_RANKING = "incomplete_ranking"
 INVALID_RANKING = "invalid_ranking"
 TIED_RANKING = "tied_ranking"
+NOT_CORRECTED = "not_corrected"
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<!\w)(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}(?!\w)")
@@ -91,7 +92,9 @@ def _normalize(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-class _Scrubber:
+class Scrubber:
+    """Replaces emails and phone numbers (when enabled) and counts them."""
+
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.counts = Counter()
@@ -136,7 +139,7 @@ def _basic_reject(task: dict, annotation: dict, spec: LabelingSpec, prompt: list
     if annotation.get("was_cancelled"):
         return _reject(task, annotation, CANCELLED)
     if prompt is None:
-        wanted = "conversation ending with a user turn" if spec.kind == "chat" else "text"
+        wanted = "conversation ending with a user turn" if spec.kind in ("chat", "review") else "text"
         return _reject(task, annotation, MISSING_PROMPT, f"task data has no {wanted} in '{spec.prompt_key}'")
     return None
 
@@ -185,11 +188,11 @@ def _textarea(results: list[dict], spec: LabelingSpec, control: str | None, excl
     return None
 
 
-def _prompt_messages(task: dict, spec: LabelingSpec, scrub: _Scrubber) -> list[dict] | None:
+def _prompt_messages(task: dict, spec: LabelingSpec, scrub: Scrubber) -> list[dict] | None:
     """The messages an answer follows: system? + the prompt, or (chat) the conversation so far."""
     data = task.get("data") or {}
     prompt = data.get(spec.prompt_key)
-    if spec.kind == "chat":
+    if spec.kind in ("chat", "review"):
         usable = isinstance(prompt, list) and prompt and all(
             isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
             and m["content"].strip() for m in prompt) and prompt[-1]["role"] == "user"
@@ -230,7 +233,7 @@ def _usable_results(task: dict, annotation: dict, spec: LabelingSpec, prompt: li
     return None
 
 
-def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
+def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, scrub: Scrubber, out: ExportResult):
     seen_answers: set[tuple[str, ...]] = set()
     for task in tasks:
         prompt = _prompt_messages(task, spec, scrub)
@@ -287,7 +290,7 @@ def _export_sft(tasks: list[dict], spec: LabelingSpec, options: ExportOptions, s
             out.counts["annotations_in_records"] += 1
 
 
-def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
+def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scrubber, out: ExportResult):
     seen: set[tuple[str, str, str]] = set()
     for task in tasks:
         prompt = _prompt_messages(task, spec, scrub)
@@ -371,7 +374,7 @@ def _answer_note(results: list[dict], spec: LabelingSpec, control: str | None) -
     return ""
 
 
-def _export_rate(tasks, spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
+def _export_rate(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scrubber, out: ExportResult):
     """One KTO record per task (desirable when the mean rating reaches the threshold); every
     correction also as an SFT record and a (corrected over original) preference pair."""
     out.extra = {"corrections/sft": {"train": [], "validation": []},
@@ -489,7 +492,7 @@ def ranked_pairs(mean_ranks: dict[str, float], policy: RankPolicy) -> tuple[list
     return [(a, b) for k, upper in enumerate(tiers) for lower in tiers[k + 1:] for a in upper for b in lower], ""
 
 
-def _export_rank(tasks, spec: LabelingSpec, options: ExportOptions, scrub: _Scrubber, out: ExportResult):
+def _export_rank(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scrubber, out: ExportResult):
     """Preference pairs from rankings: every annotator's complete ranking counts, the task's order is
     the mean rank of each answer, and the policy picks the pairs."""
     seen: set[tuple[str, str, str]] = set()
@@ -551,10 +554,65 @@ def _export_rank(tasks, spec: LabelingSpec, options: ExportOptions, scrub: _Scru
         out.counts["annotations_in_records"] += len(rankings)
 
 
+def _choice(results: list[dict], control: str | None) -> str | None:
+    for r in results:
+        if r.get("type") == "choices" and (control is None or r.get("from_name") == control):
+            chosen = (r.get("value") or {}).get("choices") or []
+            return str(chosen[0]) if chosen else None
+    return None
+
+
+def _export_review(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scrubber, out: ExportResult):
+    """A reviewed answer of the deployed model: each correction becomes an SFT record of the
+    conversation plus the corrected answer, and a (corrected over original) preference pair; an
+    answer left as it was is a ``not_corrected`` reject that keeps its rating."""
+    out.extra = {"corrections/preference": {"train": [], "validation": []}}
+    seen: set[tuple[str, ...]] = set()
+    for task in tasks:
+        prompt = _prompt_messages(task, spec, scrub)
+        data = task.get("data") or {}
+        answer = data.get(spec.answer_key)
+        missing = None if isinstance(answer, str) else f"task data needs '{spec.answer_key}'"
+        for annotation in sorted_annotations(task):
+            results = _usable_results(task, annotation, spec, prompt, missing, out)
+            if results is None:
+                continue
+            rating = rating_of(results, spec.rating_control)
+            verdict = _choice(results, spec.verdict_control)
+            corrected = _answer_note(results, spec, spec.correction_control)
+            if rating is None:
+                out.rejects.append(_reject(task, annotation, NO_SELECTION, "no Rating"))
+                continue
+            if not corrected or _normalize(corrected) == _normalize(answer):
+                detail = f"rating {rating}" + (f", marked {verdict!r} but not edited" if verdict == "Needs correction"
+                                               else "")
+                out.rejects.append({**_reject(task, annotation, NOT_CORRECTED, detail), "rating": rating})
+                continue
+            if "\x00" in corrected or len(corrected) > options.max_chars:
+                reason = NUL_BYTES if "\x00" in corrected else TOO_LONG
+                out.rejects.append(_reject(task, annotation, reason, "the corrected answer"))
+                continue
+            key = (*(_normalize(m["content"]) for m in prompt), _normalize(corrected))
+            if key in seen:
+                out.rejects.append(_reject(task, annotation, DUPLICATE, "same conversation and correction"))
+                continue
+            seen.add(key)
+            split = split_of(task.get("id"), options.validation_fraction)
+            fixed = {"role": "assistant", "content": scrub(corrected)}
+            meta = {**_base_meta(task, annotation), "rating": rating, "verdict": verdict,
+                    "original": scrub(answer), "event_id": data.get("event_id"),
+                    "inference_time": data.get("inference_time"), "flags": data.get("flags")}
+            out.records[split].append({"messages": [*prompt, fixed], "meta": meta})
+            out.extra["corrections/preference"][split].append(
+                {"prompt": prompt, "chosen": [fixed], "rejected": [{"role": "assistant", "content": scrub(answer)}],
+                 "meta": meta})
+            out.counts["annotations_in_records"] += 1
+
+
 # One exporter per labeling template (hil.templates.TEMPLATES): a new template is one
 # function and one entry here.
 EXPORTERS = {"sft": _export_sft, "chat": _export_sft, "preference": _export_preference, "rank": _export_rank,
-             "rate": _export_rate}
+             "rate": _export_rate, "review": _export_review}
 
 
 def _answer_label(results: list[dict], spec: LabelingSpec, task: dict) -> str | None:
@@ -581,7 +639,30 @@ def _ranking_label(results: list[dict], spec: LabelingSpec, task: dict) -> str |
 # What two annotations of a task are compared by, per template.
 _QUALITY_LABELS = {"sft": _answer_label, "chat": _answer_label,
                    "preference": lambda results, spec, task: pairwise_choice(results),
-                   "rank": _ranking_label, "rate": _rating_label}
+                   "rank": _ranking_label, "rate": _rating_label, "review": _rating_label}
+
+
+def _ratings(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
+    """How the graded answers were rated: count of each star, the mean, and (review) the share
+    marked as needing correction."""
+    stars: Counter = Counter()
+    verdicts: Counter = Counter()
+    for task in tasks:
+        for annotation in sorted_annotations(task):
+            if annotation.get("was_cancelled"):
+                continue
+            results = annotation.get("result") or []
+            rating = rating_of(results, spec.rating_control)
+            if rating is not None:
+                stars[rating] += 1
+            if spec.verdict_control:
+                verdicts[_choice(results, spec.verdict_control) or "(none)"] += 1
+    total = sum(stars.values())
+    report: dict[str, Any] = {"ratings": {str(k): stars[k] for k in sorted(stars)},
+                              "mean_rating": round(sum(k * v for k, v in stars.items()) / total, 3) if total else None}
+    if spec.verdict_control:
+        report["verdicts"] = dict(sorted(verdicts.items()))
+    return report
 
 
 def _kendall_w(rankings: list[dict[str, float]]) -> float | None:
@@ -708,6 +789,8 @@ def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
         report["cohen_kappa"] = _pairwise_cohen(multi)
     if spec.kind == "rank":
         report.update(_rank_agreement(tasks, spec))
+    if spec.kind in ("rate", "review"):
+        report.update(_ratings(tasks, spec))
     return report
 
 
@@ -771,7 +854,7 @@ def export_annotations(tasks: list[dict], spec: LabelingSpec, options: ExportOpt
     if skip:
         tasks = [{**t, "annotations": [a for a in (t.get("annotations") or []) if not exported_before(a)]}
                  for t in tasks]
-    scrub = _Scrubber(options.scrub_pii)
+    scrub = Scrubber(options.scrub_pii)
     out = ExportResult(kind=spec.kind, records={"train": [], "validation": []}, rejects=[],
                        counts=Counter(), quality={})
     EXPORTERS[spec.kind](tasks, spec, options, scrub, out)

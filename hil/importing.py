@@ -108,9 +108,17 @@ def _rank_row(row: dict, where: str) -> dict:
     return {**rest, "answers": answers}
 
 
+def review_row(row: dict, where: str) -> dict:
+    """A review row: the conversation (as for chat) and the deployed model's ``answer`` to it."""
+    row = _chat_row(row, where)
+    if not isinstance(row.get("answer"), str):
+        raise UserError(f"{where}: no 'answer' (the model's answer to review); give it as text")
+    return row
+
+
 CHAT_ROLES = ("system", "user", "assistant")
 # Templates whose rows are read into a shape of their own before the column check.
-_ROW_READERS = {"chat": _chat_row, "rank": _rank_row}
+_ROW_READERS = {"chat": _chat_row, "rank": _rank_row, "review": review_row}
 
 
 def _jsonl(path: Path, flag: str) -> list[tuple[int, object]]:
@@ -200,7 +208,7 @@ def build_tasks(rows: list[dict], spec: LabelingSpec, drafts: Drafts = ()) -> li
     for index, row in enumerate(rows):
         key = _key(row, index)
         data: dict = {}
-        if spec.kind == "chat":
+        if spec.kind in ("chat", "review"):
             data[spec.prompt_key] = row["messages"]
         else:
             data["prompt"] = str(row["prompt"])
@@ -217,15 +225,21 @@ def build_tasks(rows: list[dict], spec: LabelingSpec, drafts: Drafts = ()) -> li
             data["answer"] = answer
         if spec.kind == "rank":
             data[spec.answers_key], data["answer_sources"] = _rank_answers(row, index, drafts)
+        if spec.kind == "review":  # where the answer came from travels with it
+            data[spec.answer_key] = row["answer"]
+            data["flags"] = str(row.get("flags") or "picked at random")
+            data.update({k: str(row[k]) for k in ("event_id", "inference_time") if row.get(k)})
+            first = (str(row.get("model_version") or "captured"), row["answer"])
         if row.get("id") is not None:
             data["source_id"] = str(row["id"])
         task: dict = {"data": data}
-        if first is not None and spec.kind in ("sft", "chat"):
+        if first is not None and spec.kind in ("sft", "chat", "review"):
+            review = spec.kind == "review"  # the correction box starts as the model's answer
             task["predictions"] = [{
                 "model_version": first[0],
                 "result": [{
-                    "from_name": spec.answer_control or "answer",
-                    "to_name": spec.prompt_object,
+                    "from_name": (spec.correction_control if review else spec.answer_control) or "answer",
+                    "to_name": spec.answer_object if review else spec.prompt_object,
                     "type": "textarea",
                     "value": {"text": [first[1]]},
                 }],

@@ -1,13 +1,16 @@
 """Labeling configs: the bundled templates, and reading any config's controls.
 
-hilt knows five kinds of project, one ``Template`` each in ``TEMPLATES``:
+hilt knows six kinds of project, one ``Template`` each in ``TEMPLATES``:
 
 - ``sft``: a TextArea on the prompt's Text object: the annotator's answer;
 - ``chat``: a TextArea on a Paragraphs object showing a conversation: the next assistant turn;
 - ``preference``: a Pairwise over two Text objects: the annotator's choice;
 - ``rank``: a Ranker over a List of N answers: the annotator's order, best first;
 - ``rate``: a Rating on an answer's Text object, with optional TextAreas on it: a critique,
-  then a corrected answer.
+  then a corrected answer;
+- ``review``: a deployed model's answer to a conversation (Paragraphs), captured from live
+  traffic: a Rating and a "needs correction" Choices on the answer, and a TextArea that starts
+  as the answer, for the correction.
 
 Projects made from Label Studio's stock LLM templates are read the same way: controls are
 found by what they are attached to, not by name.
@@ -24,7 +27,7 @@ from hilt.errors import UserError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 OBJECT_TAGS = {"Text", "HyperText", "Paragraphs", "List"}
-Kind = Literal["sft", "chat", "preference", "rank", "rate"]
+Kind = Literal["sft", "chat", "preference", "rank", "rate", "review"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in (
              '`{"prompt": [...], "completion": [assistant], "label": true|false, "meta": {"ratings", '
              '"critiques", ...}}` (KTO); corrections in `corrections/sft/` and `corrections/preference/`',
              "quickstart-tiny-kto"),
+    Template("review", ("messages", "answer"), frozenset({"textarea", "rating", "choices"}), "none",
+             '`{"messages": [the conversation..., assistant (the correction)], "meta": {"rating", "original", '
+             '...}}`; (corrected over original) pairs in `corrections/preference/`', "quickstart-tiny-sft"),
 )}
 TEMPLATE_NAMES = tuple(TEMPLATES)
 
@@ -91,6 +97,7 @@ class LabelingSpec:
     answers_key: str = "answers"  # rank: data key of the List items ({id, title, body})
     answers_object: str = "answers"  # rank: name of the List
     buckets: tuple[str, ...] = ()  # rank: Bucket names best first (stock "LLM Ranker"); () = one ordered column
+    verdict_control: str | None = None  # review: Choices on the answer ("Needs correction" / "Fine as is")
     controls: frozenset[str] = field(default_factory=frozenset)  # every control; empty = unknown
     # (name, tag in lower case, toName) of every control: what a JSON-MIN export's keys are.
     control_tags: tuple[tuple[str, str, str], ...] = ()
@@ -111,6 +118,8 @@ def default_spec(kind: str) -> LabelingSpec:
     template(kind)
     if kind == "chat":
         return LabelingSpec(kind="chat", prompt_object="dialogue", prompt_key="messages")
+    if kind == "review":
+        return parse_label_config(template_xml("review"), where="template review")
     return LabelingSpec(kind=kind)  # type: ignore[arg-type]
 
 
@@ -148,6 +157,17 @@ def parse_label_config(xml: str, where: str = "label config") -> LabelingSpec:
             critique_control=notes[0] if notes else None, correction_control=notes[1] if len(notes) > 1 else None,
             **common,
         )
+    dialogue = next((name for name, el in elements.items() if el.tag == "Paragraphs"), None)
+    if rating is not None and prompt_object is None and dialogue is not None and rating.get("toName") in objects:
+        # review: a Rating on the captured answer under a conversation; the TextArea on it is the correction.
+        target = rating.get("toName")
+        notes = textareas_on(target)
+        verdict = next((el.get("name") for el in controls if el.tag == "Choices" and el.get("toName") == target), None)
+        return LabelingSpec(
+            kind="review", prompt_object=dialogue, prompt_key=objects[dialogue], answer_object=target,
+            answer_key=objects[target], rating_control=rating.get("name"), critique_control=None,
+            correction_control=notes[-1] if notes else None, verdict_control=verdict, **common,
+        )
     ranker = next((el for el in controls if el.tag == "Ranker"), None)
     if ranker is not None:
         target = ranker.get("toName")
@@ -184,6 +204,6 @@ def parse_label_config(xml: str, where: str = "label config") -> LabelingSpec:
                             answer_control=textareas_on(prompt_object)[0], **common)
     raise UserError(
         f"{where}: none of a TextArea on a $prompt Text (sft), a TextArea on a Paragraphs conversation (chat), "
-        "a Pairwise over two answers (preference), a Ranker over a List of answers (rank) or a Rating on an "
-        "answer (rate); create the project from `hilt label create --template " + "|".join(TEMPLATE_NAMES) + "`"
+        "a Pairwise over two answers (preference), a Ranker over a List of answers (rank), a Rating on an "
+        "answer (rate) or on a model's answer to a Paragraphs conversation (review); create the project from `hilt label create --template " + "|".join(TEMPLATE_NAMES) + "`"
     )

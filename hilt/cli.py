@@ -390,20 +390,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else 1
 
 
-def _cmd_monitor_report(args: argparse.Namespace) -> int:
+def _since(text: str | None):
+    """``--since`` as an aware UTC datetime (None when not given)."""
     import datetime as dt
 
+    if not text:
+        return None
+    try:
+        since = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"--since {text!r}: not a date or time; write e.g. 2026-11-24 or 2026-11-24T18:00Z") from None
+    return since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)
+
+
+def _cmd_monitor_review(args: argparse.Namespace) -> int:
+    from hilt.monitor import create_review_project
+
+    made = create_review_project(args.capture, args.project_title, args.per_day, args.max_tasks, args.seed,
+                                 Path(args.baseline) if args.baseline else None, _since(args.since))
+    print(f"project {made['project']} ({args.project_title}): {made['tasks']} of {made['exchanges']} captured "
+          f"exchanges ({made['flagged']} flagged), PII scrubbed {made['pii_scrubbed'] or 'none found'} -> {made['url']}")
+    print(f"then: hilt export --project {made['project']} --out DATA_DIR --since-last")
+    print(made["project"])
+    return 0
+
+
+def _cmd_monitor_report(args: argparse.Namespace) -> int:
     from hilt.monitor import REPORT_JSON, REPORT_MD, monitor_report
 
-    since = None
-    if args.since:
-        try:
-            since = dt.datetime.fromisoformat(args.since.replace("Z", "+00:00"))
-        except ValueError:
-            raise UserError(f"--since {args.since!r}: not a date or time; write e.g. 2026-11-24 or "
-                            "2026-11-24T18:00Z") from None
-        since = since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)
-    result = monitor_report(args.capture, Path(args.baseline), Path(args.out), gates=args.gate or None, since=since)
+    result = monitor_report(args.capture, Path(args.baseline), Path(args.out), gates=args.gate or None,
+                            since=_since(args.since))
     c = result["counts"]
     print(f"{c['exchanges']} exchanges from {c['events']} captured invocations ({c['files']} files, "
           f"{c['unreadable_lines']} unreadable lines, {c['events_not_understood']} not understood) vs "
@@ -765,6 +781,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"METRIC OP NUMBER, repeatable; metrics: {', '.join(MONITOR_METRICS)} "
                    f"(default: {' '.join(DEFAULT_GATES)})")
     p.set_defaults(func=_cmd_monitor_report)
+    p = monitor_sub.add_parser(
+        "review", help="captured answers -> a Label Studio review project (rate, mark, correct)",
+        description="Sample captured exchanges into a Label Studio project of the review template: every "
+        "flagged one (empty, refusal, cut at the token limit; drifting from --baseline) and up to --per-day "
+        "others from each UTC day. Emails and phone numbers are scrubbed before anything reaches Label Studio. "
+        "Reviewers rate the model's answer, mark it and correct it in a box that starts as the answer; "
+        "`hilt export --project ID --since-last` turns the corrections into SFT records and (corrected over "
+        "original) preference pairs, a dataset version `hilt pipeline run` merges. Prints the project id last.",
+    )
+    p.add_argument("--capture", required=True, help="capture folder or s3://bucket/prefix")
+    p.add_argument("--project-title", required=True, help="title of the review project")
+    p.add_argument("--baseline", help="the training dataset: also flag prompts that drift from it")
+    p.add_argument("--per-day", type=_positive_int, default=20, help="unflagged exchanges per day (20)")
+    p.add_argument("--max-tasks", type=_positive_int, default=200, help="cap on the project's tasks (200)")
+    p.add_argument("--since", help="only traffic at or after this UTC time")
+    p.add_argument("--seed", type=int, default=0, help="which unflagged exchanges are drawn (0)")
+    p.set_defaults(func=_cmd_monitor_review)
 
     pipeline = sub.add_parser("pipeline", help="export -> train -> evaluate gate -> package -> validate -> request")
     pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)

@@ -367,3 +367,84 @@ def monitor_report(capture: str, baseline_dir: Path, out: Path, gates: list[str]
     (out / REPORT_JSON).write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, out)
     return result
+
+
+# ------------------------------------------------------------------ human review of live answers
+
+
+def drifting(exchange: Exchange, vocabulary: set[str], longest: int) -> bool:
+    """A prompt mostly of words training never saw, or longer than any training prompt."""
+    prompt = words(exchange.prompt_text)
+    unseen = sum(w not in vocabulary for w in prompt) / len(prompt) if prompt else 0.0
+    return unseen >= 0.5 or len(prompt) > longest
+
+
+def select_for_review(exchanges: list[Exchange], per_day: int, max_tasks: int, seed: int = 0,
+                      baseline: list[Exchange] | None = None) -> list[tuple[Exchange, list[str]]]:
+    """Every flagged exchange (empty, refusal, truncated; drifting when a baseline is given), then up
+    to ``per_day`` others drawn at random from each UTC day; at most ``max_tasks`` in all, flagged first."""
+    import random
+
+    vocabulary = {w for e in baseline or [] for w in words(e.prompt_text)}
+    longest = max((len(words(e.prompt_text)) for e in baseline or []), default=0)
+    flagged, by_day = [], {}
+    for exchange in exchanges:
+        why = flags(exchange) + (["drifting"] if baseline and drifting(exchange, vocabulary, longest) else [])
+        if why:
+            flagged.append((exchange, why))
+        else:
+            by_day.setdefault(exchange.time.date() if exchange.time else None, []).append(exchange)
+    rng = random.Random(seed)
+    sampled = []
+    for day in sorted(by_day, key=str):
+        pool = by_day[day]
+        sampled += [(e, []) for e in rng.sample(pool, min(per_day, len(pool)))]
+    return (flagged + sampled)[:max_tasks]
+
+
+def review_rows(selected: list[tuple[Exchange, list[str]]]) -> tuple[list[dict], dict[str, int]]:
+    """Prompts-file rows for the review template, emails and phone numbers scrubbed first: captured
+    text can hold a buyer's customers' data, and none of it goes to Label Studio unscrubbed."""
+    from hil.export import Scrubber
+
+    scrub = Scrubber(True)
+    rows = []
+    for exchange, why in selected:
+        rows.append({
+            "id": exchange.event_id or None,
+            "messages": [{"role": m["role"], "content": scrub(m["content"])} for m in exchange.prompt],
+            "answer": scrub(exchange.answer),
+            "flags": ("flagged: " + ", ".join(why)) if why else "picked at random from the day's traffic",
+            "event_id": exchange.event_id,
+            "inference_time": exchange.time.strftime("%Y-%m-%dT%H:%M:%SZ") if exchange.time else None,
+        })
+    return rows, dict(scrub.counts)
+
+
+def create_review_project(capture: str, title: str, per_day: int, max_tasks: int, seed: int = 0,
+                          baseline_dir: Path | None = None, since: dt.datetime | None = None) -> dict:
+    """Sample captured exchanges into a Label Studio review project (the ``review`` template).
+
+    Raises:
+        UserError: nothing captured to review, or a conversation the template cannot show.
+    """
+    from hil.client import connect
+    from hil.importing import review_row, build_tasks
+    from hil.templates import parse_label_config, template_xml
+
+    live, counts = read_traffic(capture, since)
+    reviewable = [e for e in live if e.prompt and e.prompt[-1].get("role") == "user"]
+    if not reviewable:
+        raise UserError(f"--capture {capture}: {counts['events']} captured invocations, no exchange to review "
+                        "(a conversation ending with the user's turn and the model's answer)")
+    baseline = read_baseline(baseline_dir) if baseline_dir else None
+    selected = select_for_review(reviewable, per_day, max_tasks, seed, baseline)
+    rows, scrubbed = review_rows(selected)
+    config = template_xml("review")
+    spec = parse_label_config(config, where="template review")
+    tasks = build_tasks([review_row(r, f"captured event {r['event_id']}") for r in rows], spec)
+    client = connect()
+    project = client.create_project(title, config, description=f"created by hilt monitor review from {capture}")
+    client.import_tasks(project, tasks)
+    return {"project": project, "url": f"{client.url}/projects/{project}", "tasks": len(tasks),
+            "flagged": sum(1 for _, why in selected if why), "exchanges": len(live), "pii_scrubbed": scrubbed}

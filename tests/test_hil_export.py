@@ -456,3 +456,37 @@ def test_rank_from_a_file_needs_its_template(hilt_exe, tmp_path):
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert manifest["template"] == "rank" and sum(manifest["counts"]["records"].values()) == 3
     assert "llama3-8b-dpo-lora" in (tmp_path / "ds" / "README.md").read_text()
+
+
+# ------------------------------------------------------------------ review: corrections of live answers
+
+REVIEW = default_spec("review")
+
+
+def review_annotation(aid, stars, verdict=None, corrected=None, who=1):
+    result = [{"from_name": "rating", "to_name": "answer", "type": "rating", "value": {"rating": stars}}]
+    if verdict:
+        result.append({"from_name": "verdict", "to_name": "answer", "type": "choices", "value": {"choices": [verdict]}})
+    if corrected is not None:
+        result.append({"from_name": "corrected", "to_name": "answer", "type": "textarea",
+                       "value": {"text": [corrected]}})
+    return {**sft_annotation(aid, None, who), "result": result}
+
+
+def test_review_corrections_become_sft_records_and_pairs():
+    data = {"messages": CONVERSATION, "answer": "Which day?", "flags": "flagged: drifting", "event_id": "e-1"}
+    tasks = [{"id": 1, "data": data, "annotations": [
+        review_annotation(1, 2, "Needs correction", "Room 4 is free on Friday."),
+        review_annotation(2, 5, "Fine as is", "Which day?", who=2),
+        review_annotation(3, 3, "Needs correction", " which day? ", who=3)]}]
+    result = export_annotations(tasks, REVIEW, ExportOptions(validation_fraction=0.0))
+    (record,) = result.records["train"]
+    assert record["messages"] == [*CONVERSATION, {"role": "assistant", "content": "Room 4 is free on Friday."}]
+    assert record["meta"]["rating"] == 2 and record["meta"]["original"] == "Which day?"
+    assert record["meta"]["event_id"] == "e-1" and record["meta"]["flags"] == "flagged: drifting"
+    (pair,) = result.extra["corrections/preference"]["train"]
+    assert pair["rejected"] == [{"role": "assistant", "content": "Which day?"}] and pair["chosen"] == record["messages"][-1:]
+    assert reasons(result) == ["not_corrected", "not_corrected"]
+    assert "marked 'Needs correction' but not edited" in result.rejects[1]["detail"]
+    assert result.quality["ratings"] == {"2": 1, "3": 1, "5": 1} and result.quality["mean_rating"] == 3.333
+    assert result.quality["verdicts"] == {"Fine as is": 1, "Needs correction": 2}

@@ -204,7 +204,7 @@ def test_user_errors_against_the_server(hilt_exe, studio, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("template", ["sft", "chat", "preference", "rank", "rate"])
+@pytest.mark.parametrize("template", ["sft", "chat", "preference", "rank", "rate", "review"])
 def test_templates_render_in_label_studio_ui(hilt_exe, studio, client, tmp_path, template):
     """Open the labeling page of one task in headless Chromium, check its text, save a screenshot."""
     from browser import Chromium, login_cookies
@@ -231,6 +231,12 @@ def test_templates_render_in_label_studio_ui(hilt_exe, studio, client, tmp_path,
         project = create_project(hilt_exe, studio, tmp_path, "rank", rows)
         expected = ["Drag the answers into order", "How do I order a new laptop?", "Ask someone.",
                     "Open the IT portal and request one.", "Buy one yourself.", "Answer 1", "Answer 3", "Submit"]
+    elif template == "review":
+        rows = [{"messages": [{"role": "user", "content": "How do I order a new laptop?"}],
+                 "answer": "I'm sorry, I cannot help with that.", "flags": "flagged: refusal"}]
+        project = create_project(hilt_exe, studio, tmp_path, "review", rows)
+        expected = ["Conversation", "How do I order a new laptop?", "The deployed model answered",
+                    "flagged: refusal", "Needs correction", "Fine as is", "Corrected answer", "Submit"]
     elif template == "rate":
         rows = [{"prompt": "How do I order a new laptop?", "answer": "Ask someone."}]
         project = create_project(hilt_exe, studio, tmp_path, "rate", rows)
@@ -513,3 +519,56 @@ def test_rank_project_exports_pairs_by_policy_and_agreement(hilt_exe, studio, cl
     split = next(s for s in ("train", "validation") if records(out / s / "data.jsonl"))
     pairs, files = read_channel(out / split, "dpo")  # the pairs read as DPO's preference records
     assert pairs and {f["format"] for f in files} == {"preference"}
+
+
+def test_monitor_review_turns_reviewed_live_answers_into_the_next_dataset(hilt_exe, studio, client, tmp_path):
+    """Captured traffic -> a review project (flagged answers first, PII scrubbed) -> reviewers rate and
+    correct through the API -> `hilt export --since-last` gives SFT records and preference pairs equal to
+    the corrections, the ratings in the manifest."""
+    from traffic import capture, drifted_traffic, steady_traffic, write_baseline
+
+    baseline = write_baseline(tmp_path / "data")
+    traffic = steady_traffic(6) + drifted_traffic(4)
+    traffic[0] = (traffic[0][0] + " Reply to ana@example.com.", traffic[0][1], traffic[0][2])
+    captures = capture(tmp_path / "capture", traffic)
+    made = run_hilt(hilt_exe, "monitor", "review", "--capture", str(captures), "--project-title", "live review",
+                    "--baseline", str(baseline), "--per-day", "3", env=studio["env"])
+    assert made.returncode == 0, made.stderr[-3000:]
+    project = int(made.stdout.strip().splitlines()[-1])
+    assert "'emails': 1" in made.stdout
+    tasks = client.export_tasks(project)
+    assert len(tasks) == 4 + 3  # the 4 drifted ones are flagged, then 3 of the day's others
+    assert all("ana@example.com" not in json.dumps(t["data"]) for t in tasks)
+    flagged = [t for t in tasks if t["data"]["flags"].startswith("flagged")]
+    assert len(flagged) == 4 and all("drifting" in t["data"]["flags"] for t in flagged)
+    (prediction,) = client.task_predictions(flagged[0]["id"])
+    assert prediction["result"][0]["value"]["text"] == [flagged[0]["data"]["answer"]]
+
+    def review(stars, verdict, corrected):
+        return [{"from_name": "rating", "to_name": "answer", "type": "rating", "value": {"rating": stars}},
+                {"from_name": "verdict", "to_name": "answer", "type": "choices", "value": {"choices": [verdict]}},
+                {"from_name": "corrected", "to_name": "answer", "type": "textarea", "value": {"text": [corrected]}}]
+
+    corrections = {}
+    for i, task in enumerate(flagged[:3]):
+        text = f"Here is the memo you asked for, part {i}: the rules, deadlines and forms."
+        corrections[client.create_annotation(task["id"], review(1, "Needs correction", text))] = (task, text)
+    fine = next(t for t in tasks if not t["data"]["flags"].startswith("flagged"))
+    kept = client.create_annotation(fine["id"], review(5, "Fine as is", fine["data"]["answer"]))
+    out = tmp_path / "versions"
+    exported = run_hilt(hilt_exe, "export", "--project", str(project), "--out", str(out), "--since-last",
+                        env=studio["env"])
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    version = out / "v0001"
+    records_by_id = {r["meta"]["annotation_id"]: r for r in all_records(version)}
+    assert set(records_by_id) == set(corrections)
+    for annotation_id, (task, text) in corrections.items():
+        assert records_by_id[annotation_id]["messages"] == [*task["data"]["messages"],
+                                                            {"role": "assistant", "content": text}]
+        assert records_by_id[annotation_id]["meta"]["original"] == task["data"]["answer"]
+    pairs = [r for split in ("train", "validation")
+             for r in records(version / "corrections" / "preference" / split / "data.jsonl")]
+    assert sorted(p["chosen"][0]["content"] for p in pairs) == sorted(text for _, text in corrections.values())
+    assert {r["annotation_id"]: r["reason"] for r in records(version / "rejects.jsonl")} == {kept: "not_corrected"}
+    quality = json.loads((version / "manifest.json").read_text())["quality"]
+    assert quality["ratings"] == {"1": 3, "5": 1} and quality["verdicts"]["Needs correction"] == 3

@@ -4,56 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from container.capture import DataCapture, capture_record
+from container.capture import capture_record
 from hilt.scenario import scenario_prompts
-
-NEW_TOPICS = ["municipal bond taxation", "derivatives margin rules", "cross-border pension transfers",
-              "quantum-safe encryption", "merger arbitrage"]
-
-
-def write_baseline(directory: Path) -> Path:
-    records = [{"messages": [{"role": "system", "content": p["system"]}, {"role": "user", "content": p["prompt"]},
-                             {"role": "assistant", "content": p["reference"]}]} for p in scenario_prompts(120)]
-    (directory / "train").mkdir(parents=True)
-    (directory / "train" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return directory
-
-
-def steady_traffic(n: int) -> list[tuple[str, str, str]]:
-    """(prompt, answer, finish_reason) like the training data."""
-    return [(p["prompt"], p["reference"], "stop") for p in scenario_prompts(n, seed=7)]
-
-
-def drifted_traffic(n: int) -> list[tuple[str, str, str]]:
-    """New topics, prompts four times longer, answers cut at the token limit or refused."""
-    rng = random.Random(3)
-    out = []
-    for i in range(n):
-        topic = rng.choice(NEW_TOPICS)
-        prompt = (f"Write a detailed memo on {topic} for a client with holdings in three countries, covering "
-                  f"the rules that changed this year, the deadlines, the penalties, the forms to file and who "
-                  f"signs them, and compare the options side by side with their costs (case {i}).")
-        answer = "I'm sorry, I cannot help with that." if i % 4 == 0 else f"Regarding {topic}, the first step is"
-        out.append((prompt, answer, "stop" if i % 4 == 0 else "length"))
-    return out
-
-
-def capture(directory: Path, traffic: list[tuple[str, str, str]]) -> Path:
-    """Traffic written by the same writer `serve` uses, in hilt's request and answer shapes."""
-    writer = DataCapture(directory, endpoint="ep", variant="AllTraffic")
-    for prompt, answer, reason in traffic:
-        request = json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": 64}}).encode()
-        response = json.dumps({"generated_text": answer, "finish_reason": reason}).encode()
-        writer.record(request, "application/json", response, "application/json")
-    writer.close()
-    return directory
-
+from traffic import capture, drifted_traffic, steady_traffic, write_baseline
 
 def run(hilt_exe, *args, env=None):
     import os
@@ -161,3 +118,27 @@ def test_psi_is_zero_for_the_same_distribution_and_grows_with_a_shift(values, sh
 
     assert psi(values, shifted) == 0.0
     assert psi(values, [v + 2 for v in shifted]) > 0.2 > psi(values, [1, 2, 3, 4, 5, 5] * 30)
+
+
+def test_review_selection_takes_every_flagged_exchange_and_samples_each_day():
+    import datetime as dt
+
+    from hilt.monitor import Exchange, review_rows, select_for_review
+
+    def exchange(i, day, answer="Fine.", reason="stop", prompt="Please order a laptop for Ana."):
+        return Exchange([{"role": "user", "content": prompt}], answer, reason,
+                        dt.datetime(2026, 11, day, 10, tzinfo=dt.timezone.utc), f"e{i}")
+
+    traffic = [exchange(i, 20 + i % 3) for i in range(30)]
+    traffic += [exchange(100, 20, answer=""), exchange(101, 21, reason="length"),
+                exchange(102, 22, prompt="Explain municipal bond taxation across states, mail bob@example.com")]
+    baseline = [exchange(200, 1, prompt=p["prompt"]) for p in scenario_prompts(50)]
+    picked = select_for_review(traffic, per_day=2, max_tasks=50, baseline=baseline)
+    flagged = {e.event_id: why for e, why in picked if why}
+    assert flagged == {"e100": ["empty"], "e101": ["truncated"], "e102": ["drifting"]}
+    assert len(picked) == 3 + 3 * 2  # two from each of the three days
+    assert len(select_for_review(traffic, per_day=2, max_tasks=4, baseline=baseline)) == 4
+    rows, scrubbed = review_rows(picked)
+    assert scrubbed == {"emails": 1, "phones": 0}
+    assert "[EMAIL]" in next(r for r in rows if r["event_id"] == "e102")["messages"][-1]["content"]
+    assert rows[0]["flags"] == "flagged: empty" and rows[-1]["flags"].startswith("picked at random")
