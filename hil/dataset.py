@@ -197,6 +197,19 @@ def write_dataset(out: Path, files: dict[str, bytes], manifest: dict) -> Path:
     return out
 
 
+def check_same_record_kind(root: Path, template: str) -> None:
+    """A folder of versions is one dataset: a version of another record kind (preference pairs beside
+    SFT records) would be refused by training later, so it is refused now. Versions of several
+    projects of one kind (an sft project and the review project of its deployed model) are fine."""
+    kind = TEMPLATES[template].record_kind
+    for manifest_file in sorted(root.glob("v[0-9][0-9][0-9][0-9]/manifest.json")):
+        other = json.loads(manifest_file.read_text(encoding="utf-8")).get("template")
+        if other in TEMPLATES and TEMPLATES[other].record_kind != kind:
+            raise UserError(f"--out {root}: {manifest_file.parent.name} holds {TEMPLATES[other].record_kind} records "
+                            f"(a {other} export) and this {template} export gives {kind} records; export it to "
+                            "its own folder")
+
+
 def exported_annotations(root: Path) -> dict[int, str | None]:
     """Annotations the versions under ``root`` cover: id -> ``updated_at`` when exported.
 
@@ -340,6 +353,7 @@ def export_to_dataset(tasks: list[dict], spec, options: ExportOptions, source: d
 
     if since_last:
         check_versions_root(out)  # (a single dataset's folder is checked where it is written)
+        check_same_record_kind(out, spec.kind)
     skip = exported_annotations(out) if since_last else {}
     result = export_annotations(tasks, spec, options, skip_annotation_ids=skip)
     if since_last and result.counts["annotations"] == 0:

@@ -41,6 +41,7 @@ class Template:
     drafts: Literal["none", "one", "many"]  # model drafts: none, the one to edit/grade, answers to rank
     record_format: str  # what a record of its dataset looks like (the dataset card)
     train_recipe: str  # the bundled recipe that trains on its records (the dataset card)
+    record_kind: Literal["sft", "preference", "unpaired"] = "sft"  # training.data.RECORD_CHECKS
 
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in (
@@ -50,14 +51,14 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in (
              '`{"messages": [the conversation..., assistant (the new turn)], "meta": {...}}`', "quickstart-tiny-sft"),
     Template("preference", ("prompt", "answer1", "answer2"), frozenset({"textarea", "pairwise"}), "none",
              '`{"prompt": [...], "chosen": [assistant], "rejected": [assistant], "meta": {...}}`',
-             "llama3-8b-dpo-lora"),
+             "llama3-8b-dpo-lora", "preference"),
     Template("rank", ("prompt",), frozenset({"textarea", "ranker"}), "many",
              '`{"prompt": [...], "chosen": [assistant], "rejected": [assistant], "meta": {"mean_ranks", '
-             '"policy", ...}}` (pairs by `--rank-policy`)', "llama3-8b-dpo-lora"),
+             '"policy", ...}}` (pairs by `--rank-policy`)', "llama3-8b-dpo-lora", "preference"),
     Template("rate", ("prompt",), frozenset({"textarea", "rating"}), "one",
              '`{"prompt": [...], "completion": [assistant], "label": true|false, "meta": {"ratings", '
              '"critiques", ...}}` (KTO); corrections in `corrections/sft/` and `corrections/preference/`',
-             "quickstart-tiny-kto"),
+             "quickstart-tiny-kto", "unpaired"),
     Template("review", ("messages", "answer"), frozenset({"textarea", "rating", "choices"}), "none",
              '`{"messages": [the conversation..., assistant (the correction)], "meta": {"rating", "original", '
              '...}}`; (corrected over original) pairs in `corrections/preference/`', "quickstart-tiny-sft"),

@@ -3,8 +3,10 @@
 Base model (built locally) -> Label Studio project with model drafts -> stand-in
 annotators answer through the API -> export -> training through the SageMaker training
 contract -> base-vs-tuned check -> model.tar.gz -> SageMaker's validation replayed with
-``serve`` -> Model Package request and listing draft. Each step reuses what an earlier
-run produced, so a second run is fast.
+``serve`` -> Model Package request and listing draft -> the model served with data capture,
+traffic that drifts, the drift report, and stand-in reviewers correcting the flagged answers
+into the next dataset version. Each step reuses what an earlier run produced, so a second
+run is fast.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import socket
 import time
 from pathlib import Path
+
+from hilt.errors import UserError
 
 BASE_WARMUP_STEPS = 300
 SCENARIO_SIZE = 200
@@ -266,8 +270,90 @@ def run_demo(workdir: Path) -> int:
     rows.append(("certify algorithm", f"hilt package validate --algorithm {package_dir / 'algorithm.json'} "
                                       f"--local {package_dir / 's3-local.json'} "
                                       f"--output {workdir / 'algorithm-validation'}"))
+    # 8. Watch the deployment: serve with data capture, traffic that drifts, the drift report, and
+    #    stand-in reviewers correcting the flagged answers into the next dataset version.
+    if report.get("passed"):
+        if "monitor_rows" not in progress:
+            progress["monitor_rows"] = _watch_deployment(workdir, job_dir / "model", data_dir, state)
+            save_progress()
+        rows += [tuple(row) for row in progress["monitor_rows"]]
     _print_summary(rows, started, state, workdir)
     return 0 if report.get("passed") else 1
+
+
+def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dict) -> list[tuple[str, str]]:
+    """Serve the tuned model with capture on, send traffic that drifts, report the drift, and have
+    stand-in reviewers correct the flagged answers; the corrections become a dataset version.
+
+    Returns:
+        The summary rows.
+    """
+    import urllib.request
+
+    from container.process import start_serve, wait_ready
+    from hil.client import StudioClient
+    from hil.dataset import export_to_dataset
+    from hil.export import ExportOptions
+    from hil.templates import default_spec
+    from hilt.monitor import create_review_project, monitor_report
+    from hilt.scenario import drifting_prompts, scenario_prompts
+
+    import shutil
+
+    capture_dir, base = workdir / "capture", workdir / "serve-opt-ml"
+    shutil.rmtree(capture_dir, ignore_errors=True)  # the demo's own, from a run stopped in this step
+    base.mkdir(exist_ok=True)
+    if not (base / "model").exists():
+        (base / "model").symlink_to(model_dir.resolve(), target_is_directory=True)
+    server, url = start_serve(base, _port(8090), {"HILT_DATA_CAPTURE_DIR": str(capture_dir),
+                                                   "HILT_ENDPOINT_NAME": "hilt-demo-assistant"})
+    traffic = scenario_prompts(24, seed=11) + drifting_prompts(12)
+    print(f"[demo] serving the tuned model with data capture on ({capture_dir}); sending {len(traffic)} requests, "
+          "the last ones on topics it was not trained for")
+    try:
+        if not wait_ready(url, server):
+            raise UserError(f"serve did not start on {url} for the monitoring step; run `serve` over {base} to see why")
+        for item in traffic:
+            body = json.dumps({"messages": [{"role": "system", "content": item["system"]},
+                                            {"role": "user", "content": item["prompt"]}], "max_tokens": 96}).encode()
+            request = urllib.request.Request(f"{url}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=120) as response:
+                response.read()
+    finally:
+        server.terminate()  # SIGTERM: the open capture file is published
+        server.wait(timeout=60)
+    report = monitor_report(str(capture_dir), data_dir, workdir / "monitor")
+    failed = [f"{g['metric']} {g['value']:g}" for g in report["gates"] if not g["passed"]]
+    print(f"[demo] drift report: {'FAILED: ' + ', '.join(failed) if failed else 'passed'} "
+          f"({workdir / 'monitor' / 'report.md'})")
+
+    client = StudioClient(state["url"], state["token"])
+    made = create_review_project(str(capture_dir), "hilt demo: review of live answers", per_day=4, max_tasks=24,
+                                 baseline_dir=data_dir, client=client)
+    reference = {item["prompt"]: item["reference"] for item in traffic}
+    corrected = 0
+    for task in client.export_tasks(made["project"]):
+        data = task["data"]
+        fix = reference.get(data["messages"][-1]["content"], data["answer"])
+        flagged = data["flags"].startswith("flagged")
+        text = fix if flagged else data["answer"]
+        corrected += flagged and " ".join(fix.split()) != " ".join(data["answer"].split())
+        result = [{"from_name": "rating", "to_name": "answer", "type": "rating", "value": {"rating": 2 if flagged else 4}},
+                  {"from_name": "verdict", "to_name": "answer", "type": "choices",
+                   "value": {"choices": ["Needs correction" if flagged else "Fine as is"]}},
+                  {"from_name": "corrected", "to_name": "answer", "type": "textarea", "value": {"text": [text]}}]
+        client.create_annotation(task["id"], result, lead_time=30.0)
+    source = {"type": "project", "project_id": made["project"], "url": client.url}
+    version, manifest = export_to_dataset(client.export_tasks(made["project"]), default_spec("review"),
+                                          ExportOptions(), source, workdir / "review-data", since_last=True)
+    records = sum(manifest["counts"]["records"].values()) if manifest else 0
+    headline = "drift gates " + ("FAIL: " + ", ".join(failed) if failed else "pass")
+    return [("monitor", f"{report['counts']['exchanges']} exchanges captured in {capture_dir}; {headline} "
+                        f"({workdir / 'monitor' / 'report.md'})"),
+            ("review", f"project {made['project']}: {made['flagged']} flagged + {made['tasks'] - made['flagged']} "
+                       f"sampled answers; {corrected} corrected -> {version}: {records} SFT records and "
+                       f"(corrected over original) pairs, the next dataset version")]
 
 
 def _print_summary(rows: list[tuple[str, str]], started: float, state: dict, workdir: Path) -> None:

@@ -422,8 +422,9 @@ def review_rows(selected: list[tuple[Exchange, list[str]]]) -> tuple[list[dict],
 
 
 def create_review_project(capture: str, title: str, per_day: int, max_tasks: int, seed: int = 0,
-                          baseline_dir: Path | None = None, since: dt.datetime | None = None) -> dict:
-    """Sample captured exchanges into a Label Studio review project (the ``review`` template).
+                          baseline_dir: Path | None = None, since: dt.datetime | None = None, client=None) -> dict:
+    """Sample captured exchanges into a Label Studio review project (the ``review`` template), on
+    ``client``'s server (default: the configured one, as for every hilt command).
 
     Raises:
         UserError: nothing captured to review, or a conversation the template cannot show.
@@ -443,7 +444,7 @@ def create_review_project(capture: str, title: str, per_day: int, max_tasks: int
     config = template_xml("review")
     spec = parse_label_config(config, where="template review")
     tasks = build_tasks([review_row(r, f"captured event {r['event_id']}") for r in rows], spec)
-    client = connect()
+    client = client or connect()
     project = client.create_project(title, config, description=f"created by hilt monitor review from {capture}")
     client.import_tasks(project, tasks)
     return {"project": project, "url": f"{client.url}/projects/{project}", "tasks": len(tasks),

@@ -52,3 +52,24 @@ def scenario_prompts(n: int, seed: int = 0) -> list[dict]:
         seen.add(prompt)
         out.append({"id": len(out), "kind": kind, "system": SYSTEM_PROMPT, "prompt": prompt, "reference": reference})
     return out
+
+
+# Traffic the demo's assistant was not trained for: new topics, prompts several times longer.
+NEW_TOPICS = ["municipal bond taxation", "derivatives margin rules", "cross-border pension transfers",
+              "quantum-safe encryption", "merger arbitrage"]
+
+
+def drifting_prompts(n: int, seed: int = 3) -> list[dict]:
+    """``n`` prompts unlike the scenario's (new topics, long), with the answer a reviewer would write."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        topic, client, day = rng.choice(NEW_TOPICS), rng.choice(CLIENTS), rng.choice(DAYS)
+        prompt = (f"Write a detailed memo on {topic} for {client}, who has holdings in three countries, covering "
+                  f"the rules that changed this year, the deadlines, the penalties, the forms to file and who signs "
+                  f"them, and compare the options side by side with their costs (case {i}).")
+        reference = (f"I can't advise on {topic} myself; I have asked the specialist desk to prepare the memo for "
+                     f"{client} by {day}.")
+        out.append({"id": f"drift-{i}", "kind": "drift", "system": SYSTEM_PROMPT, "prompt": prompt,
+                    "reference": reference})
+    return out

@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from container.process import start_serve, wait_ready  # noqa: E402
+
 PROMPTS = ["Please order a monitor for Ana.", "Can you book room 3A on Monday?", "I forgot my password for email.",
            "Summarize: Mrs. Lee called about bond fees and asked for a follow-up on Friday."]
 
@@ -87,37 +89,34 @@ def served(url: str, backend: str, n: int, concurrency: int, new_tokens: int) ->
 
 
 def run_server(model: Path, work: Path, backend: str, requests: int, new_tokens: int,
-               concurrencies: tuple[int, ...]) -> list[dict]:
-    """Start `serve` with one backend, load it at each concurrency, stop it."""
-    base = work / f"opt_ml-{backend}"
+               concurrencies: tuple[int, ...], extra_env: dict | None = None, label: str = "") -> list[dict]:
+    """Start `serve` with one backend (and ``extra_env``), load it at each concurrency, stop it."""
+    base = work / f"opt_ml-{backend}{label}"
     base.mkdir()
     (base / "model").symlink_to(model.resolve(), target_is_directory=True)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port),
-           "HILT_SERVE_BACKEND": backend}
-    server = subprocess.Popen([sys.executable, "-m", "container.serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_serve(base, port, {"HILT_SERVE_BACKEND": backend, **(extra_env or {})})
     rows = []
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"bench_serve: serve ({backend}) did not start") from None
-                time.sleep(0.3)
+        if not wait_ready(url, server, timeout=600):
+            raise SystemExit(f"bench_serve: serve ({backend}) did not start")
         served(url, backend, 8, 4, new_tokens)  # warm-up
         for concurrency in concurrencies:
-            rows.append(served(url, backend, requests, concurrency, new_tokens))
+            rows.append(served(url, backend + label, requests, concurrency, new_tokens))
     finally:
         server.terminate()
         server.wait(timeout=30)
     return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    width = max(20, *(len(r["mode"]) for r in rows))
+    print(f"{'mode':<{width}} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for r in rows:
+        print(f"{r['mode']:<{width}} {r['concurrency']:>4} {r['requests_per_second']:>8.1f} {r['p50_ms']:>8.1f} "
+              f"{r['p99_ms']:>8.1f} {r.get('errors', 0):>6}")
 
 
 def main() -> int:
@@ -163,10 +162,7 @@ def main() -> int:
                           "model": args.model or "tiny llama 2x64 (built)", "cpus": os.cpu_count()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{'mode':<20} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for r in rows:
-        print(f"{r['mode']:<20} {r['concurrency']:>4} {r['requests_per_second']:>8.1f} {r['p50_ms']:>8.1f} "
-              f"{r['p99_ms']:>8.1f} {r.get('errors', 0):>6}")
+    print_table(rows)
     targets = summary["targets"]
     print(f"hf at concurrency 8: {targets['throughput_c8_over_c1']:.2f}x its concurrency-1 throughput (target >= 4); "
           f"p99 {targets['p99_c8_over_serial_c1_p99']:.2f}x the serial server's concurrency-1 p99 (target < 2)")

@@ -42,6 +42,17 @@ def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
         for name in ("model.tar.gz", "model-package.json", "LISTING.md", "validation/validation-input.jsonl.out"):
             assert (workdir / "package" / name).is_file(), name
 
+        # The deployment watched: traffic captured in SageMaker's format, the drift it was sent tripping the
+        # gates, and the reviewers' corrections of the flagged answers exported as the next dataset version.
+        assert re.search(r"monitor\s+36 exchanges captured in .*; drift gates FAIL: .*psi_prompt_words", first.stdout)
+        drift = json.loads((workdir / "monitor" / "report.json").read_text())
+        assert not drift["passed"] and drift["counts"]["exchanges"] == 36
+        review = json.loads((workdir / "review-data" / "v0001" / "manifest.json").read_text())
+        corrected = int(re.search(r"review\s+project \d+: \d+ flagged \+ \d+ sampled answers; (\d+) corrected",
+                                  first.stdout).group(1))
+        assert corrected >= 12 and sum(review["counts"]["records"].values()) == corrected  # every drifting prompt
+        assert review["template"] == "review" and review["quality"]["verdicts"]["Needs correction"] >= 12
+
         # The Algorithm request the demo wrote passes Marketplace's certification, replayed offline.
         command = re.search(r"certify algorithm\s+hilt (package validate --algorithm .*)", first.stdout).group(1)
         certify = run_hilt(hilt_exe, *command.split(), timeout=900, env={"HF_HUB_OFFLINE": "1"})

@@ -490,3 +490,21 @@ def test_review_corrections_become_sft_records_and_pairs():
     assert "marked 'Needs correction' but not edited" in result.rejects[1]["detail"]
     assert result.quality["ratings"] == {"2": 1, "3": 1, "5": 1} and result.quality["mean_rating"] == 3.333
     assert result.quality["verdicts"] == {"Fine as is": 1, "Needs correction": 2}
+
+
+def test_versions_of_one_folder_hold_one_record_kind(tmp_path):
+    from hil.dataset import export_to_dataset
+    from hilt.errors import UserError
+
+    tasks = [task(1, [sft_annotation(1, "hello")])]
+    root = tmp_path / "versions"
+    assert export_to_dataset(tasks, SFT, ExportOptions(), {"type": "file"}, root, since_last=True)[0].name == "v0001"
+    review = [{"id": 2, "data": {"messages": CONVERSATION, "answer": "Which day?"},
+               "annotations": [review_annotation(2, 1, "Needs correction", "Friday works.")]}]
+    # A review project's corrections are SFT records: the next version of the same dataset.
+    assert export_to_dataset(review, REVIEW, ExportOptions(), {"type": "file"}, root, since_last=True)[0].name == "v0002"
+    pairs = [task(3, [pref_annotation(3, "left")], answer1="a", answer2="b")]
+    with pytest.raises(UserError, match="v0001 holds sft records .a sft export. and this preference export gives "
+                                        "preference records"):
+        export_to_dataset(pairs, PREF, ExportOptions(), {"type": "file"}, root, since_last=True)
+    assert sorted(p.name for p in root.iterdir()) == ["v0001", "v0002"]

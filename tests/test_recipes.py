@@ -137,6 +137,7 @@ def test_methods_and_templates_are_looked_up_in_one_table_each():
     assert all(m.record_kind in RECORD_CHECKS for m in METHODS.values())
     assert set(EXPORTERS) == set(_QUALITY_LABELS) == set(TEMPLATES) == set(TEMPLATE_NAMES)
     assert all(template_xml(name) for name in TEMPLATES)  # each has its XML
+    assert all(t.record_kind in RECORD_CHECKS for t in TEMPLATES.values())
     with pytest.raises(UserError, match="method 'orpo' is not known"):
         method_of("orpo")
     with pytest.raises(UserError, match="neither a record kind"):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 from container.capture import DataCapture
-from hilt.scenario import scenario_prompts
+from hilt.scenario import drifting_prompts, scenario_prompts
 
-NEW_TOPICS = ["municipal bond taxation", "derivatives margin rules", "cross-border pension transfers",
-              "quantum-safe encryption", "merger arbitrage"]
 
 
 def write_baseline(directory: Path) -> Path:
@@ -28,15 +25,10 @@ def steady_traffic(n: int) -> list[tuple[str, str, str]]:
 
 def drifted_traffic(n: int) -> list[tuple[str, str, str]]:
     """New topics, prompts four times longer, answers cut at the token limit or refused."""
-    rng = random.Random(3)
     out = []
-    for i in range(n):
-        topic = rng.choice(NEW_TOPICS)
-        prompt = (f"Write a detailed memo on {topic} for a client with holdings in three countries, covering "
-                  f"the rules that changed this year, the deadlines, the penalties, the forms to file and who "
-                  f"signs them, and compare the options side by side with their costs (case {i}).")
-        answer = "I'm sorry, I cannot help with that." if i % 4 == 0 else f"Regarding {topic}, the first step is"
-        out.append((prompt, answer, "stop" if i % 4 == 0 else "length"))
+    for i, item in enumerate(drifting_prompts(n)):
+        answer = "I'm sorry, I cannot help with that." if i % 4 == 0 else "Regarding the memo, the first step is"
+        out.append((item["prompt"], answer, "stop" if i % 4 == 0 else "length"))
     return out
 
 
