@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 from hilt.errors import UserError
+from hilt.layout import require_model_dir
 from hilt.outputs import os_error_message
 
 PACKAGE_MANIFEST = "hilt-package.json"
@@ -51,8 +52,7 @@ def build_model_tar(model_dir: Path, out: Path) -> dict:
     Raises:
         UserError: when the directory is missing or holds no model.
     """
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"--model-dir {model_dir}: no config.json; pass a model directory (e.g. a job's model/)")
+    require_model_dir(model_dir, "--model-dir", hint="pass a model directory (e.g. a job's model/)")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; pass the archive's file name, e.g. {out / 'model.tar.gz'}")
     out = out.resolve()

@@ -558,6 +558,8 @@ def _choice(results: list[dict], control: str | None) -> str | None:
     for r in results:
         if r.get("type") == "choices" and (control is None or r.get("from_name") == control):
             chosen = (r.get("value") or {}).get("choices") or []
+            if isinstance(chosen, str):
+                return chosen
             return str(chosen[0]) if chosen else None
     return None
 
@@ -731,6 +733,13 @@ def _rank_agreement(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
     }
 
 
+def percent_agreement(label_lists: list[list[Any]]) -> float | None:
+    """The share of agreeing pairs among all pairs of labels given to the same item (None: no pairs)."""
+    pairs = sum(len(v) * (len(v) - 1) // 2 for v in label_lists)
+    agree = sum(a == b for v in label_lists for i, a in enumerate(v) for b in v[i + 1:])
+    return round(agree / pairs, 4) if pairs else None
+
+
 def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
     """Per-annotator counts and median lead time, agreement, gold accuracy.
 
@@ -767,20 +776,13 @@ def quality_report(tasks: list[dict], spec: LabelingSpec) -> dict[str, Any]:
             labels_by_task[task.get("id")] = labels
 
     multi = {t: l for t, l in labels_by_task.items() if len(l) >= 2}
-    agree = pairs = 0
-    for labels in multi.values():
-        values = list(labels.values())
-        for i in range(len(values)):
-            for j in range(i + 1, len(values)):
-                pairs += 1
-                agree += values[i] == values[j]
     report: dict[str, Any] = {
         "annotators": {
             str(who): {"annotations": len(times), "median_lead_time_s": round(statistics.median(times), 3)}
             for who, times in sorted(per_annotator.items(), key=lambda kv: str(kv[0]))
         },
         "tasks_with_2plus_annotations": len(multi),
-        "percent_agreement": round(agree / pairs, 4) if pairs else None,
+        "percent_agreement": percent_agreement([list(labels.values()) for labels in multi.values()]),
         "gold_accuracy": round(gold_hits / gold_total, 4) if gold_total else None,
         "gold_annotations_checked": gold_total,
     }
@@ -944,6 +946,8 @@ def from_json_min(rows: list[dict], spec: LabelingSpec, where: str) -> list[dict
                 value = value[0]  # Pairwise and most controls: a list of their value objects
             elif tag == "textarea":
                 value = {"text": value if isinstance(value, list) else [value]}
+            elif tag == "choices" and not isinstance(value, dict):  # one choice: its text
+                value = {"choices": value if isinstance(value, list) else [value]}
             elif not isinstance(value, dict):
                 value = {tag: value}
             results.append({"from_name": name, "to_name": to_name, "type": tag, "value": value})

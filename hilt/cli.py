@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hilt import __version__
 from hilt.errors import EXIT_USER_ERROR, UserError
+from hilt.layout import require_model_dir
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
@@ -171,9 +172,8 @@ def _cmd_label_create(args: argparse.Namespace) -> int:
     if takes == "one" and len(sources) > 1:
         raise UserError(f"the {args.template} template takes one draft per prompt; pass one --drafts or "
                         "--drafts-from (several are for --template rank)")
-    for model_dir in map(Path, args.drafts_from or []):
-        if not (model_dir / "config.json").is_file():
-            raise UserError(f"--drafts-from {model_dir}: no config.json; pass a save_pretrained model directory")
+    for model_dir in args.drafts_from or []:
+        require_model_dir(model_dir, "--drafts-from")
     config = template_xml(args.template)
     spec = parse_label_config(config, where=f"template {args.template}")
     rows = load_prompts(Path(args.prompts), args.template)
@@ -197,8 +197,7 @@ def _cmd_label_compare(args: argparse.Namespace) -> int:
 
     models = {"baseline": Path(args.baseline), "candidate": Path(args.candidate)}
     for flag, directory in models.items():
-        if not (directory / "config.json").is_file():
-            raise UserError(f"--{flag} {directory}: no config.json; pass a save_pretrained model directory")
+        require_model_dir(directory, f"--{flag}")
     rows = load_prompts(Path(args.prompts), "sft")
     client = connect()  # fail on a bad server or token before generating anything
     project, mapping_file, mapping = create_compare_project(

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from hilt.errors import UserError
+from hilt.layout import MANIFEST_FILE
 
 BASE_WARMUP_STEPS = 300
 SCENARIO_SIZE = 200
@@ -180,7 +181,7 @@ def run_demo(workdir: Path) -> int:
 
     # 4. Train the quickstart recipe through the SageMaker training contract.
     job_dir = workdir / "train-job"
-    manifest_file = job_dir / "model" / "hilt.json"
+    manifest_file = job_dir / "model" / MANIFEST_FILE
     if manifest_file.exists():
         rows.append(("training", f"{job_dir / 'model'} (reused)"))
     else:

@@ -28,6 +28,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hil.export import RANK_POLICIES, SFT_POLICIES
+from hil.templates import TEMPLATE_NAMES
 from hilt.errors import UserError
 from hilt.outputs import claim_output_dir
 from training.provenance import model_fingerprint
@@ -44,14 +46,19 @@ class SourceSection(_Section):
     project: int | None = Field(None, description="Label Studio project id (server from $LABEL_STUDIO_URL/"
                                 "$LABEL_STUDIO_API_KEY or `hilt studio start`).")
     from_file: str | None = Field(None, description="A Label Studio JSON export file instead of a live project.")
-    template: Literal["sft", "preference"] = Field("sft", description="The project's template.")
+    template: Literal[TEMPLATE_NAMES] = Field("sft", description="The project's template (its records must be "
+                                              "the kind the recipe's method trains on).")
 
 
 class ExportSection(_Section):
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    policy: Literal["distinct", "all", "latest", "ground-truth-first"] = "distinct"
+    policy: Literal[SFT_POLICIES] = "distinct"
     max_chars: int = Field(20000, ge=1)
     scrub_pii: bool = False
+    rank_policy: Literal[RANK_POLICIES] = Field("best-vs-rest", description="rank template: which pairs a ranking "
+                                                "gives (best-vs-rest, all-pairs, adjacent).")
+    rating_threshold: float = Field(4.0, description="rate template: the mean rating that makes an answer "
+                                    "desirable (KTO).")
 
 
 class SageMakerSection(_Section):
@@ -186,7 +193,8 @@ def _export(p: Pipeline, base: Path, datasets: Path) -> dict:
     from hil.export import ExportOptions, check_template_matches
 
     options = ExportOptions(policy=p.export.policy, validation_fraction=p.export.validation_fraction,
-                            max_chars=p.export.max_chars, scrub_pii=p.export.scrub_pii)
+                            max_chars=p.export.max_chars, scrub_pii=p.export.scrub_pii,
+                            rank_policy=p.export.rank_policy, rating_threshold=p.export.rating_threshold)
     from_file = (base / p.source.from_file).resolve() if p.source.from_file else None
     tasks, spec, source, where = read_export_source(p.source.project, from_file,
                                                     p.source.template if from_file else None)

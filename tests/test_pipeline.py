@@ -120,6 +120,26 @@ def test_run_reuse_refuse_and_resume(hilt_exe, warm_base_dir, tmp_path):
     newest = json.loads(datasets[-1].read_text())
     assert newest["versions"] == ["v0001", "v0002"] and sum(newest["records"].values()) == 140
 
+    # Reviewers' corrections of the deployed model's answers (a review project's export) are the next
+    # version of the same folder: the next run trains on them with the rest.
+    from hil.dataset import export_to_dataset
+    from hil.export import ExportOptions
+    from hil.templates import default_spec
+
+    rating = {"from_name": "rating", "to_name": "answer", "type": "rating", "value": {"rating": 1}}
+    reviewed = [{"id": 900, "data": {"messages": [{"role": "user", "content": "upper: qqqq"}], "answer": "qqqq"},
+                 "annotations": [{"id": 9000, "completed_by": 1, "result": [rating, {
+                     "from_name": "corrected", "to_name": "answer", "type": "textarea", "value": {"text": ["QQQQ"]}}]}]}]
+    version, _ = export_to_dataset(reviewed, default_spec("review"), ExportOptions(), {"type": "file"},
+                                   workdir / "datasets", since_last=True)
+    assert version.name == "v0003"
+    merged = run_hilt(hilt_exe, "pipeline", "run", str(tmp_path / "good.yaml"))
+    assert merged.returncode == 0, merged.stdout[-3000:]
+    assert statuses(workdir)["dataset"] == "ran" and statuses(workdir)["train"] == "ran"
+    datasets = sorted((workdir / "steps").glob("dataset-*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    newest = json.loads(datasets[-1].read_text())
+    assert newest["versions"] == ["v0001", "v0002", "v0003"] and sum(newest["records"].values()) == 141
+
 
 def test_bad_pipeline_file_is_one_line(hilt_exe, tmp_path):
     bad = tmp_path / "bad.yaml"

@@ -20,6 +20,7 @@ import os
 import platform
 from pathlib import Path
 from typing import Any
+from hilt.layout import MANIFEST_FILE
 
 from training.data import dataset_fingerprint
 from training import stopping
@@ -28,7 +29,6 @@ from training.opt_ml import BASE_DIR_ENV
 from training.provenance import model_fingerprint
 from training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
 
-MANIFEST_FILE = "hilt.json"
 MERGE_STAGING = ".merged.tmp"  # inside /opt/ml/model: the merge is written here, then moved in
 CARD_FILE = "README.md"
 PLOT_FILE = "loss_curve.png"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hilt.errors import UserError
+from hilt.layout import MANIFEST_FILE
 
 MAPPING_VERSION = 1
 SECTION = "human-side-by-side"
@@ -97,7 +98,7 @@ def compare_report(tasks: list[dict], mapping: dict) -> dict[str, Any]:
     Raises:
         UserError: when a task's pair is not in the mapping (the wrong mapping file).
     """
-    from hil.export import annotator, pairwise_choice, sorted_annotations
+    from hil.export import annotator, pairwise_choice, percent_agreement, sorted_annotations
 
     pairs = mapping["pairs"]
     votes: dict[str, dict[str, str]] = {}  # pair -> annotator -> winner
@@ -145,8 +146,6 @@ def compare_report(tasks: list[dict], mapping: dict) -> dict[str, Any]:
         for who, r in sorted(per_annotator.items())
     }
     shared = [list(v.values()) for v in votes.values() if len(v) >= 2]
-    agree_pairs = sum(a == b for v in shared for i, a in enumerate(v) for b in v[i + 1:])
-    all_pairs = sum(len(v) * (len(v) - 1) // 2 for v in shared)
     return {
         "project": mapping.get("project"),
         "candidate": mapping.get("candidate"),
@@ -162,7 +161,7 @@ def compare_report(tasks: list[dict], mapping: dict) -> dict[str, Any]:
         "win_rate_ci95": [round(interval[0], 4), round(interval[1], 4)] if interval else None,
         "win_rate_ties_as_half": round((wins + 0.5 * (split + identical)) / counted, 4) if counted else None,
         "annotators": annotators,
-        "percent_agreement": round(agree_pairs / all_pairs, 4) if all_pairs else None,
+        "percent_agreement": percent_agreement(shared),
         "pairs_with_2plus_judgements": len(shared),
     }
 
@@ -277,11 +276,11 @@ def report_compare(client, project: int, mapping_file: Path, eval_dir: Path | No
     eval_file.write_text(json.dumps(result, indent=2) + "\n")
     written = [eval_file]
     candidate = Path(mapping["candidate"]["path"])
-    if (candidate / "hilt.json").is_file():
-        manifest = json.loads((candidate / "hilt.json").read_text())
+    if (candidate / MANIFEST_FILE).is_file():
+        manifest = json.loads((candidate / MANIFEST_FILE).read_text())
         manifest["human_side_by_side"] = report
-        (candidate / "hilt.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        written.append(candidate / "hilt.json")
+        (candidate / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        written.append(candidate / MANIFEST_FILE)
     if (candidate / "README.md").is_file():
         upsert_section(candidate / "README.md", section)
         written.append(candidate / "README.md")

@@ -27,6 +27,7 @@ import traceback
 from pathlib import Path
 
 from hilt.errors import EXIT_USER_ERROR, UserError
+from hilt.layout import require_model_dir
 from training.job import Job, read_job, write_failure
 from training.opt_ml import BASE_DIR_ENV, OptML
 
@@ -226,8 +227,8 @@ def prepare_local_tree(
 
     if not data.is_dir():
         raise UserError(f"--data {data}: no such directory; pass the folder `hilt export` wrote")
-    if model is not None and not (model / "config.json").is_file():
-        raise UserError(f"--model {model}: no config.json there; pass a save_pretrained model directory")
+    if model is not None:
+        require_model_dir(model, "--model")
     recipe_path = resolve_recipe_path(recipe)
     claim_output_dir(output, "training-job", "--output", recognise=is_job_tree,
                      hint="the --output of an earlier `hilt train`")

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hilt.errors import UserError
+from hilt.layout import MANIFEST_FILE
 from training.data import check_record, iter_jsonl
 from training.formats import TEMPLATE_FILE
 
@@ -231,7 +232,7 @@ def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
 
 def task_metric_of(model_dir: Path) -> str:
     """The headline task metric the model's recipe names (``eval.metric`` in hilt.json)."""
-    manifest = Path(model_dir) / "hilt.json"
+    manifest = Path(model_dir) / MANIFEST_FILE
     if manifest.is_file():
         recipe = json.loads(manifest.read_text()).get("recipe") or {}
         metric = (recipe.get("eval") or {}).get("metric")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hilt.errors import UserError
+from hilt.layout import require_model_dir
 
 
 def load_model(model_dir: str | Path):
@@ -17,8 +18,7 @@ def load_model(model_dir: str | Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir}: no config.json; pass a save_pretrained model directory (a job's model/)")
+    require_model_dir(model_dir, hint="pass a save_pretrained model directory (a job's model/)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.chat_template is None:
         raise UserError(f"{model_dir}: the tokenizer has no chat template; prompts are rendered with it")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hilt.errors import UserError
+from hilt.layout import require_model_dir
 from training.opt_ml import OptML
 from training.recipe import Recipe, load_recipe
 
@@ -216,8 +217,8 @@ def read_job(opt_ml: OptML | None = None) -> Job:
         raise UserError(
             "no base model: mount a 'model' channel (hilt train --model DIR) or set model.name_or_path"
         )
-    if Path(model_path).exists() and not (Path(model_path) / "config.json").is_file():
-        raise UserError(f"{model_path}: no config.json; the model channel must hold a save_pretrained directory")
+    if Path(model_path).exists():
+        require_model_dir(model_path, hint="the model channel must hold a save_pretrained directory")
     if objective == "eval_loss" and "validation" not in channels:
         raise UserError("the tuning objective is eval_loss but the job has no 'validation' channel; give the "
                         "tuning job's training definition a validation channel or tune on train_loss")

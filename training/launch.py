@@ -30,6 +30,7 @@ from pathlib import Path
 
 from hilt.aws import split_s3_uri
 from hilt.errors import UserError
+from hilt.layout import require_model_dir
 from training.recipe import BUNDLED_RECIPES_DIR, load_recipe, recipes_dir, resolve_recipe_path
 
 MARKER_SUFFIX = ".complete"  # datasets/<hash>/train.complete: beside the channel prefix, not in it
@@ -367,8 +368,7 @@ def plan(spec: LaunchSpec, s3_root: str, s3=None) -> tuple[dict[str, str], dict[
             uris["model"] = spec.model
         else:
             model = Path(spec.model)
-            if not (model / "config.json").is_file():
-                raise UserError(f"--model {model}: no config.json; pass a save_pretrained model directory")
+            require_model_dir(model, "--model")
             uris["model"] = f"s3://{_join(bucket_path, 'models', tree_sha256(model))}/"
             uploads["model"] = model
     return uris, uploads, data_hash

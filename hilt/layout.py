@@ -1,0 +1,30 @@
+"""The model directory's layout, named once: what every stage reads a model folder by.
+
+A model directory is what ``save_pretrained`` writes (``config.json``, weights, tokenizer)
+plus hilt's own ``hilt.json`` (provenance: recipe, data, metrics) when hilt trained it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hilt.errors import UserError
+
+CONFIG_FILE = "config.json"  # transformers' model config: present in every model directory
+MANIFEST_FILE = "hilt.json"  # hilt's provenance of a model it trained
+
+
+def is_model_dir(path: Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def require_model_dir(path: Path | str, flag: str = "", hint: str = "pass a save_pretrained model directory") -> Path:
+    """``path`` when it holds a model, else one line naming the flag, the folder and the fix.
+
+    Raises:
+        UserError: no ``config.json`` in ``path``.
+    """
+    path = Path(path)
+    if not is_model_dir(path):
+        raise UserError(f"{flag + ' ' if flag else ''}{path}: no {CONFIG_FILE}; {hint}")
+    return path
