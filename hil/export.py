@@ -92,6 +92,11 @@ def _normalize(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def _same_text(a: str, b: str) -> bool:
+    """Equal but for white space: a correction of case or punctuation is still a correction."""
+    return a.split() == b.split()
+
+
 class Scrubber:
     """Replaces emails and phone numbers (when enabled) and counts them."""
 
@@ -413,7 +418,7 @@ def _export_rate(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scrub
                                    "label": mean >= options.rating_threshold, "meta": meta})
         out.counts["annotations_in_records"] += len(grades)
         for annotation, _, _, corrected in grades:
-            if not corrected or _normalize(corrected) == _normalize(answer):
+            if not corrected or _same_text(corrected, answer):
                 continue
             fixed = {"role": "assistant", "content": scrub(corrected)}
             source = {**_base_meta(task, annotation), "corrects_answer": True}
@@ -585,7 +590,7 @@ def _export_review(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scr
             if rating is None:
                 out.rejects.append(_reject(task, annotation, NO_SELECTION, "no Rating"))
                 continue
-            if not corrected or _normalize(corrected) == _normalize(answer):
+            if not corrected or _same_text(corrected, answer):
                 detail = f"rating {rating}" + (f", marked {verdict!r} but not edited" if verdict == "Needs correction"
                                                else "")
                 out.rejects.append({**_reject(task, annotation, NOT_CORRECTED, detail), "rating": rating})

@@ -478,7 +478,7 @@ def test_review_corrections_become_sft_records_and_pairs():
     tasks = [{"id": 1, "data": data, "annotations": [
         review_annotation(1, 2, "Needs correction", "Room 4 is free on Friday."),
         review_annotation(2, 5, "Fine as is", "Which day?", who=2),
-        review_annotation(3, 3, "Needs correction", " which day? ", who=3)]}]
+        review_annotation(3, 3, "Needs correction", " Which  day? ", who=3)]}]
     result = export_annotations(tasks, REVIEW, ExportOptions(validation_fraction=0.0))
     (record,) = result.records["train"]
     assert record["messages"] == [*CONVERSATION, {"role": "assistant", "content": "Room 4 is free on Friday."}]
@@ -490,6 +490,11 @@ def test_review_corrections_become_sft_records_and_pairs():
     assert "marked 'Needs correction' but not edited" in result.rejects[1]["detail"]
     assert result.quality["ratings"] == {"2": 1, "3": 1, "5": 1} and result.quality["mean_rating"] == 3.333
     assert result.quality["verdicts"] == {"Fine as is": 1, "Needs correction": 2}
+    # A fix of case alone is a correction (white space alone is not).
+    cased = export_annotations([{"id": 2, "data": {**data, "answer": "friday."},
+                                 "annotations": [review_annotation(4, 2, "Needs correction", "Friday.")]}],
+                               REVIEW, ExportOptions(validation_fraction=0.0))
+    assert [r["messages"][-1]["content"] for r in cased.records["train"]] == ["Friday."]
 
 
 def test_versions_of_one_folder_hold_one_record_kind(tmp_path):
