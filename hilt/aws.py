@@ -20,6 +20,8 @@ from typing import Any
 from hilt.errors import UserError
 
 SERVICE = "sagemaker"
+# SageMaker's ModelApprovalStatus values (a model package version's state in the Model Registry).
+APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 
 
 def _service_model():

@@ -354,6 +354,8 @@ def _cmd_package(args: argparse.Namespace) -> int:
         write_atomic(Path(args.out), json.dumps(request, indent=2) + "\n")
         print(f"{args.out}: {operation_of(request)} request, validated against botocore's SageMaker model")
         return 0
+    if action in ("register", "promote"):
+        return _registry(args)
     if action == "submit":
         from hilt.aws import submit_request
 
@@ -400,6 +402,61 @@ def _since(text: str | None):
     except ValueError:
         raise UserError(f"--since {text!r}: not a date or time; write e.g. 2026-11-24 or 2026-11-24T18:00Z") from None
     return since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)
+
+
+def _registry(args: argparse.Namespace) -> int:
+    """``hilt package register`` / ``promote``: a version of a model package group, and an approved
+    version turned into the Marketplace request."""
+    from container.registry import find_version, promote_request, register_request
+    from hilt.aws import clients, split_s3_uri, validate_request
+    from hilt.outputs import write_atomic
+
+    if args.package_command == "register":
+        request, quality = register_request(
+            args.group, Path(args.model_dir), args.image, args.model_data_url, metrics_uri=args.metrics_uri,
+            eval_dir=Path(args.eval_dir) if args.eval_dir else None, approval=args.approval,
+            hardware=args.hardware, metering_unit=args.metering_unit, description=args.description or "")
+        validate_request("CreateModelPackage", request)
+        out = Path(args.out)
+        metrics_file = out.with_name(out.stem + ".model-quality.json")
+        write_atomic(metrics_file, json.dumps(quality, indent=2) + "\n")
+        write_atomic(out, json.dumps(request, indent=2) + "\n")
+        print(f"{out}: CreateModelPackage request (group {args.group}, {args.approval}), validated against botocore's "
+              f"SageMaker model; model quality in {metrics_file}")
+        if not args.submit:
+            return 0
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        s3, sagemaker = clients(args.endpoint_url, args.region)
+        try:
+            if args.metrics_uri:
+                bucket, key = split_s3_uri(args.metrics_uri)
+                s3.put_object(Bucket=bucket, Key=key, Body=metrics_file.read_bytes(), ContentType="application/json")
+            groups = sagemaker.list_model_package_groups(NameContains=args.group)["ModelPackageGroupSummaryList"]
+            if not any(g["ModelPackageGroupName"] == args.group for g in groups):
+                sagemaker.create_model_package_group(ModelPackageGroupName=args.group,
+                                                     ModelPackageGroupDescription=f"{args.group}: models fine-tuned "
+                                                     "with hilt")
+            arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
+            described = sagemaker.describe_model_package(ModelPackageName=arn)
+        except (BotoCoreError, ClientError) as err:
+            raise UserError(f"registering in {args.group} failed: {err}") from None
+        print(f"registered {args.group}/{described['ModelPackageVersion']} ({described['ModelApprovalStatus']}): {arn}")
+        return 0
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    _, sagemaker = clients(args.endpoint_url, args.region)
+    try:
+        described = find_version(sagemaker, args.version)
+    except (BotoCoreError, ClientError) as err:
+        raise UserError(f"cannot read {args.version} from the registry: {err}") from None
+    request = promote_request(described, args.name, args.role, args.validation_input, args.validation_output,
+                              args.description or "")
+    validate_request("CreateModelPackage", request)
+    write_atomic(Path(args.out), json.dumps(request, indent=2) + "\n")
+    print(f"{args.out}: the Marketplace CreateModelPackage request (certified, unversioned) of {args.version}, "
+          "validated against botocore's SageMaker model; send it with `hilt package submit`")
+    return 0
 
 
 def _cmd_monitor_review(args: argparse.Namespace) -> int:
@@ -652,6 +709,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = package_sub.add_parser("submit", help="send a request with boto3 (after validating it again)")
     p.add_argument("request", help="request JSON from `hilt package request`")
     p.add_argument("--upload", nargs=2, metavar=("MODEL_TAR", "S3_URI"), help="upload the archive first")
+    p.add_argument("--endpoint-url", help="AWS endpoint (e.g. a local moto server); default AWS")
+    p.add_argument("--region")
+    p.set_defaults(func=_cmd_package)
+    p = package_sub.add_parser(
+        "register", help="a trained model as a new version of a SageMaker model package group (Model Registry)",
+        description="Write (and with --submit create) a versioned CreateModelPackage request: the serve image and "
+        "model.tar.gz, ModelApprovalStatus (PendingManualApproval), the model's quality as ModelMetrics (the job's "
+        "evaluation, `hilt evaluate`'s result and the human side-by-side, written beside the request and uploaded "
+        "to --metrics-uri), and recipe, method, base model and dataset hash as CustomerMetadataProperties.",
+    )
+    p.add_argument("--model-dir", required=True, help="the trained model (a job's model/, with hilt.json)")
+    p.add_argument("--group", required=True, help="model package group name (created on --submit if missing)")
+    p.add_argument("--image", required=True, help="serve image URI")
+    p.add_argument("--model-data-url", required=True, help="s3:// URI of the uploaded model.tar.gz")
+    p.add_argument("--metrics-uri", help="s3:// URI for the model-quality JSON (ModelMetrics)")
+    p.add_argument("--eval-dir", help="the --out of `hilt evaluate` (eval.json)")
+    from hilt.aws import APPROVAL_STATUSES
+
+    p.add_argument("--approval", default="PendingManualApproval", choices=list(APPROVAL_STATUSES))
+    p.add_argument("--hardware", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--metering-unit", default="output_tokens", choices=list(METERING_UNITS))
+    p.add_argument("--description")
+    p.add_argument("--out", default="register.json", help="request file (register.json)")
+    p.add_argument("--submit", action="store_true", help="create the group if needed, upload the metrics, register")
+    p.add_argument("--endpoint-url", help="AWS endpoint (e.g. a local moto server); default AWS")
+    p.add_argument("--region")
+    p.set_defaults(func=_cmd_package)
+    p = package_sub.add_parser(
+        "promote", help="an approved registry version -> the Marketplace Model Package request",
+        description="Read GROUP/VERSION from the Model Registry; when it is Approved, write the unversioned, "
+        "certified CreateModelPackage request Marketplace lists, from its image, model data and instance types.",
+    )
+    p.add_argument("version", help="GROUP/VERSION (e.g. hilt-assistant/3) or a model package ARN")
+    p.add_argument("--name", required=True, help="the Marketplace model package name")
+    p.add_argument("--role", required=True, help="IAM role ARN for the validation transform job")
+    p.add_argument("--validation-input", required=True, help="s3:// JSON Lines input of the validation job")
+    p.add_argument("--validation-output", required=True, help="s3:// output path of the validation job")
+    p.add_argument("--description")
+    p.add_argument("--out", default="model-package.json")
     p.add_argument("--endpoint-url", help="AWS endpoint (e.g. a local moto server); default AWS")
     p.add_argument("--region")
     p.set_defaults(func=_cmd_package)

@@ -350,3 +350,58 @@ def test_algorithm_certification_replays_offline(hilt_exe, warm_base_dir, datase
     report = json.loads((out / "algorithm-validation.json").read_text())
     assert report["failed_step"] == "training-job"
     assert "not a dataset format hilt reads" in report["steps"][-1]["error"]
+
+
+def test_register_in_the_model_registry_then_promote_an_approved_version(hilt_exe, moto_server, lora_run, tmp_path):
+    """A trained model registered as versions of a model package group on moto (with its quality as
+    ModelMetrics and its provenance as CustomerMetadataProperties); a pending version is not promoted, an
+    approved one becomes the certified Marketplace request."""
+    import boto3
+
+    out, _ = lora_run
+    s3 = boto3.client("s3", endpoint_url=moto_server["url"], region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="hilt-registry")
+    args = ("package", "register", "--model-dir", str(out / "model"), "--group", "hilt-upper", "--image", IMAGE,
+            "--model-data-url", "s3://hilt-registry/models/model.tar.gz",
+            "--metrics-uri", "s3://hilt-registry/metrics/upper.json", "--submit",
+            "--endpoint-url", moto_server["url"])
+    first = run_hilt(hilt_exe, *args, "--out", str(tmp_path / "register.json"), env=moto_server["env"])
+    assert first.returncode == 0, first.stderr
+    assert "registered hilt-upper/1 (PendingManualApproval)" in first.stdout
+    request = json.loads((tmp_path / "register.json").read_text())
+    validate_request("CreateModelPackage", request)
+    meta = request["CustomerMetadataProperties"]
+    manifest = json.loads((out / "model" / "hilt.json").read_text())
+    assert meta["hilt:recipe"] == "quickstart-tiny-sft" and meta["hilt:method"] == "sft"
+    train = manifest["dataset"]["train"]
+    assert meta["hilt:dataset-sha256"] == train.get("manifest_sha256", train["sha256"])
+    assert "ModelPackageName" not in request and "CertifyForMarketplace" not in request
+    quality = json.loads(s3.get_object(Bucket="hilt-registry", Key="metrics/upper.json")["Body"].read())
+    assert quality == json.loads((tmp_path / "register.model-quality.json").read_text())
+    assert quality["job_evaluation"]["metrics"] == manifest["evaluation"]["metrics"]
+    second = run_hilt(hilt_exe, *args, "--out", str(tmp_path / "register2.json"), env=moto_server["env"])
+    assert "registered hilt-upper/2" in second.stdout
+
+    promote = ("package", "promote", "hilt-upper/2", "--name", "hilt-upper-assistant", "--role", ROLE,
+               "--validation-input", "s3://hilt-registry/validation/input.jsonl",
+               "--validation-output", "s3://hilt-registry/validation/out", "--endpoint-url", moto_server["url"],
+               "--out", str(tmp_path / "model-package.json"))
+    pending = run_hilt(hilt_exe, *promote, env=moto_server["env"])
+    assert pending.returncode == 2 and "hilt-upper/2 is PendingManualApproval, not Approved" in pending.stderr
+    assert not (tmp_path / "model-package.json").exists()
+    sagemaker = boto3.client("sagemaker", endpoint_url=moto_server["url"], region_name="us-east-1",
+                             aws_access_key_id="testing", aws_secret_access_key="testing")
+    arn = sagemaker.list_model_packages(ModelPackageGroupName="hilt-upper")["ModelPackageSummaryList"]
+    arn = next(p["ModelPackageArn"] for p in arn if p["ModelPackageVersion"] == 2)
+    sagemaker.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+    promoted = run_hilt(hilt_exe, *promote, env=moto_server["env"])
+    assert promoted.returncode == 0, promoted.stderr
+    marketplace = json.loads((tmp_path / "model-package.json").read_text())
+    validate_request("CreateModelPackage", marketplace)
+    assert marketplace["ModelPackageName"] == "hilt-upper-assistant" and marketplace["CertifyForMarketplace"] is True
+    container = marketplace["InferenceSpecification"]["Containers"][0]
+    assert container["Image"] == IMAGE and container["ModelDataUrl"] == "s3://hilt-registry/models/model.tar.gz"
+    missing = run_hilt(hilt_exe, *[a if a != "hilt-upper/2" else "hilt-upper/9" for a in promote],
+                       env=moto_server["env"])
+    assert missing.returncode == 2 and "has no version 9" in missing.stderr
