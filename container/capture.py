@@ -114,8 +114,15 @@ class DataCapture:
         except OSError as err:
             raise UserError(f"{DIR_ENV}={directory}: cannot create it ({err.strerror}); choose a writable folder") \
                 from None
+        rotate = os.environ.get(ROTATE_ENV, "60")
+        try:
+            seconds = float(rotate)
+        except ValueError:
+            seconds = 0.0
+        if seconds <= 0:
+            raise UserError(f"{ROTATE_ENV}={rotate!r}: not a positive number of seconds; set e.g. 60")
         return cls(Path(directory), percent, os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT),
-                   os.environ.get(VARIANT_ENV, DEFAULT_VARIANT), float(os.environ.get(ROTATE_ENV, "60")))
+                   os.environ.get(VARIANT_ENV, DEFAULT_VARIANT), seconds)
 
     def sampled(self) -> bool:
         """Whether to capture this invocation (decided before the work, as SageMaker does)."""

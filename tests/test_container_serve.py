@@ -429,3 +429,21 @@ def test_data_capture_samples_and_refuses_a_bad_percentage(tiny_model_dir, tmp_p
     result = subprocess.run([str(Path(sys.executable).parent / "serve")], env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0 and "HILT_DATA_CAPTURE_PERCENT='150': not a percentage" in result.stderr
+
+
+def test_data_capture_settings_are_checked(tmp_path, monkeypatch):
+    from container.capture import DataCapture
+    from hilt.errors import UserError
+
+    monkeypatch.delenv("HILT_DATA_CAPTURE_DIR", raising=False)
+    assert DataCapture.from_env() is None  # off unless asked for
+    monkeypatch.setenv("HILT_DATA_CAPTURE_DIR", str(tmp_path / "c"))
+    for name, value, message in (("HILT_DATA_CAPTURE_PERCENT", "half", "not a percentage"),
+                                 ("HILT_DATA_CAPTURE_ROTATE_SECONDS", "0", "not a positive number")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(UserError, match=message):
+            DataCapture.from_env()
+        monkeypatch.delenv(name)
+    capture = DataCapture.from_env()
+    assert capture.percent == 100 and capture.root == tmp_path / "c" / "hilt-serve" / "AllTraffic"
+    capture.close()
