@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 
@@ -146,3 +147,45 @@ def test_gradient_checkpointing_runs(hilt_exe, warm_base_dir, dataset_dir, tmp_p
     assert "gradient_checkpointing=on" in result.stdout
     losses = metric_values(result.stdout, "train_loss")
     assert losses[-1] < losses[0]
+
+
+def test_tracking_tensorboard_events_and_an_mlflow_run(hilt_exe, warm_base_dir, dataset_dir, tmp_path):
+    """TensorBoard events where SageMaker collects them, and an MLflow run (a local file store) holding
+    the recipe, the dataset hash, the per-step loss, the held-out evaluation and the model's files."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    store = f"file://{tmp_path / 'mlruns'}"
+    out = tmp_path / "tracked"
+    result = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data",
+                      str(dataset_dir), "--output", str(out), "--set", "train.max_steps=10",
+                      "--set", "train.logging_steps=2",
+                      env={"MLFLOW_TRACKING_URI": store, "MLFLOW_ALLOW_FILE_STORE": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (events,) = (out / "output" / "tensorboard").glob("events.out.tfevents.*")
+    board = EventAccumulator(str(events.parent))
+    board.Reload()
+    assert len(board.Scalars("train/loss")) >= 4
+
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 keeps the local file store in maintenance mode
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    params = run.data.params
+    manifest = json.loads((out / "model" / "hilt.json").read_text())
+    assert params["recipe.name"] == "quickstart-tiny-sft" and params["recipe.peft.method"] == "lora"
+    train = manifest["dataset"]["train"]
+    assert params["dataset.sha256"] == str(train.get("manifest_sha256") or train["sha256"])
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 4
+    assert run.data.metrics["heldout_exact_match"] == manifest["evaluation"]["metrics"]["exact_match"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"README.md", "loss_curve.png", "hilt.json"} <= artifacts
+
+    refused = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data",
+                       str(dataset_dir), "--output", str(tmp_path / "no-uri"), "--set", "train.report_to=mlflow",
+                       env={"MLFLOW_TRACKING_URI": ""})
+    assert refused.returncode == 2 and "needs MLFLOW_TRACKING_URI" in refused.stderr
+    unopened = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data",
+                        str(dataset_dir), "--output", str(tmp_path / "file-store"),
+                        env={"MLFLOW_TRACKING_URI": store, "MLFLOW_ALLOW_FILE_STORE": "false"})
+    assert unopened.returncode == 2 and "MLFLOW_ALLOW_FILE_STORE=true" in unopened.stderr
+    assert unopened.stderr.count("\n") == 1

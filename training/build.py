@@ -127,6 +127,8 @@ def prepare_distributed(job: Job) -> dict[str, Any]:
 
 def training_arguments(job: Job) -> dict[str, Any]:
     """Keyword arguments common to SFTConfig and DPOConfig, from the recipe."""
+    from training.tracking import report_to_argument
+
     t = job.recipe.train
     precision = resolve_precision(job)
     has_validation = "validation" in job.channels
@@ -141,6 +143,7 @@ def training_arguments(job: Job) -> dict[str, Any]:
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         lr_scheduler_type=t.lr_scheduler,
+        # transformers 5 folded warmup_ratio into warmup_steps: a value below 1 is a fraction of the steps.
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
@@ -157,7 +160,7 @@ def training_arguments(job: Job) -> dict[str, Any]:
         fp16=precision == "fp16",
         gradient_checkpointing=job.recipe.model.gradient_checkpointing,
         include_num_input_tokens_seen="non_padding",
-        report_to="none",
+        report_to=report_to_argument(job) or "none",
         save_only_model=False,
     )
     kwargs.update(prepare_distributed(job))

@@ -148,7 +148,9 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
             flush=True,
         )
         from training.provenance import check_resume
+        from training.tracking import check_tracking
 
+        check_tracking(job.recipe.train.report_to)  # an MLflow store that cannot be opened: before training
         check_resume(job)  # never resume checkpoints made from other data, recipe or model
         if job.world_size > 1:
             rc = launch_workers(job)
@@ -163,6 +165,7 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
 
             manifest = finish_model_dir(job)
             print(f"[hilt] model written to {opt_ml.model_dir} (steps={manifest['metrics'].get('global_step')})")
+            _log_to_mlflow(job, manifest)
         return rc
     except (UserError, OSError) as err:
         if isinstance(err, OSError):
@@ -177,6 +180,18 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
         return EXIT_USER_ERROR
     except Exception as err:
         return _bug(opt_ml, err)
+
+
+def _log_to_mlflow(job: Job, manifest: dict) -> None:
+    """The finished model's recipe, evaluation and artifacts to the job's MLflow run. The model is
+    already written: a tracking server that fails now costs a warning, not the job."""
+    from training.tracking import log_finished_model
+
+    try:
+        log_finished_model(job, manifest)
+    except Exception as err:  # noqa: BLE001  (any MLflow client or server error)
+        print(f"[hilt] warning: could not log the finished model to MLflow ({type(err).__name__}: {err}); "
+              "the model directory is complete", file=sys.stderr, flush=True)
 
 
 def _bug(opt_ml: OptML, err: BaseException) -> int:

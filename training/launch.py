@@ -167,6 +167,9 @@ def build_request(spec: LaunchSpec, recipe, channel_uris: dict[str, str], s3_roo
         "EnableManagedSpotTraining": spec.spot,
         # Spot interruptions and restarts resume from here: the trainer checkpoints to /opt/ml/checkpoints.
         "CheckpointConfig": {"S3Uri": checkpoint, "LocalPath": "/opt/ml/checkpoints"},
+        # SageMaker uploads the trainer's TensorBoard events (train.report_to) while the job runs.
+        "TensorBoardOutputConfig": {"S3OutputPath": f"s3://{_join(s3_root[5:], 'tensorboard')}",
+                                    "LocalPath": "/opt/ml/output/tensorboard"},
         "Tags": [{"Key": "hilt:recipe", "Value": recipe.name[:256]},
                  {"Key": "hilt:dataset-sha256", "Value": dataset_sha256}],
     }

@@ -115,6 +115,9 @@ class TrainSection(_Section):
         200, ge=1, description="Save a resumable checkpoint to /opt/ml/checkpoints every N steps."
     )
     checkpoint_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
+    report_to: Literal["auto", "none", "tensorboard", "mlflow", "tensorboard+mlflow"] = Field(
+        "auto", description="Experiment tracking: auto = TensorBoard events in /opt/ml/output/tensorboard, plus "
+        "MLflow when MLFLOW_TRACKING_URI is set; none = off.")
 
 
 class DpoSection(_Section):

@@ -29,13 +29,14 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     """
     from training import build, stopping
     from training.callbacks import MetricsLogger, StopOnSigterm
+    from training.tracking import tracking_callbacks
 
     stopping.enter("model")
     model = build.load_model(job)
     stopper = StopOnSigterm()
     trainer = trainer_class(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=build.lora_config(job),
-                            callbacks=[MetricsLogger(), stopper], **extra)
+                            callbacks=[MetricsLogger(), stopper, *tracking_callbacks(job)], **extra)
     return trainer, stopper
 
 
