@@ -16,7 +16,7 @@ from typing import Any
 
 from container.contract import JSON, JSONLINES, METERING_DIMENSION, METERING_UNITS
 from hilt.errors import UserError
-from hilt.layout import MANIFEST_FILE
+from hilt.layout import read_manifest
 from training.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
 from training.recipe import flat_fields, load_recipe, tuning_range
 
@@ -246,7 +246,7 @@ def algorithm_request(name: str, image: str, role_arn: str, recipe_name: str, *,
 
 def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit: str) -> Path:
     """LISTING.md: the seller checklist, filled from hilt.json, the dataset and the replay."""
-    manifest = json.loads((model_dir / MANIFEST_FILE).read_text()) if (model_dir / MANIFEST_FILE).is_file() else {}
+    manifest = read_manifest(model_dir)
     recipe = manifest.get("recipe", {})
     metrics = manifest.get("metrics", {})
     data = manifest.get("dataset", {})

@@ -20,7 +20,7 @@ from container.marketplace import INSTANCE_TYPES, _inference_specification, mode
 from hilt import __version__
 from hilt.aws import APPROVAL_STATUSES
 from hilt.errors import UserError
-from hilt.layout import MANIFEST_FILE, require_model_dir
+from hilt.layout import read_manifest, require_model_dir
 
 # CustomerMetadataProperties keys and values: letters, digits, spaces and _ . : / = + - @ only.
 _NOT_ALLOWED = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)
@@ -31,10 +31,10 @@ def _metadata_value(value: Any) -> str:
     return text[:256] or "-"
 
 
-def model_quality(model_dir: Path, eval_dir: Path | None = None) -> dict:
+def model_quality(manifest: dict, eval_dir: Path | None = None) -> dict:
     """What the registry shows as the model's quality: the job's own evaluation, ``hilt evaluate``'s
-    result (with its baseline and gates) when given, and the human side-by-side."""
-    manifest = json.loads((model_dir / MANIFEST_FILE).read_text()) if (model_dir / MANIFEST_FILE).is_file() else {}
+    result (with its baseline and gates) when given, and the human side-by-side; ``manifest`` is the
+    model's ``hilt.json``."""
     quality: dict[str, Any] = {"generated_by": f"hilt {__version__}",
                                "job_evaluation": manifest.get("evaluation"),
                                "training": {k: manifest.get("metrics", {}).get(k)
@@ -53,9 +53,8 @@ def model_quality(model_dir: Path, eval_dir: Path | None = None) -> dict:
     return quality
 
 
-def customer_metadata(model_dir: Path, quality: dict) -> dict[str, str]:
+def customer_metadata(manifest: dict, quality: dict) -> dict[str, str]:
     """Recipe, method, base model, dataset hash and headline metrics as CustomerMetadataProperties."""
-    manifest = json.loads((model_dir / MANIFEST_FILE).read_text()) if (model_dir / MANIFEST_FILE).is_file() else {}
     recipe = manifest.get("recipe") or {}
     dataset = (manifest.get("dataset") or {}).get("train") or {}
     found = {
@@ -94,14 +93,15 @@ def register_request(group: str, model_dir: Path, image: str, model_data_url: st
         raise UserError(f"--metrics-uri {metrics_uri}: not an s3:// URI; ModelMetrics are read from S3")
     if approval not in APPROVAL_STATUSES:
         raise UserError(f"--approval {approval}: use one of {', '.join(APPROVAL_STATUSES)}")
-    quality = model_quality(Path(model_dir), eval_dir)
+    manifest = read_manifest(model_dir)
+    quality = model_quality(manifest, eval_dir)
     request: dict[str, Any] = {
         "ModelPackageGroupName": group,
         "ModelPackageDescription": description or f"{group}: fine-tuned with hilt; JSON and JSON Lines in and out.",
         "InferenceSpecification": _inference_specification(image, hardware, metering_unit, model_data_url),
         "ModelApprovalStatus": approval,
         "MetadataProperties": {"GeneratedBy": f"hilt {__version__}"},
-        "CustomerMetadataProperties": customer_metadata(Path(model_dir), quality),
+        "CustomerMetadataProperties": customer_metadata(manifest, quality),
         "Domain": "NATURAL_LANGUAGE_PROCESSING",
         "Task": "OTHER",
     }

@@ -6,6 +6,7 @@ plus hilt's own ``hilt.json`` (provenance: recipe, data, metrics) when hilt trai
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from hilt.errors import UserError
@@ -16,6 +17,12 @@ MANIFEST_FILE = "hilt.json"  # hilt's provenance of a model it trained
 
 def is_model_dir(path: Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
+
+
+def read_manifest(model_dir: Path | str) -> dict:
+    """A model directory's ``hilt.json`` (empty when hilt did not train it)."""
+    path = Path(model_dir) / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def require_model_dir(path: Path | str, flag: str = "", hint: str = "pass a save_pretrained model directory") -> Path:
