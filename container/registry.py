@@ -26,7 +26,7 @@ from hilt.layout import read_manifest, require_model_dir
 _NOT_ALLOWED = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)
 
 
-def _metadata_value(value: Any) -> str:
+def metadata_value(value: Any) -> str:
     text = _NOT_ALLOWED.sub("-", str(value))
     return text[:256] or "-"
 
@@ -73,7 +73,7 @@ def customer_metadata(manifest: dict, quality: dict) -> dict[str, str]:
     sbs = quality.get("human_side_by_side") or {}
     if sbs.get("win_rate") is not None:
         found["hilt:human-win-rate"] = sbs["win_rate"]
-    return {key: _metadata_value(value) for key, value in found.items() if value is not None}
+    return {key: metadata_value(value) for key, value in found.items() if value is not None}
 
 
 def register_request(group: str, model_dir: Path, image: str, model_data_url: str, *, metrics_uri: str | None = None,

@@ -371,12 +371,31 @@ def _cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archived_model(path: Path, flag: str, scratch: Path) -> Path:
+    """A model dir as given, or unpacked from a ``model.tar.gz`` (the file, or a folder holding only
+    it: what a SageMaker processing job receives of a training job's ModelArtifacts)."""
+    from container.package import extract_model_tar
+    from hilt.layout import is_model_dir
+
+    archive = path if path.is_file() else path / "model.tar.gz"
+    if is_model_dir(path) or not archive.is_file() or not archive.name.endswith((".tar.gz", ".tgz")):
+        return path
+    print(f"[hilt] {flag}: unpacking {archive}", flush=True)
+    target = scratch / flag.strip("-")
+    extract_model_tar(archive, target, require_manifest=False)
+    return target
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import tempfile
+
     from training.evaluate import EVAL_FILE, METRICS, REPORT_FILE, evaluate
 
-    result = evaluate(Path(args.model), Path(args.data), Path(args.out),
-                      baseline_dir=Path(args.baseline) if args.baseline else None, gates=args.gate,
-                      task_metric=args.metric, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples)
+    with tempfile.TemporaryDirectory(prefix="hilt-evaluate-") as scratch:
+        model = _archived_model(Path(args.model), "--model", Path(scratch))
+        baseline = _archived_model(Path(args.baseline), "--baseline", Path(scratch)) if args.baseline else None
+        result = evaluate(model, Path(args.data), Path(args.out), baseline_dir=baseline, gates=args.gate,
+                          task_metric=args.metric, max_new_tokens=args.max_new_tokens, max_samples=args.max_samples)
     models = result["models"]
     print(f"{'metric':<12}" + "".join(f"{name:>12}" for name in models) + ("      change" if "deltas" in result else ""))
     for metric in METRICS:
@@ -491,6 +510,20 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         from hilt.pipeline import run_pipeline
 
         return run_pipeline(Path(args.pipeline))
+    if args.pipeline_command == "export":
+        from hilt.sagemaker_pipeline import export
+
+        result = export(Path(args.pipeline), Path(args.sagemaker), dataset=args.dataset, base_model=args.base_model,
+                        region=args.region, role=args.role, do_upsert=args.upsert, do_start=args.start,
+                        params=args.param, endpoint_url=args.endpoint_url)
+        print(f"SageMaker Pipeline {result['pipeline']}: {' -> '.join(result['steps'])}")
+        print(f"parameters: {', '.join(result['parameters'])}")
+        print(f"definition written to {result['definition']}")
+        if "arn" in result:
+            print(f"{result['action']} {result['arn']} (model package group {result['group']})")
+        if "execution" in result:
+            print(f"started {result['execution']}")
+        return 0
     from hilt.watch import watch
 
     return watch(Path(args.pipeline), args.secret, port=args.port, min_annotations=args.min_annotations,
@@ -844,8 +877,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the reference answers, greedy answers scored by exact match and ROUGE-L. Writes OUT/eval.json, "
         "samples.jsonl (answers side by side), metrics.png and report.md. Exit code 1 when a --gate fails.",
     )
-    p.add_argument("--model", required=True, help="the candidate (a job's model/ dir or any save_pretrained dir)")
-    p.add_argument("--baseline", help="the model to compare against, e.g. the base model")
+    p.add_argument("--model", required=True, help="the candidate: a job's model/ dir, any save_pretrained dir, or "
+                   "a model.tar.gz (or a folder holding one)")
+    p.add_argument("--baseline", help="the model to compare against, e.g. the base model (a dir or model.tar.gz)")
     p.add_argument("--data", required=True, help="dataset dir (its validation/ split is used) or a JSONL file")
     p.add_argument("--out", required=True, help="folder for eval.json and the report")
     p.add_argument("--gate", action="append", default=[], metavar="EXPR",
@@ -895,7 +929,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which unflagged exchanges are drawn (0)")
     p.set_defaults(func=_cmd_monitor_review)
 
-    pipeline = sub.add_parser("pipeline", help="export -> train -> evaluate gate -> package -> validate -> request")
+    pipeline = sub.add_parser("pipeline", help="export -> train -> evaluate gate -> package -> validate -> request; "
+                              "or the same on SageMaker Pipelines")
     pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
     p = pipeline_sub.add_parser(
         "run", help="run or resume a pipeline; finished steps (addressed by their inputs' hash) are reused",
@@ -904,6 +939,28 @@ def build_parser() -> argparse.ArgumentParser:
         "Package request and listing. Exit 1 when a gate or the validation refuses the model.",
     )
     p.add_argument("pipeline", help="PIPELINE.yaml (see pipelines/example.yaml)")
+    p.set_defaults(func=_cmd_pipeline)
+    p = pipeline_sub.add_parser(
+        "export", help="the same pipeline as a SageMaker Pipeline (train -> evaluate -> gates -> register)",
+        description="Build the pipeline's SageMaker Pipelines definition with the SageMaker SDK: Train "
+        "(TrainingStep on train.sagemaker.image), Evaluate (ProcessingStep running `hilt evaluate`), CheckGates "
+        "(ConditionStep on evaluate.gates, read from eval.json), Register (RegisterModel into the model package "
+        "group, PendingManualApproval) or GateFailed. The export runs before: the pipeline reads --dataset.",
+    )
+    p.add_argument("pipeline", help="PIPELINE.yaml with a train.sagemaker section")
+    p.add_argument("--sagemaker", required=True, metavar="OUT.json", help="where to write the definition")
+    p.add_argument("--dataset", metavar="S3_URI", help="default of the DatasetS3Uri parameter: a prefix with train/ "
+                   "and validation/ as `hilt export` writes them (train.sagemaker.s3/datasets/latest)")
+    p.add_argument("--base-model", metavar="S3_URI", help="default of BaseModelS3Uri (else train.model, which must "
+                   "then be s3://)")
+    p.add_argument("--role", help="the pipeline's execution role (train.sagemaker.role)")
+    p.add_argument("--region", help="AWS region (train.sagemaker.region, else $AWS_DEFAULT_REGION)")
+    p.add_argument("--upsert", action="store_true", help="create or update the pipeline (and its model package "
+                   "group) in SageMaker")
+    p.add_argument("--start", action="store_true", help="start an execution")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="an execution's parameter value, with --start; repeatable")
+    p.add_argument("--endpoint-url", help="SageMaker/S3 endpoint (e.g. a moto server)")
     p.set_defaults(func=_cmd_pipeline)
     p = pipeline_sub.add_parser(
         "watch", help="listen for Label Studio webhooks on 127.0.0.1; run the pipeline after N new annotations",

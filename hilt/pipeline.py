@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hil.export import RANK_POLICIES, SFT_POLICIES
 from hil.templates import TEMPLATE_NAMES
+from hilt.aws import APPROVAL_STATUSES
 from hilt.errors import UserError
-from hilt.outputs import claim_output_dir
+from hilt.outputs import claim_output_dir, read_text_file
 from training.provenance import model_fingerprint
 
 STEP_FILE = "step.json"
@@ -70,6 +71,7 @@ class SageMakerSection(_Section):
     spot: bool = False
     max_wait: int | None = None
     max_run: int = Field(24 * 3600, ge=1)
+    volume_gb: int = Field(100, ge=1, description="Storage per instance (checkpoints, the base model).")
     region: str | None = None
     poll_seconds: float = Field(30.0, gt=0)
     timeout_seconds: float = Field(7 * 24 * 3600, gt=0, description="Give up waiting for the job after this.")
@@ -105,6 +107,13 @@ class RequestSection(_Section):
     metering_unit: Literal["invocation", "output_tokens", "total_tokens", "per_1k_tokens"] = "output_tokens"
 
 
+class RegisterSection(_Section):
+    group: str | None = Field(None, description="Model package group (`hilt pipeline export --sagemaker`); "
+                              "default hilt-<name>.")
+    approval: Literal[APPROVAL_STATUSES] = Field("PendingManualApproval", description="ModelApprovalStatus of "
+                                                 "a registered version.")
+
+
 class Pipeline(_Section):
     name: str
     workdir: str = Field("pipeline-runs", description="Step outputs, relative to the YAML file.")
@@ -115,6 +124,7 @@ class Pipeline(_Section):
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     package: PackageSection = Field(default_factory=PackageSection)
     request: RequestSection
+    registry: RegisterSection = Field(default_factory=RegisterSection)
 
 
 def load_pipeline(path: Path) -> tuple[Pipeline, Path]:
@@ -128,7 +138,7 @@ def load_pipeline(path: Path) -> tuple[Pipeline, Path]:
     if not path.is_file():
         raise UserError(f"{path}: no such pipeline file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text_file(path, "pipeline")) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
     try:

@@ -208,6 +208,18 @@ def test_evaluate_tuned_vs_base_with_gates(hilt_exe, lora_run, warm_base_dir, da
     failed = json.loads((tmp_path / "fail" / "eval.json").read_text())
     assert [g["passed"] for g in failed["gates"]] == [True, False] and failed["passed"] is False
 
+    # What a SageMaker processing job receives of a training job: a folder holding model.tar.gz.
+    from container.package import build_model_tar
+
+    (tmp_path / "artifacts").mkdir()
+    build_model_tar(model, tmp_path / "artifacts" / "model.tar.gz")
+    result = run_hilt(hilt_exe, "evaluate", "--model", str(tmp_path / "artifacts"), "--data", str(dataset_dir),
+                      "--out", str(tmp_path / "archived"), "--max-new-tokens", "8", "--max-samples", "4")
+    assert result.returncode == 0 and "unpacking" in result.stdout, result.stderr[-2000:]
+    archived = [json.loads(l) for l in (tmp_path / "archived" / "samples.jsonl").read_text().splitlines()]
+    assert [s["candidate"] for s in archived] == [s["candidate"] for s in samples[:4]]
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["model.tar.gz"]
+
     # A relative gate needs a baseline: a one-line user error, exit 2.
     result = run_hilt(hilt_exe, "evaluate", "--model", str(model), "--data", str(dataset_dir), "--out",
                       str(tmp_path / "x"), "--gate", "rougeL>=+0.05")
