@@ -1,7 +1,7 @@
 """The generation backends of ``serve``, behind one seam.
 
 A backend turns a request (prompt token ids and generation options) into an async stream
-of text pieces that ends with a :class:`~container.contract.Generation`. The HTTP app
+of text pieces that ends with a :class:`~hilt.serving.contract.Generation`. The HTTP app
 knows nothing else about it. ``HILT_SERVE_BACKEND`` picks one:
 
 - ``hf`` (default): transformers' continuous-batching manager. Concurrent requests, and the
@@ -30,12 +30,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from container.contract import Generation, RequestError
+from hilt.serving.contract import Generation, RequestError
 
 BACKEND_ENV = "HILT_SERVE_BACKEND"
 BACKENDS = {
-    "hf": "container.backend:ContinuousBackend",
-    "hf-serial": "container.backend:SerialBackend",
+    "hf": "hilt.serving.backend:ContinuousBackend",
+    "hf-serial": "hilt.serving.backend:SerialBackend",
 }
 PLANNED_BACKENDS = {"vllm": "needs the vLLM wheel and a CUDA GPU; this image has neither (use hf)"}
 DEFAULT_BACKEND = "hf"

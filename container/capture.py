@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 DIR_ENV = "HILT_DATA_CAPTURE_DIR"
 PERCENT_ENV = "HILT_DATA_CAPTURE_PERCENT"
@@ -234,7 +234,7 @@ def capture_files(source: str) -> Iterator[tuple[str, bytes]]:
         UserError: a folder that does not exist, an S3 location that cannot be listed.
     """
     if source.startswith("s3://"):
-        from hilt.aws import clients, split_s3_uri
+        from hilt.core.aws import clients, split_s3_uri
 
         bucket, prefix = split_s3_uri(source)
         client = clients()[0]

@@ -38,9 +38,9 @@ import tarfile
 import time
 from pathlib import Path
 
-from hilt.errors import UserError
-from hilt.outputs import claim_output_dir, write_atomic
-from training.stopping import GRACE_SECONDS  # SageMaker's SIGTERM -> SIGKILL window
+from hilt.core.errors import UserError
+from hilt.core.outputs import claim_output_dir, write_atomic
+from hilt.training.stopping import GRACE_SECONDS  # SageMaker's SIGTERM -> SIGKILL window
 
 REPORT_FILE = "algorithm-validation.json"
 SAGEMAKER_PREFIXES = ("sagemaker_", "_")
@@ -194,7 +194,7 @@ def check_profile(request: dict, profile: dict) -> tuple[dict[str, str], list[st
 
 def lay_out_training_job(base: Path, job: dict, hyperparameters: dict[str, str], mapping: dict[str, Path]) -> None:
     """The /opt/ml tree SageMaker gives a training job's first host."""
-    from training.opt_ml import OptML
+    from hilt.core.opt_ml import OptML
 
     opt_ml = OptML(base).create()
     resources = job["ResourceConfig"]
@@ -230,7 +230,7 @@ def run_training_job(base: Path, max_runtime: int, log_file: Path, job_name: str
 
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TRAINING_JOB_NAME": job_name}
-    process = subprocess.Popen([sys.executable, "-m", "training.entry"], env=env, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "hilt.training.entry"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
 
     def copy_log() -> None:
@@ -296,7 +296,7 @@ def validate_algorithm(request_file: Path, mapping: dict[str, Path], output: Pat
     Raises:
         UserError: when the request file cannot be read or is not a CreateAlgorithm request.
     """
-    from hilt.aws import validate_request
+    from hilt.core.aws import validate_request
 
     try:
         request = json.loads(request_file.read_bytes().decode("utf-8"))
@@ -347,7 +347,7 @@ def validate_algorithm(request_file: Path, mapping: dict[str, Path], output: Pat
 
 def _replay_profile(request: dict, profile: dict, root: Path, mapping: dict[str, Path], start_timeout: float,
                     max_unpacked_bytes: int, step) -> bool:
-    from container.validate import validate_model_tar
+    from hilt.serving.validate import validate_model_tar
 
     name = profile["ProfileName"]
     started = time.perf_counter()

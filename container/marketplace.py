@@ -1,6 +1,6 @@
 """CreateModelPackage / CreateAlgorithm requests for AWS Marketplace, and the listing draft.
 
-Requests follow SageMaker's API shapes exactly and are validated strictly (see hilt/aws.py)
+Requests follow SageMaker's API shapes exactly and are validated strictly (see hilt/core/aws.py)
 before they are written. One package per hardware family: a CPU model lists CPU
 instance types only. The Algorithm's hyperparameters come from the recipe schema (names,
 types, defaults, ranges, tunable flags, descriptions) and its metrics from the regexes
@@ -14,11 +14,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from container.contract import JSON, JSONLINES, METERING_DIMENSION, METERING_UNITS
-from hilt.errors import UserError
-from hilt.layout import read_manifest
-from training.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
-from training.recipe import flat_fields, load_recipe, tuning_range
+from hilt.serving.contract import JSON, JSONLINES, METERING_DIMENSION, METERING_UNITS
+from hilt.core.errors import UserError
+from hilt.core.layout import read_manifest
+from hilt.training.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
+from hilt.training.recipe import flat_fields, load_recipe, tuning_range
 
 CONTENT_TYPES = [JSON, JSONLINES]
 MODEL_CONTENT_TYPE = "application/octet-stream"
@@ -163,7 +163,7 @@ def recipe_hardware(recipe_name: str) -> str:
 
 def channel_descriptions() -> dict[str, str]:
     """What each TrainingChannel accepts, in the words a buyer reads on the listing."""
-    from training.formats import accepted_formats
+    from hilt.training.formats import accepted_formats
 
     data = ("JSON Lines (*.jsonl) or JSON arrays (*.json), one format per file, detected per file. "
             f"SFT recipes: {accepted_formats('sft')}; a template.json (prompt/completion) beside JumpStart "
@@ -258,7 +258,7 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
         extra += [f"Held-out scoring after training ({evaluation['records']} records, greedy answers): {scores}; "
                   f"headline metric {evaluation['task_metric']}.", ""]
     if manifest.get("human_side_by_side"):
-        from training.compare import SECTION, summary_markdown
+        from hilt.labeling.compare import SECTION, summary_markdown
 
         extra += [f"<!-- hilt:{SECTION} -->", summary_markdown(manifest["human_side_by_side"]).rstrip(),
                   f"<!-- /hilt:{SECTION} -->", ""]
@@ -320,6 +320,6 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
         f"`{METERING_DIMENSION}` is the only dimension.",
         "",
     ]
-    from hilt.outputs import write_atomic
+    from hilt.core.outputs import write_atomic
 
     return write_atomic(out, "\n".join(lines))

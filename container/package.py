@@ -16,9 +16,9 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from hilt.errors import UserError
-from hilt.layout import require_model_dir
-from hilt.outputs import os_error_message
+from hilt.core.errors import UserError
+from hilt.core.layout import require_model_dir
+from hilt.core.outputs import os_error_message
 
 PACKAGE_MANIFEST = "hilt-package.json"
 FIXED_MTIME = 0

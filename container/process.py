@@ -18,7 +18,7 @@ def start_serve(base: Path, port: int, extra_env: dict[str, str] | None = None) 
     """
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port), **(extra_env or {})}
     env.pop("HILT_SERVE_HOST", None)
-    server = subprocess.Popen([sys.executable, "-m", "container.serve"], env=env, stdout=subprocess.DEVNULL,
+    server = subprocess.Popen([sys.executable, "-m", "hilt.serving.serve"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     return server, f"http://127.0.0.1:{port}"
 

@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from container.marketplace import INSTANCE_TYPES, _inference_specification, model_package_request
+from hilt.serving.marketplace import INSTANCE_TYPES, _inference_specification, model_package_request
 from hilt import __version__
-from hilt.aws import APPROVAL_STATUSES
-from hilt.errors import UserError
-from hilt.layout import read_manifest, require_model_dir
+from hilt.core.aws import APPROVAL_STATUSES
+from hilt.core.errors import UserError
+from hilt.core.layout import read_manifest, require_model_dir
 
 # CustomerMetadataProperties keys and values: letters, digits, spaces and _ . : / = + - @ only.
 _NOT_ALLOWED = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)

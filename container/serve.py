@@ -7,8 +7,8 @@ model is ready, ``POST /invocations`` gets the requests, and a batch transform m
 (under ``SAGEMAKER_BASE_DIR``) and nothing else: Marketplace runs the container with
 network isolation, so hub access is switched off before anything loads.
 
-Three parts: ``container.contract`` (request bodies, limits, answers, the metering
-header), ``container.backend`` (the model and its batched, bounded generation, chosen by
+Three parts: ``hilt.serving.contract`` (request bodies, limits, answers, the metering
+header), ``hilt.serving.backend`` (the model and its batched, bounded generation, chosen by
 ``HILT_SERVE_BACKEND``) and this module (the HTTP app: payload limit, content types and
 ``Accept``, streaming, the invocation's budget, disconnects, SIGTERM). Every success
 carries ``X-Amzn-Inference-Metering: {"Dimension": "inference.count", "ConsumedUnits": N}``;
@@ -29,9 +29,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from container.backend import backend_class
-from container.capture import DataCapture
-from container.contract import (
+from hilt.serving.backend import backend_class
+from hilt.serving.capture import DataCapture
+from hilt.serving.contract import (
     EVENT_STREAM,
     JSON,
     JSONLINES,
@@ -47,8 +47,8 @@ from container.contract import (
     parse_body,
     streamed_metering_header,
 )
-from hilt.errors import UserError
-from training.opt_ml import OptML
+from hilt.core.errors import UserError
+from hilt.core.opt_ml import OptML
 
 HOST_ENV = "HILT_SERVE_HOST"
 PORT_ENV = "SAGEMAKER_BIND_TO_PORT"

@@ -31,10 +31,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from container.package import DEFAULT_MAX_UNPACKED_BYTES, extract_model_tar
-from container.contract import JSON, JSONLINES, MAX_BATCH_PAYLOAD_MB, METERING_DIMENSION, METERING_HEADER
-from hilt.errors import UserError
-from hilt.outputs import claim_output_dir, write_atomic
+from hilt.serving.package import DEFAULT_MAX_UNPACKED_BYTES, extract_model_tar
+from hilt.serving.contract import JSON, JSONLINES, MAX_BATCH_PAYLOAD_MB, METERING_DIMENSION, METERING_HEADER
+from hilt.core.errors import UserError
+from hilt.core.outputs import claim_output_dir, write_atomic
 
 
 BATCH_STRATEGIES = ("SingleRecord", "MultiRecord")
@@ -188,7 +188,7 @@ def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, record
     log_path = output_dir / "serve.log"
     out_file = output_dir / f"{input_file.name}.out"
     out_file.unlink(missing_ok=True)  # an earlier run's answers must not pass for this run's
-    server = subprocess.Popen([sys.executable, "-m", "container.serve"], env=env, stdin=subprocess.DEVNULL,
+    server = subprocess.Popen([sys.executable, "-m", "hilt.serving.serve"], env=env, stdin=subprocess.DEVNULL,
                               stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     report: dict = {"model_tar": str(model_tar), "input": str(input_file), "content_type": content_type,

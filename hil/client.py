@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 URL_ENV = "LABEL_STUDIO_URL"
 KEY_ENV = "LABEL_STUDIO_API_KEY"
@@ -156,7 +156,7 @@ def connect(url: str | None = None, api_key: str | None = None) -> StudioClient:
     Raises:
         UserError: when no server is configured, reachable, or accepting the token.
     """
-    from hil.studio import read_state
+    from hilt.labeling.studio import read_state
 
     url = url or os.environ.get(URL_ENV)
     api_key = api_key or os.environ.get(KEY_ENV)

@@ -19,10 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hil.export import ExportOptions, ExportResult
-from hil.templates import TEMPLATE_NAMES, TEMPLATES
-from hilt.errors import UserError
-from hilt.outputs import MARKER, check_output_dir, make_staging_dir, os_error_message, read_text_file, replace_dir
+from hilt.labeling.export import ExportOptions, ExportResult
+from hilt.labeling.templates import TEMPLATE_NAMES, TEMPLATES
+from hilt.core.errors import UserError
+from hilt.core.outputs import MARKER, check_output_dir, make_staging_dir, os_error_message, read_text_file, replace_dir
 
 FORMAT = "hilt-dataset/1"
 SPLITS = ("train", "validation")
@@ -276,9 +276,9 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
     Raises:
         UserError: a missing or malformed file, a missing template, a template mismatch.
     """
-    from hil.templates import default_spec, parse_label_config
+    from hilt.labeling.templates import default_spec, parse_label_config
 
-    from hil.export import JSON_MIN_NOT_CARRIED, check_export_shape, from_json_min, is_json_min
+    from hilt.labeling.export import JSON_MIN_NOT_CARRIED, check_export_shape, from_json_min, is_json_min
 
     if from_file is not None:
         if not template:
@@ -299,14 +299,14 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
         source = {"type": "file", "name": from_file.name, "sha256": hashlib.sha256(raw).hexdigest()}
         if is_json_min(tasks):
             if not label_config:  # the bundled template's controls (answer, comparison)
-                from hil.templates import template_xml
+                from hilt.labeling.templates import template_xml
 
                 spec = parse_label_config(template_xml(template), where=f"template {template}")
             tasks = from_json_min(tasks, spec, str(from_file))
             source.update(format="JSON_MIN", not_carried=JSON_MIN_NOT_CARRIED)
         check_export_shape(tasks, str(from_file))
         return tasks, spec, source, str(from_file)
-    from hil.client import connect
+    from hilt.labeling.client import connect
 
     client = connect()
     spec = parse_label_config(client.label_config(project), where=f"project {project}")
@@ -325,7 +325,7 @@ def check_not_empty(result, tasks: list[dict], source: dict) -> None:
         UserError: with the reject counts, and the controls no exporter reads, when an export
             holding tasks gives no record.
     """
-    from hil.export import unread_controls
+    from hilt.labeling.export import unread_controls
 
     if any(result.records.values()) or not tasks:
         return
@@ -349,7 +349,7 @@ def export_to_dataset(tasks: list[dict], spec, options: ExportOptions, source: d
     Returns:
         (dataset dir, manifest), or (None, None) when ``since_last`` finds nothing new.
     """
-    from hil.export import export_annotations
+    from hilt.labeling.export import export_annotations
 
     if since_last:
         check_versions_root(out)  # (a single dataset's folder is checked where it is written)

@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hil.templates import TEMPLATES, LabelingSpec
+from hilt.labeling.templates import TEMPLATES, LabelingSpec
 
 SftPolicy = Literal["distinct", "all", "latest", "ground-truth-first"]
 SFT_POLICIES = ("distinct", "all", "latest", "ground-truth-first")
@@ -616,7 +616,7 @@ def _export_review(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scr
             out.counts["annotations_in_records"] += 1
 
 
-# One exporter per labeling template (hil.templates.TEMPLATES): a new template is one
+# One exporter per labeling template (hilt.labeling.templates.TEMPLATES): a new template is one
 # function and one entry here.
 EXPORTERS = {"sft": _export_sft, "chat": _export_sft, "preference": _export_preference, "rank": _export_rank,
              "rate": _export_rate, "review": _export_review}
@@ -932,7 +932,7 @@ def from_json_min(rows: list[dict], spec: LabelingSpec, where: str) -> list[dict
     Raises:
         UserError: when the spec does not say which keys are controls.
     """
-    from hilt.errors import UserError
+    from hilt.core.errors import UserError
 
     if not spec.control_tags:
         raise UserError(f"{where}: a JSON-MIN export does not say which keys are answers; pass --label-config "
@@ -981,7 +981,7 @@ def check_export_shape(tasks: Any, where: str) -> None:
     Raises:
         UserError: naming the task (position and id), the key, and the fix.
     """
-    from hilt.errors import UserError
+    from hilt.core.errors import UserError
 
     fix = "pass Label Studio's own JSON export (Export > JSON), unedited"
     if not isinstance(tasks, list):
@@ -1027,7 +1027,7 @@ def check_template_matches(tasks: list[dict], spec: LabelingSpec, where: str) ->
     Raises:
         UserError: naming the template the annotations look like.
     """
-    from hilt.errors import UserError
+    from hilt.core.errors import UserError
 
     if spec.controls:
         return

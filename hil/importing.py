@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from hil.templates import LabelingSpec, template
-from hilt.errors import UserError
-from hilt.outputs import read_text_file
+from hilt.labeling.templates import LabelingSpec, template
+from hilt.core.errors import UserError
+from hilt.core.outputs import read_text_file
 
 
 def load_prompts(path: Path, kind: str) -> list[dict]:
@@ -66,7 +66,7 @@ def _as_is(row: dict, where: str) -> dict:
 def _chat_row(row: dict, where: str) -> dict:
     """A chat row's conversation as ``messages`` (from ``messages`` or ShareGPT ``conversations``),
     checked: text turns of system/user/assistant, ending with the user turn to answer."""
-    from training.formats import conversation
+    from hilt.training.formats import conversation
 
     messages = conversation(_as_is(row, where), where)
     if messages is None:
@@ -164,7 +164,7 @@ def conversation_of(row: dict) -> list[dict]:
 
 def drafts_from_model(model_dir: Path, rows: list[dict], max_new_tokens: int = 128) -> dict[str, str]:
     """Greedy drafts from a local model, keyed like ``load_drafts``."""
-    from training.generation import greedy_answers
+    from hilt.training.generation import greedy_answers
 
     answers = greedy_answers(model_dir, [conversation_of(r) for r in rows], max_new_tokens=max_new_tokens)
     return {_key(r, i): a for i, (r, a) in enumerate(zip(rows, answers))}

@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 DIR_ENV = "HILT_STUDIO_DIR"
 BIN_ENV = "HILT_STUDIO_BIN"

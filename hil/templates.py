@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 OBJECT_TAGS = {"Text", "HyperText", "Paragraphs", "List"}
@@ -33,7 +33,7 @@ Kind = Literal["sft", "chat", "preference", "rank", "rate", "review"]
 @dataclass(frozen=True)
 class Template:
     """What hilt knows of one kind of project: a new template is one entry in ``TEMPLATES``,
-    one XML file beside this module and one exporter in ``hil.export.EXPORTERS``."""
+    one XML file beside this module and one exporter in ``hilt.labeling.export.EXPORTERS``."""
 
     name: str
     columns: tuple[str, ...]  # task data every row of the prompts file gives
@@ -41,7 +41,7 @@ class Template:
     drafts: Literal["none", "one", "many"]  # model drafts: none, the one to edit/grade, answers to rank
     record_format: str  # what a record of its dataset looks like (the dataset card)
     train_recipe: str  # the bundled recipe that trains on its records (the dataset card)
-    record_kind: Literal["sft", "preference", "unpaired"] = "sft"  # training.data.RECORD_CHECKS
+    record_kind: Literal["sft", "preference", "unpaired"] = "sft"  # hilt.training.data.RECORD_CHECKS
 
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in (

@@ -38,8 +38,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "capture.json"))
     args = parser.parse_args()
 
-    from container.capture import DataCapture
-    from training.tiny_model import build_tiny_model
+    from hilt.serving.capture import DataCapture
+    from hilt.training.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-capture-"))
     model = build_tiny_model(work / "model")

@@ -56,9 +56,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "export.json"))
     args = parser.parse_args()
 
-    from hil.dataset import export_to_dataset
-    from hil.export import ExportOptions
-    from hil.templates import default_spec
+    from hilt.labeling.dataset import export_to_dataset
+    from hilt.labeling.export import ExportOptions
+    from hilt.labeling.templates import default_spec
 
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     export_file = work / "export.json"

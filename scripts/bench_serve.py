@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from container.process import start_serve, wait_ready  # noqa: E402
+from hilt.serving.process import start_serve, wait_ready  # noqa: E402
 
 PROMPTS = ["Please order a monitor for Ana.", "Can you book room 3A on Monday?", "I forgot my password for email.",
            "Summarize: Mrs. Lee called about bond fees and asked for a follow-up on Friday."]
@@ -127,12 +127,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "serve.json"))
     args = parser.parse_args()
 
-    from container.contract import Generation, metering_header
+    from hilt.serving.contract import Generation, metering_header
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     model = Path(args.model) if args.model else None
     if model is None:
-        from training.tiny_model import build_tiny_model
+        from hilt.training.tiny_model import build_tiny_model
 
         model = build_tiny_model(work / "model")
     # The server generates until EOS or max_new_tokens; a random-init model rarely stops, so

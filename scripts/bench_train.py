@@ -75,9 +75,9 @@ def make_records(n: int, seed: int) -> list[dict]:
 
 
 def hilt_trainer(model: str, data: Path, batch: int, max_length: int):
-    from training.entry import prepare_local_tree
-    from training.job import read_job
-    from training.sft import build_sft_trainer
+    from hilt.training.entry import prepare_local_tree
+    from hilt.training.job import read_job
+    from hilt.training.sft import build_sft_trainer
 
     overrides = {"train.epochs": "1", "train.max_steps": "-1", "train.per_device_batch_size": str(batch),
                  "data.max_length": str(max_length), "data.assistant_only_loss": "false",
@@ -192,7 +192,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     model = args.model
     if model is None:
-        from training.tiny_model import TinyModelSpec, build_tiny_model
+        from hilt.training.tiny_model import TinyModelSpec, build_tiny_model
 
         model = str(build_tiny_model(work / "model", TinyModelSpec(layers=4, hidden=256, heads=8, intermediate=688)))
     data = work / "data"

@@ -33,7 +33,7 @@ def hilt_exe() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama model + tokenizer, built once per session with the default spec."""
-    from training.tiny_model import build_tiny_model
+    from hilt.training.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -41,7 +41,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def opt_ml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A fresh /opt/ml tree under a temp dir, with SAGEMAKER_BASE_DIR pointing at it."""
-    from training.opt_ml import BASE_DIR_ENV, OptML
+    from hilt.core.opt_ml import BASE_DIR_ENV, OptML
 
     base = tmp_path / "opt" / "ml"
     monkeypatch.setenv(BASE_DIR_ENV, str(base))
@@ -52,9 +52,9 @@ def opt_ml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def warm_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model with a short full fine-tune on a copy task: a base LoRA can learn on.
 
-    (LoRA on a random-init base does not learn; see training.tiny_model.warm_up.)
+    (LoRA on a random-init base does not learn; see hilt.training.tiny_model.warm_up.)
     """
-    from training.tiny_model import build_tiny_model, warm_up
+    from hilt.training.tiny_model import build_tiny_model, warm_up
 
     directory = build_tiny_model(tmp_path_factory.mktemp("warm-base"))
     warm_up(directory, steps=300)

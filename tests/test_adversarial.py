@@ -24,7 +24,7 @@ import pytest
 
 from conftest import run_hilt
 from hilt.cli import main as hilt_main
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 from tasks import write_uppercase_dataset
 from test_hil_export import SFT, sft_annotation, task
 
@@ -125,8 +125,8 @@ def test_dataset_folders_get_the_users_umask_permissions(capsys, tmp_path, expor
 
 
 def test_a_full_disk_leaves_nothing_half_written(tmp_path, monkeypatch):
-    from hil.dataset import export_to_dataset
-    from hil.export import ExportOptions
+    from hilt.labeling.dataset import export_to_dataset
+    from hilt.labeling.export import ExportOptions
 
     tasks = [task(i, [sft_annotation(i, f"answer {i}")]) for i in range(1, 4)]
     out = tmp_path / "data"
@@ -191,7 +191,7 @@ def test_missing_or_binary_label_config_is_a_one_line_error(capsys, tmp_path, ex
 
 
 def test_without_a_config_only_the_textarea_on_the_prompt_makes_a_record():
-    from hil.export import ExportOptions, export_annotations
+    from hilt.labeling.export import ExportOptions, export_annotations
 
     on_prompt = sft_annotation(1, "kept", from_name="my_answer")
     choices = {**sft_annotation(2, "dropped"), "result": [
@@ -209,7 +209,7 @@ def test_without_a_config_only_the_textarea_on_the_prompt_makes_a_record():
 
 
 def test_nul_bytes_in_answers_are_rejected_with_a_reason():
-    from hil.export import NUL_BYTES, ExportOptions, export_annotations
+    from hilt.labeling.export import NUL_BYTES, ExportOptions, export_annotations
 
     result = export_annotations([task(1, [sft_annotation(1, "bad\x00answer")]), task(2, [sft_annotation(2, "ok")])],
                                 SFT, ExportOptions(validation_fraction=0.0))
@@ -221,9 +221,9 @@ def test_nul_bytes_in_answers_are_rejected_with_a_reason():
 
 
 def test_an_edited_annotation_is_exported_again_and_supersedes_its_old_record(tmp_path):
-    from hil.dataset import export_to_dataset
-    from hil.export import ExportOptions
-    from hilt.pipeline import _merge_versions
+    from hilt.labeling.dataset import export_to_dataset
+    from hilt.labeling.export import ExportOptions
+    from hilt.flows.pipeline import _merge_versions
 
     opts = ExportOptions(validation_fraction=0.0)
     tasks = [task(i, [sft_annotation(i, f"first {i}")]) for i in range(1, 4)]
@@ -263,7 +263,7 @@ def test_recipe_and_record_files_that_are_not_text(capsys, tmp_path):
     code, _, err = hilt(capsys, "recipe", "check", "quickstart-tiny-sft", "--set", "train.max_steps=true")
     assert code == 2 and "train.max_steps" in one_line_error(err) and "boolean" in err
 
-    from training.data import read_records
+    from hilt.training.data import read_records
 
     channel = tmp_path / "train"
     channel.mkdir()
@@ -319,7 +319,7 @@ def test_raw_train_with_malformed_config_fails_in_one_line(opt_ml, config, expec
 
 
 def test_write_failure_survives_a_read_only_output(opt_ml, monkeypatch, capsys):
-    from training.job import write_failure
+    from hilt.training.job import write_failure
 
     def refuse(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
@@ -353,7 +353,7 @@ def test_a_rerun_on_other_data_never_resumes_the_old_checkpoints(hilt_exe, warm_
     fresh = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--data", str(data_b), *args, "--fresh")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "resumed at" not in fresh.stdout
-    from training.data import dataset_fingerprint
+    from hilt.training.data import dataset_fingerprint
 
     shipped = json.loads((out / "model" / "hilt.json").read_text())
     assert shipped["dataset"]["train"]["sha256"] == dataset_fingerprint(data_b / "train")["sha256"]
@@ -383,7 +383,7 @@ def _tar(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def test_package_verification_refuses_unlisted_missing_and_bad_manifests(tiny_model_dir, tmp_path):
-    from container.package import PACKAGE_MANIFEST, build_model_tar, extract_model_tar
+    from hilt.serving.package import PACKAGE_MANIFEST, build_model_tar, extract_model_tar
 
     build_model_tar(tiny_model_dir, tmp_path / "good.tar.gz")
     with tarfile.open(tmp_path / "good.tar.gz") as tar:
@@ -401,7 +401,7 @@ def test_package_verification_refuses_unlisted_missing_and_bad_manifests(tiny_mo
 
 
 def test_a_decompression_bomb_is_refused_before_extraction(tmp_path):
-    from container.package import extract_model_tar
+    from hilt.serving.package import extract_model_tar
 
     bomb = tmp_path / "bomb.tar.gz"
     size = 200 * 1024 * 1024
@@ -427,7 +427,7 @@ def test_a_decompression_bomb_is_refused_before_extraction(tmp_path):
 def test_package_build_never_packs_its_own_output_and_leaves_no_tmp(tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
-    from container.package import build_model_tar
+    from hilt.serving.package import build_model_tar
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -454,7 +454,7 @@ def test_package_build_never_packs_its_own_output_and_leaves_no_tmp(tiny_model_d
 
 
 def test_package_validate_removes_its_extracted_model(hilt_exe, tiny_model_dir, tmp_path):
-    from container.package import build_model_tar
+    from hilt.serving.package import build_model_tar
 
     build_model_tar(tiny_model_dir, tmp_path / "model.tar.gz")
     requests = tmp_path / "input.jsonl"
@@ -488,7 +488,7 @@ def test_studio_secrets_are_owner_only(studio):
 def webhook_server():
     from http.server import ThreadingHTTPServer
 
-    from hilt.watch import Inbox, make_handler
+    from hilt.flows.watch import Inbox, make_handler
 
     inbox = Inbox()
     server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(inbox, "s3cret", 1))
@@ -516,7 +516,7 @@ def _raw_post(url: str, headers: dict, body: bytes = b"") -> tuple[int, dict]:
 
 
 def test_webhook_checks_the_secret_before_reading_and_caps_the_body(webhook_server):
-    from hilt.watch import PATH
+    from hilt.flows.watch import PATH
 
     url, inbox = webhook_server
     assert PATH == "/webhook"
@@ -539,7 +539,7 @@ def test_webhook_checks_the_secret_before_reading_and_caps_the_body(webhook_serv
 @pytest.fixture(scope="module")
 def long_model_dir(tmp_path_factory) -> Path:
     """A tiny model with an 8k context, so one request can keep it busy for many seconds."""
-    from training.tiny_model import TinyModelSpec, build_tiny_model
+    from hilt.training.tiny_model import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("long-model"), TinyModelSpec(max_positions=8192))
 
@@ -622,7 +622,7 @@ def test_serve_budget_disconnect_and_sigterm(long_model_dir, tmp_path):
 @pytest.mark.studio
 @pytest.mark.slow
 def test_an_answer_edited_in_label_studio_reaches_the_next_version(hilt_exe, studio, tmp_path):
-    from hil.client import StudioClient
+    from hilt.labeling.client import StudioClient
     from test_hil_studio import all_records, create_project, textarea
 
     client = StudioClient(studio["url"], studio["token"])

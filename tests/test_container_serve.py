@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from container.contract import Generation, RequestError, metering_units, parse_request
+from hilt.serving.contract import Generation, RequestError, metering_units, parse_request
 
 METERING = "x-amzn-inference-metering"
 
@@ -143,7 +143,7 @@ def test_binds_loopback_by_default_and_honours_the_port(server):
 def test_ping_is_503_until_the_model_loads(tiny_model_dir, monkeypatch):
     from fastapi.testclient import TestClient
 
-    import container.serve as serve
+    import hilt.serving.serve as serve
 
     release = threading.Event()
     real_backend = serve.backend_class()
@@ -169,7 +169,7 @@ def test_ping_is_503_until_the_model_loads(tiny_model_dir, monkeypatch):
 def test_broken_model_dir_fails_ping_with_the_reason(tmp_path):
     from fastapi.testclient import TestClient
 
-    from container.serve import create_app
+    from hilt.serving.serve import create_app
 
     client = TestClient(create_app(model_dir=tmp_path / "nothing-here"))
     deadline = time.monotonic() + 30
@@ -197,7 +197,7 @@ def test_parse_request_rules():
 
 def test_packaging_code_does_not_inherit_the_servers_offline_switches():
     # The contract's constants are shared; the server's environment (hub offline) is not.
-    code = ("import os, container.marketplace, container.validate, container.contract; "
+    code = ("import os, hilt.serving.marketplace, hilt.serving.validate, hilt.serving.contract; "
             "print([k for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE') if k in os.environ])")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -370,7 +370,7 @@ def test_data_capture_writes_sagemakers_format(tiny_model_dir, tmp_path):
     import base64
     import re
 
-    from container.capture import read_capture
+    from hilt.serving.capture import read_capture
 
     captures = tmp_path / "capture"
     proc, url = start_server(tiny_model_dir, tmp_path / "ml", {
@@ -414,7 +414,7 @@ def test_data_capture_writes_sagemakers_format(tiny_model_dir, tmp_path):
 
 
 def test_data_capture_samples_and_refuses_a_bad_percentage(tiny_model_dir, tmp_path):
-    from container.capture import DataCapture
+    from hilt.serving.capture import DataCapture
 
     capture = DataCapture(tmp_path / "c", percent=0)
     assert not any(capture.sampled() for _ in range(200))
@@ -432,8 +432,8 @@ def test_data_capture_samples_and_refuses_a_bad_percentage(tiny_model_dir, tmp_p
 
 
 def test_data_capture_settings_are_checked(tmp_path, monkeypatch):
-    from container.capture import DataCapture
-    from hilt.errors import UserError
+    from hilt.serving.capture import DataCapture
+    from hilt.core.errors import UserError
 
     monkeypatch.delenv("HILT_DATA_CAPTURE_DIR", raising=False)
     assert DataCapture.from_env() is None  # off unless asked for

@@ -13,9 +13,9 @@ import random
 import pytest
 
 from conftest import run_hilt
-from hilt.errors import UserError
-from training.compare import blind_pairs, compare_report, upsert_section, wilson_interval, winner_of
-from training.evaluate import exact_match, parse_gate, rouge_l
+from hilt.core.errors import UserError
+from hilt.labeling.compare import blind_pairs, compare_report, upsert_section, wilson_interval, winner_of
+from hilt.training.evaluate import exact_match, parse_gate, rouge_l
 
 # ---------------------------------------------------------------- text metrics and gates
 
@@ -55,7 +55,7 @@ def test_wilson_interval_known_values():
 
 
 def test_heldout_records_from_sft_and_preference_files(tmp_path):
-    from training.evaluate import read_eval_records
+    from hilt.training.evaluate import read_eval_records
 
     sft = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                         {"role": "assistant", "content": "hello"}], "meta": {"kind": "greeting"}}
@@ -209,7 +209,7 @@ def test_evaluate_tuned_vs_base_with_gates(hilt_exe, lora_run, warm_base_dir, da
     assert [g["passed"] for g in failed["gates"]] == [True, False] and failed["passed"] is False
 
     # What a SageMaker processing job receives of a training job: a folder holding model.tar.gz.
-    from container.package import build_model_tar
+    from hilt.serving.package import build_model_tar
 
     (tmp_path / "artifacts").mkdir()
     build_model_tar(model, tmp_path / "artifacts" / "model.tar.gz")
@@ -250,7 +250,7 @@ def test_training_writes_heldout_scores_into_hilt_json(lora_run, dataset_dir):
 def test_side_by_side_in_label_studio(hilt_exe, studio, lora_run, warm_base_dir, tmp_path):
     import shutil
 
-    from hil.client import StudioClient
+    from hilt.labeling.client import StudioClient
 
     candidate = tmp_path / "candidate"
     shutil.copytree(lora_run[0] / "model", candidate)
@@ -321,8 +321,8 @@ def test_side_by_side_in_label_studio(hilt_exe, studio, lora_run, warm_base_dir,
 
 
 def test_headline_metric_comes_from_the_models_recipe(tmp_path):
-    from training.evaluate import task_metric_of
-    from training.recipe import load_recipe
+    from hilt.training.evaluate import task_metric_of
+    from hilt.training.recipe import load_recipe
 
     recipe = load_recipe("quickstart-tiny-sft", {"eval.metric": "rougeL"}).model_dump(mode="json")
     (tmp_path / "hilt.json").write_text(json.dumps({"recipe": recipe}))

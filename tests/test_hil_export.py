@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from hil.dataset import build_files, export_to_dataset
-from hil.export import ExportOptions, export_annotations, split_of
-from hil.templates import default_spec, parse_label_config, template_xml
+from hilt.labeling.dataset import build_files, export_to_dataset
+from hilt.labeling.export import ExportOptions, export_annotations, split_of
+from hilt.labeling.templates import default_spec, parse_label_config, template_xml
 
 
 def sft_annotation(aid, text, who=1, **extra):
@@ -198,7 +198,7 @@ def test_files_are_byte_identical_and_manifest_hashes(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    import hil.dataset as dataset
+    import hilt.labeling.dataset as dataset
 
     tasks = [task(1, [sft_annotation(1, "a")])]
     files, manifest = build_files(export_annotations(tasks, SFT, ExportOptions()), {"type": "file"}, ExportOptions())
@@ -258,9 +258,9 @@ def test_since_last_needs_project(capsys):
 def test_rate_template_gives_kto_records_and_corrections():
     """Ratings -> one KTO record per task by mean rating; a written correction -> an SFT record and a
     (corrected over original) preference pair; no rating -> a reject with its reason."""
-    from hil.dataset import build_files
-    from hil.export import ExportOptions, export_annotations
-    from hil.templates import parse_label_config, template_xml
+    from hilt.labeling.dataset import build_files
+    from hilt.labeling.export import ExportOptions, export_annotations
+    from hilt.labeling.templates import parse_label_config, template_xml
 
     spec = parse_label_config(template_xml("rate"))
     assert (spec.kind, spec.rating_control, spec.critique_control, spec.correction_control, spec.answer_key) == (
@@ -498,8 +498,8 @@ def test_review_corrections_become_sft_records_and_pairs():
 
 
 def test_versions_of_one_folder_hold_one_record_kind(tmp_path):
-    from hil.dataset import export_to_dataset
-    from hilt.errors import UserError
+    from hilt.labeling.dataset import export_to_dataset
+    from hilt.core.errors import UserError
 
     tasks = [task(1, [sft_annotation(1, "hello")])]
     root = tmp_path / "versions"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from hil.importing import build_tasks, load_drafts, load_prompts, model_version
-from hil.templates import parse_label_config, template_xml
-from hilt.errors import UserError
+from hilt.labeling.importing import build_tasks, load_drafts, load_prompts, model_version
+from hilt.labeling.templates import parse_label_config, template_xml
+from hilt.core.errors import UserError
 
 SFT = parse_label_config(template_xml("sft"))
 PREF = parse_label_config(template_xml("preference"))

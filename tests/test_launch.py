@@ -13,8 +13,8 @@ import boto3
 import pytest
 
 from conftest import run_hilt
-from training.job import read_job
-from training.recipe import load_recipe
+from hilt.training.job import read_job
+from hilt.training.recipe import load_recipe
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-train:0.1.0"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
@@ -38,7 +38,7 @@ MODEL_S3 = "s3://hilt-models/tiny/"  # a base model already in S3 (quickstart na
 
 
 def test_launch_uploads_once_and_submits(hilt_exe, moto_server, dataset_dir, tiny_model_dir, tmp_path):
-    from training.launch import tree_sha256
+    from hilt.training.launch import tree_sha256
 
     s3, sagemaker = _aws(moto_server, "s3"), _aws(moto_server, "sagemaker")
     s3.create_bucket(Bucket="hilt-launch")
@@ -95,7 +95,7 @@ def test_launch_uploads_once_and_submits(hilt_exe, moto_server, dataset_dir, tin
 
 
 def test_dry_run_writes_a_valid_request_and_sends_nothing(hilt_exe, moto_server, dataset_dir, tmp_path):
-    from hilt.aws import validate_request
+    from hilt.core.aws import validate_request
 
     s3 = _aws(moto_server, "s3")
     s3.create_bucket(Bucket="hilt-dry")
@@ -150,7 +150,7 @@ def test_qlora_needs_a_gpu_instance(hilt_exe, dataset_dir):
 @pytest.mark.parametrize("custom", [False, True])
 def test_launched_hyperparameters_give_the_entry_point_the_same_recipe(custom, dataset_dir, tiny_model_dir, tmp_path,
                                                                      opt_ml):
-    from training.launch import LaunchSpec, launch
+    from hilt.training.launch import LaunchSpec, launch
 
     recipe = "quickstart-tiny-sft"
     if custom:  # a recipe outside recipes/ travels whole, as JSON
@@ -189,7 +189,7 @@ def test_without_credentials_launch_says_so_and_dry_run_still_works(hilt_exe, da
 
 
 def test_tune_writes_and_sends_a_tuning_job(hilt_exe, moto_server, dataset_dir, tmp_path):
-    from hilt.aws import validate_request
+    from hilt.core.aws import validate_request
 
     s3 = _aws(moto_server, "s3")
     s3.create_bucket(Bucket="hilt-tune")

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from container.capture import capture_record
-from hilt.scenario import scenario_prompts
+from hilt.serving.capture import capture_record
+from hilt.flows.scenario import scenario_prompts
 from traffic import capture, drifted_traffic, steady_traffic, write_baseline
 
 def run(hilt_exe, *args, env=None):
@@ -114,7 +114,7 @@ def test_monitor_user_errors_leave_files_alone(hilt_exe, tmp_path):
 
 @pytest.mark.parametrize("values, shifted", [([1, 2, 3, 4, 5] * 40, [1, 2, 3, 4, 5] * 40)])
 def test_psi_is_zero_for_the_same_distribution_and_grows_with_a_shift(values, shifted):
-    from hilt.monitor import psi
+    from hilt.flows.monitor import psi
 
     assert psi(values, shifted) == 0.0
     assert psi(values, [v + 2 for v in shifted]) > 0.2 > psi(values, [1, 2, 3, 4, 5, 5] * 30)
@@ -123,7 +123,7 @@ def test_psi_is_zero_for_the_same_distribution_and_grows_with_a_shift(values, sh
 def test_review_selection_takes_every_flagged_exchange_and_samples_each_day():
     import datetime as dt
 
-    from hilt.monitor import Exchange, review_rows, select_for_review
+    from hilt.flows.monitor import Exchange, review_rows, select_for_review
 
     def exchange(i, day, answer="Fine.", reason="stop", prompt="Please order a laptop for Ana."):
         return Exchange([{"role": "user", "content": prompt}], answer, reason,

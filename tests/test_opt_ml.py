@@ -1,6 +1,6 @@
 """The /opt/ml contract's paths honour SAGEMAKER_BASE_DIR."""
 
-from training.opt_ml import OptML
+from hilt.core.opt_ml import OptML
 
 
 def test_fixture_tree_and_env(opt_ml, monkeypatch):

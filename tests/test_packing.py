@@ -48,7 +48,7 @@ def test_packed_sequences_do_not_attend_across_boundaries(tiny_model_dir):
 
 def test_packed_rows_keep_sequences_apart_and_mask_the_loss(tiny_model_dir):
     """The path sdpa/CPU training takes: [batch, row] packs, per-row position ids, no mask."""
-    from training.packing import IGNORE, PackedRowCollator, pack_rows, tokenize_conversations
+    from hilt.training.packing import IGNORE, PackedRowCollator, pack_rows, tokenize_conversations
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
@@ -88,8 +88,8 @@ def test_segment_attention_equals_each_sequence_alone_and_the_masked_path(tiny_m
     same logits, same loss, same gradients."""
     from families import build_architecture
 
-    from training.packing import PackedRowCollator
-    from training.segment_attention import register
+    from hilt.training.packing import PackedRowCollator
+    from hilt.training.segment_attention import register
 
     register()
     torch.manual_seed(0)
@@ -126,9 +126,9 @@ def test_segment_attention_equals_each_sequence_alone_and_the_masked_path(tiny_m
 def test_training_attention_uses_segments_only_where_they_are_exact(tiny_model_dir, tmp_path):
     from families import build_architecture
 
-    from training.build import training_attention
-    from training.entry import prepare_local_tree
-    from training.job import read_job
+    from hilt.training.build import training_attention
+    from hilt.training.entry import prepare_local_tree
+    from hilt.training.job import read_job
 
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import run_hilt
-from hilt.aws import validate_request
+from hilt.core.aws import validate_request
 
 pytestmark = pytest.mark.slow
 
@@ -122,9 +122,9 @@ def test_run_reuse_refuse_and_resume(hilt_exe, warm_base_dir, tmp_path):
 
     # Reviewers' corrections of the deployed model's answers (a review project's export) are the next
     # version of the same folder: the next run trains on them with the rest.
-    from hil.dataset import export_to_dataset
-    from hil.export import ExportOptions
-    from hil.templates import default_spec
+    from hilt.labeling.dataset import export_to_dataset
+    from hilt.labeling.export import ExportOptions
+    from hilt.labeling.templates import default_spec
 
     rating = {"from_name": "rating", "to_name": "answer", "type": "rating", "value": {"rating": 1}}
     reviewed = [{"id": 900, "data": {"messages": [{"role": "user", "content": "upper: qqqq"}], "answer": "qqqq"},
@@ -152,8 +152,8 @@ def test_bad_pipeline_file_is_one_line(hilt_exe, tmp_path):
 
 @pytest.mark.studio
 def test_watch_runs_after_n_webhooks_from_label_studio(hilt_exe, studio, warm_base_dir, tmp_path):
-    from hil.client import StudioClient
-    from hil.templates import template_xml
+    from hilt.labeling.client import StudioClient
+    from hilt.labeling.templates import template_xml
 
     client = StudioClient(studio["url"], studio["token"])
     project = client.create_project("hilt watch test", template_xml("sft"))
@@ -224,7 +224,7 @@ def test_sagemaker_target_submits_once_and_resumes_when_artifacts_land(hilt_exe,
                                                                        warm_base_dir, tmp_path):
     import boto3
 
-    from container.package import build_model_tar
+    from hilt.serving.package import build_model_tar
 
     aws = dict(endpoint_url=moto_server["url"], region_name="us-east-1", aws_access_key_id="testing",
                aws_secret_access_key="testing")

@@ -65,7 +65,7 @@ def resolve(value, parameters: dict, steps: dict):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from hilt.sagemaker_pipeline import export
+    from hilt.flows.sagemaker_pipeline import export
 
     folder = tmp_path_factory.mktemp("sm-pipeline")
     out = folder / "definition.json"
@@ -74,7 +74,7 @@ def exported(tmp_path_factory):
 
 
 def test_definition_parses_back_step_by_step(exported):
-    from training.launch import recipe_hyperparameters
+    from hilt.training.launch import recipe_hyperparameters
 
     result, definition = exported
     assert result["pipeline"] == "hilt-assistant"
@@ -139,7 +139,7 @@ def test_definition_parses_back_step_by_step(exported):
 
 def test_each_step_is_a_valid_api_call_once_resolved(exported):
     """Resolved with the parameters' defaults, each step's arguments are the request SageMaker sends."""
-    from hilt.aws import validate_request
+    from hilt.core.aws import validate_request
 
     _, definition = exported
     parameters = {p["Name"]: p["DefaultValue"] for p in definition["Parameters"]}
@@ -163,7 +163,7 @@ def test_each_step_is_a_valid_api_call_once_resolved(exported):
 
 
 def test_without_gates_register_follows_evaluate(tmp_path):
-    from hilt.sagemaker_pipeline import export
+    from hilt.flows.sagemaker_pipeline import export
 
     out = tmp_path / "definition.json"
     result = export(write_pipeline(tmp_path, evaluate={"gates": []}, registry={"group": "team-assistant",
@@ -183,8 +183,8 @@ def test_without_gates_register_follows_evaluate(tmp_path):
     ({"evaluate": {"gates": ["exact_match>>1"]}}, "not METRIC OP NUMBER"),
 ])
 def test_problems_are_one_line_and_nothing_is_written(tmp_path, changes, message):
-    from hilt.errors import UserError
-    from hilt.sagemaker_pipeline import export
+    from hilt.core.errors import UserError
+    from hilt.flows.sagemaker_pipeline import export
 
     path = write_pipeline(tmp_path, **changes)
     out = tmp_path / "definition.json"

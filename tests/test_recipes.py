@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from hilt.errors import UserError
-from training.recipe import (
+from hilt.core.errors import UserError
+from hilt.training.recipe import (
     BUNDLED_RECIPES_DIR,
     decode_hyperparameter,
     flat_fields,
@@ -126,12 +126,12 @@ def test_recipe_schema_and_check_commands(hilt_exe):
 
 
 def test_methods_and_templates_are_looked_up_in_one_table_each():
-    from hil.export import EXPORTERS
-    from hil.export import _QUALITY_LABELS
-    from hil.templates import TEMPLATE_NAMES, TEMPLATES, template_xml
-    from training.data import RECORD_CHECKS, check_record
-    from training.methods import METHODS, method_of
-    from training.recipe import Recipe
+    from hilt.labeling.export import EXPORTERS
+    from hilt.labeling.export import _QUALITY_LABELS
+    from hilt.labeling.templates import TEMPLATE_NAMES, TEMPLATES, template_xml
+    from hilt.training.data import RECORD_CHECKS, check_record
+    from hilt.training.methods import METHODS, method_of
+    from hilt.training.recipe import Recipe
 
     assert set(typing.get_args(Recipe.model_fields["method"].annotation)) == set(METHODS)
     assert all(m.record_kind in RECORD_CHECKS for m in METHODS.values())

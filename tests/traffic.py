@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from container.capture import DataCapture
-from hilt.scenario import drifting_prompts, scenario_prompts
+from hilt.serving.capture import DataCapture
+from hilt.flows.scenario import drifting_prompts, scenario_prompts
 
 
 

@@ -20,14 +20,14 @@ import os
 import platform
 from pathlib import Path
 from typing import Any
-from hilt.layout import MANIFEST_FILE
+from hilt.core.layout import MANIFEST_FILE
 
-from training.data import dataset_fingerprint
-from training import stopping
-from training.job import Job
-from training.opt_ml import BASE_DIR_ENV
-from training.provenance import model_fingerprint
-from training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
+from hilt.training.data import dataset_fingerprint
+from hilt.training import stopping
+from hilt.training.job import Job
+from hilt.core.opt_ml import BASE_DIR_ENV
+from hilt.training.provenance import model_fingerprint
+from hilt.training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
 
 MERGE_STAGING = ".merged.tmp"  # inside /opt/ml/model: the merge is written here, then moved in
 CARD_FILE = "README.md"
@@ -103,7 +103,7 @@ def merge_adapter(job: Job) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.build import resolve_dtype
+    from hilt.training.build import resolve_dtype
 
     adapter = job.opt_ml.model_dir / ADAPTER_DIR
     staging = job.opt_ml.model_dir / MERGE_STAGING
@@ -134,7 +134,7 @@ def merge_within(job: Job, seconds: float) -> bool:
         return False
     env = {**os.environ, BASE_DIR_ENV: str(job.opt_ml.base)}
     try:
-        done = subprocess.run([sys.executable, "-m", "training.artifacts", "merge"], env=env, timeout=seconds,
+        done = subprocess.run([sys.executable, "-m", "hilt.training.artifacts", "merge"], env=env, timeout=seconds,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     except subprocess.TimeoutExpired:
         import shutil
@@ -217,8 +217,8 @@ Full provenance (resolved recipe, library versions) is in `{MANIFEST_FILE}`.
 
 def score_on_validation(job: Job) -> dict | None:
     """Held-out loss, perplexity and task metrics of the finished model (as ``hilt evaluate``)."""
-    from training.callbacks import format_metrics
-    from training.evaluate import read_eval_records, score_model
+    from hilt.training.callbacks import format_metrics
+    from hilt.training.evaluate import read_eval_records, score_model
 
     if "validation" not in job.channels or not job.recipe.eval.after_training:
         return None
@@ -252,7 +252,7 @@ def shipped_hyperparameters(hyperparameters: dict[str, str]) -> dict[str, str]:
 
 
 def _manifest(job: Job, history: list[dict]) -> dict:
-    from training.build import resolve_precision
+    from hilt.training.build import resolve_precision
 
     dataset = {}
     for channel in ("train", "validation"):
@@ -356,8 +356,8 @@ def finish_partial_model_dir(job: Job, phase: str) -> dict:
 if __name__ == "__main__":  # pragma: no cover  (merge_within's child process)
     import sys
 
-    from training.job import read_job
-    from training.opt_ml import OptML
+    from hilt.training.job import read_job
+    from hilt.core.opt_ml import OptML
 
     if sys.argv[1:] == ["merge"]:
         merge_adapter(read_job(OptML.from_env()))

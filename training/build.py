@@ -11,7 +11,7 @@ import importlib.util
 import os
 from typing import Any
 
-from training.job import Job
+from hilt.training.job import Job
 
 
 def has_cuda() -> bool:
@@ -68,7 +68,7 @@ def resolve_attention(job: Job) -> str:
 
 def training_attention(job: Job) -> str:
     """The attention the model trains with: :func:`resolve_attention`, except that SFT's packed
-    rows on sdpa attend one sequence at a time (``training.segment_attention``: the same
+    rows on sdpa attend one sequence at a time (``hilt.training.segment_attention``: the same
     result as transformers' block-diagonal mask, without attending over the whole row).
     Not for a sliding window shorter than a row, nor when ``model.attn_implementation`` is set.
     """
@@ -77,7 +77,7 @@ def training_attention(job: Job) -> str:
     if (attention != "sdpa" or recipe.model.attn_implementation != "auto" or recipe.method != "sft"
             or not recipe.data.packing or _sliding_window_below(job.model_path, recipe.data.max_length)):
         return attention
-    from training.segment_attention import register
+    from hilt.training.segment_attention import register
 
     return register()
 
@@ -127,7 +127,7 @@ def prepare_distributed(job: Job) -> dict[str, Any]:
 
 def training_arguments(job: Job) -> dict[str, Any]:
     """Keyword arguments common to SFTConfig and DPOConfig, from the recipe."""
-    from training.tracking import report_to_argument
+    from hilt.training.tracking import report_to_argument
 
     t = job.recipe.train
     precision = resolve_precision(job)
@@ -188,7 +188,7 @@ def load_model(job: Job):
     except ValueError as err:
         if "attention" not in str(err).lower():
             raise
-        from hilt.errors import UserError
+        from hilt.core.errors import UserError
 
         raise UserError(f"model.attn_implementation={kwargs['attn_implementation']}: "
                         f"{str(err).splitlines()[0][:160]}; use auto (picks what the model supports) or eager") from None
@@ -212,7 +212,7 @@ def default_target_modules(model_path: str) -> list[str]:
     model_type = AutoConfig.from_pretrained(model_path).model_type
     targets = PEFT_DEFAULTS.get(model_type) or _EXTRA_LORA_TARGETS.get(model_type)
     if not targets:
-        from hilt.errors import UserError
+        from hilt.core.errors import UserError
 
         raise UserError(f"peft.target_modules=default: no default LoRA targets for model type {model_type}; "
                         "name the modules (e.g. --set 'peft.target_modules=[\"q_proj\",\"v_proj\"]') or use all-linear")

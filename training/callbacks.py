@@ -21,7 +21,7 @@ METRIC_DEFINITIONS = [
     {"Name": "learning_rate", "Regex": rf"learning_rate={_NUMBER}"},
     {"Name": "tokens_per_second", "Regex": rf"tokens_per_second={_NUMBER}"},
     {"Name": "epoch", "Regex": rf"epoch={_NUMBER}"},
-    # Printed once after training, from the held-out scoring (training.evaluate).
+    # Printed once after training, from the held-out scoring (hilt.training.evaluate).
     {"Name": "eval_perplexity", "Regex": rf"eval_perplexity={_NUMBER}"},
     {"Name": "eval_exact_match", "Regex": rf"eval_exact_match={_NUMBER}"},
     {"Name": "eval_rougeL", "Regex": rf"eval_rougeL={_NUMBER}"},
@@ -47,7 +47,7 @@ def check_first_loss(step: int, logs: dict) -> None:
     Raises:
         UserError: naming the step and the likely causes.
     """
-    from hilt.errors import UserError
+    from hilt.core.errors import UserError
 
     loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
     if loss is not None and float(loss) == 0.0 and grad_norm is not None and float(grad_norm) == 0.0:
@@ -106,7 +106,7 @@ class MetricsLogger(TrainerCallback):
 class StopOnSigterm(TrainerCallback):
     """On SIGTERM (spot interruption, StopTrainingJob): checkpoint at the next step and stop.
 
-    The signal handler (training.stopping, installed when the job starts) only records
+    The signal handler (hilt.training.stopping, installed when the job starts) only records
     the request while the loop runs; here, at the end of the step, every rank learns of it
     together and the checkpoint is written by all of them (a rank saving alone would hang
     the others in a collective).
@@ -120,7 +120,7 @@ class StopOnSigterm(TrainerCallback):
         import torch
         import torch.distributed as dist
 
-        from training import stopping
+        from hilt.training import stopping
 
         if not (dist.is_available() and dist.is_initialized()):
             return stopping.requested()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 _SENTINEL = "hilt-sentinel-7f3a"
 _MARKERS = re.compile(r"\{%-?\s*generation\s*-?%\}")

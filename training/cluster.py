@@ -17,8 +17,8 @@ import os
 import socket
 import time
 
-from hilt.errors import UserError
-from training.job import Hosts
+from hilt.core.errors import UserError
+from hilt.training.job import Hosts
 
 HOST_WAIT_ENV = "HILT_HOST_WAIT_SECONDS"
 DEFAULT_HOST_WAIT_SECONDS = 300.0

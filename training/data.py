@@ -1,7 +1,7 @@
 """Records on disk -> checked in-memory datasets for TRL.
 
 A channel directory holds record files: ``data.jsonl`` from ``hilt export``, or the files a
-buyer brings (``*.jsonl``, or ``*.json`` arrays) in any format of ``training.formats``
+buyer brings (``*.jsonl``, or ``*.json`` arrays) in any format of ``hilt.training.formats``
 (messages, Bedrock, ShareGPT, Alpaca, JumpStart, prompt/completion, preference), detected
 per file. Every record becomes one of two kinds:
 
@@ -19,14 +19,14 @@ import hashlib
 import json
 from pathlib import Path
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 
 
 def channel_files(channel: Path) -> list[Path]:
     """The record files of a channel (``*.jsonl``, ``*.json`` but the JumpStart template), in a stable order."""
-    from training.formats import TEMPLATE_FILE
+    from hilt.training.formats import TEMPLATE_FILE
 
     files = sorted(p for p in channel.rglob("*") if p.is_file() and (
         p.suffix == ".jsonl" or (p.suffix == ".json" and p.name != TEMPLATE_FILE)) and not p.name.startswith("."))
@@ -82,13 +82,13 @@ def _check_unpaired(record: dict, where: str) -> dict:
     return {k: record[k] for k in ("prompt", "completion", "label")}
 
 
-# Record kinds a dataset line can be, each with its check (training.methods names one per method).
+# Record kinds a dataset line can be, each with its check (hilt.training.methods names one per method).
 RECORD_CHECKS = {"sft": _check_sft, "preference": _check_preference, "unpaired": _check_unpaired}
 
 
 def record_kind_of(method_or_kind: str) -> str:
     """The record kind a method trains on (a kind passes through)."""
-    from training.methods import METHODS
+    from hilt.training.methods import METHODS
 
     if method_or_kind in RECORD_CHECKS:
         return method_or_kind
@@ -161,7 +161,7 @@ def read_channel(channel: Path, kind: str) -> tuple[list[dict], list[dict]]:
     Raises:
         UserError: on the first malformed or out-of-format line, naming file and line.
     """
-    from training.formats import FileFormat, read_template
+    from hilt.training.formats import FileFormat, read_template
 
     kind = record_kind_of(kind)
     ctx = read_template(channel)
@@ -172,7 +172,7 @@ def read_channel(channel: Path, kind: str) -> tuple[list[dict], list[dict]]:
         for record, where in iter_jsonl([path]):
             fmt, converted = reader.convert(record, where)
             if fmt.kind != kind:
-                from training.methods import METHODS
+                from hilt.training.methods import METHODS
 
                 wanted = " or ".join(m.name for m in METHODS.values() if m.record_kind == fmt.kind)
                 raise UserError(f"{where}: a {fmt.name} record ({fmt.looks_like}) is {fmt.kind} data; "

@@ -3,7 +3,7 @@
 SageMaker starts the training image with ``train``; it reads /opt/ml (under
 ``SAGEMAKER_BASE_DIR``), trains, and leaves the model in /opt/ml/model. With more than
 one process (GPUs per host, or hosts in resourceconfig.json) it launches the workers
-itself with torchrun, each running ``python -m training.worker``; the model directory is
+itself with torchrun, each running ``python -m hilt.training.worker``; the model directory is
 finished afterwards in this process, on the first host only.
 
 ``hilt train`` writes the same /opt/ml files SageMaker would (hyperparameters as
@@ -26,10 +26,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from hilt.errors import EXIT_USER_ERROR, UserError
-from hilt.layout import require_model_dir
-from training.job import Job, read_job, write_failure
-from training.opt_ml import BASE_DIR_ENV, OptML
+from hilt.core.errors import EXIT_USER_ERROR, UserError
+from hilt.core.layout import require_model_dir
+from hilt.training.job import Job, read_job, write_failure
+from hilt.core.opt_ml import BASE_DIR_ENV, OptML
 
 EXIT_STOPPED = 128 + signal.SIGTERM
 DEFAULT_MASTER_PORT = 29500
@@ -37,7 +37,7 @@ DEFAULT_MASTER_PORT = 29500
 
 def run_worker(job: Job) -> int:
     """Train in this process (one worker of possibly many). Returns the exit code."""
-    from training.methods import method_of
+    from hilt.training.methods import method_of
 
     outcome = method_of(job.recipe.method).train(job)
     return EXIT_STOPPED if outcome.stopped_early else 0
@@ -61,13 +61,13 @@ def torchrun_command(job: Job) -> list[str]:
         f"--node_rank={job.hosts.node_rank}",
         f"--master_addr={master}",
         f"--master_port={port}",
-        "-m", "training.worker",
+        "-m", "hilt.training.worker",
     ]
 
 
 def launch_workers(job: Job) -> int:
     """Start ``processes_per_host`` workers on this host with torchrun; wait for them."""
-    from training.cluster import prepare
+    from hilt.training.cluster import prepare
 
     command = torchrun_command(job)
     env = prepare(job.hosts, dict(os.environ))  # every host resolves; NCCL on SageMaker's interface, EFA
@@ -82,7 +82,7 @@ def launch_workers(job: Job) -> int:
     def forward(signum, frame):
         nonlocal stopping
         stopping = True
-        from training.stopping import note_request
+        from hilt.training.stopping import note_request
 
         note_request()  # the 120 s run from now: the partial model's merge must fit in what is left
         child.send_signal(signum)
@@ -100,10 +100,10 @@ def launch_workers(job: Job) -> int:
 def run_job(opt_ml: OptML) -> int:
     """Read, validate and run one training job over an /opt/ml tree. Returns the exit code.
 
-    SIGTERM is handled from the first line (``training.stopping``): in any phase the job
+    SIGTERM is handled from the first line (``hilt.training.stopping``): in any phase the job
     stops within SageMaker's 120 s and leaves what it has in /opt/ml/model, marked partial.
     """
-    from training import stopping
+    from hilt.training import stopping
 
     previous = stopping.install()
     read: dict[str, Job] = {}  # the job, once read: what a stop in a later phase saves from
@@ -120,11 +120,11 @@ def run_job(opt_ml: OptML) -> int:
 
 def _stopped(job: Job | None, phase: str) -> int:
     """Leave what a stopped job has (first host only) and exit 143."""
-    from training import stopping
+    from hilt.training import stopping
 
     with stopping.protected():
         if job is not None and job.hosts.node_rank == 0:
-            from training.artifacts import finish_partial_model_dir
+            from hilt.training.artifacts import finish_partial_model_dir
 
             try:
                 finish_partial_model_dir(job, phase)
@@ -137,7 +137,7 @@ def _stopped(job: Job | None, phase: str) -> int:
 
 
 def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
-    from training import stopping
+    from hilt.training import stopping
 
     try:
         stopping.enter("read")
@@ -147,8 +147,8 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
             f"model={job.model_path} world_size={job.world_size} gpus_per_host={job.gpus_per_host}",
             flush=True,
         )
-        from training.provenance import check_resume
-        from training.tracking import check_tracking
+        from hilt.training.provenance import check_resume
+        from hilt.training.tracking import check_tracking
 
         check_tracking(job.recipe.train.report_to)  # an MLflow store that cannot be opened: before training
         check_resume(job)  # never resume checkpoints made from other data, recipe or model
@@ -161,7 +161,7 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
         if rc == EXIT_STOPPED:
             return _stopped(job, "train")
         if rc == 0 and job.hosts.node_rank == 0:
-            from training.artifacts import finish_model_dir
+            from hilt.training.artifacts import finish_model_dir
 
             manifest = finish_model_dir(job)
             print(f"[hilt] model written to {opt_ml.model_dir} (steps={manifest['metrics'].get('global_step')})")
@@ -169,7 +169,7 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
         return rc
     except (UserError, OSError) as err:
         if isinstance(err, OSError):
-            from hilt.outputs import as_user_error
+            from hilt.core.outputs import as_user_error
 
             user_error = as_user_error(err, opt_ml.base)
             if user_error is None:
@@ -185,7 +185,7 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
 def _log_to_mlflow(job: Job, manifest: dict) -> None:
     """The finished model's recipe, evaluation and artifacts to the job's MLflow run. The model is
     already written: a tracking server that fails now costs a warning, not the job."""
-    from training.tracking import log_finished_model
+    from hilt.training.tracking import log_finished_model
 
     try:
         log_finished_model(job, manifest)
@@ -236,9 +236,9 @@ def prepare_local_tree(
     Raises:
         UserError: when a path is missing, or ``output`` is a folder hilt did not lay out.
     """
-    from hilt.outputs import claim_output_dir
-    from training.provenance import discard_checkpoints
-    from training.recipe import resolve_recipe_path
+    from hilt.core.outputs import claim_output_dir
+    from hilt.training.provenance import discard_checkpoints
+    from hilt.training.recipe import resolve_recipe_path
 
     if not data.is_dir():
         raise UserError(f"--data {data}: no such directory; pass the folder `hilt export` wrote")

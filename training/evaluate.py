@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hilt.errors import UserError
-from hilt.layout import MANIFEST_FILE
-from training.data import check_record, iter_jsonl
-from training.formats import TEMPLATE_FILE
+from hilt.core.errors import UserError
+from hilt.core.layout import MANIFEST_FILE
+from hilt.training.data import check_record, iter_jsonl
+from hilt.training.formats import TEMPLATE_FILE
 
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -137,7 +137,7 @@ def read_eval_records(data: Path) -> tuple[list[dict], Path]:
     if not files:
         raise UserError(f"--data {data}: no validation/*.jsonl or *.jsonl to evaluate on; "
                         "export with --validation-fraction > 0 or pass a JSONL file")
-    from training.formats import detect_format, read_template
+    from hilt.training.formats import detect_format, read_template
 
     ctx = read_template(files[0].parent)
     out = []
@@ -175,7 +175,7 @@ def heldout_loss(model, tokenizer, records: list[dict], max_length: int = 1024, 
     """Mean per-token NLL of each reference answer given its prompt (chat template applied)."""
     import torch
 
-    from training.chat_masks import encode_conversation, end_of_turn
+    from hilt.training.chat_masks import encode_conversation, end_of_turn
 
     # The answer's tokens are found the way training finds them (any chat template): its
     # content and end-of-turn token, not the template's text after it.
@@ -211,11 +211,11 @@ def heldout_loss(model, tokenizer, records: list[dict], max_length: int = 1024, 
 def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
                 max_length: int = 1024, label: str = "model") -> tuple[dict[str, float], list[str]]:
     """Loss, perplexity, exact match and ROUGE-L of one model. Returns (metrics, answers)."""
-    from training.generation import load_model
+    from hilt.training.generation import load_model
 
     model, tokenizer = load_model(model_dir)
     loss = heldout_loss(model, tokenizer, records, max_length=max_length)
-    from training.generation import generate_answers
+    from hilt.training.generation import generate_answers
 
     answers = generate_answers(model, tokenizer, [r["prompt"] for r in records], max_new_tokens,
                                desc=f"{label}: answers")
@@ -314,7 +314,7 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
     Raises:
         UserError: bad gate, relative gate without a baseline, missing model or data.
     """
-    from hilt.outputs import claim_output_dir
+    from hilt.core.outputs import claim_output_dir
 
     parsed = [parse_gate(g) for g in gates or []]
     claim_output_dir(out, "evaluation", "--out", recognise=lambda d: (d / EVAL_FILE).is_file(),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hilt.errors import UserError
-from hilt.layout import require_model_dir
+from hilt.core.errors import UserError
+from hilt.core.layout import require_model_dir
 
 
 def load_model(model_dir: str | Path):

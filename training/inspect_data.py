@@ -10,17 +10,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hilt.errors import UserError
-from training.data import read_channel
-from training.recipe import Recipe
+from hilt.core.errors import UserError
+from hilt.training.data import read_channel
+from hilt.training.recipe import Recipe
 
 
 def loss_mask(tokenizer, record: dict, recipe: Recipe) -> tuple[list[int], list[int]]:
     """Token ids of one record and a 0/1 mask of the tokens in the loss (the same masks training uses)."""
-    from training.data import record_kind_of
+    from hilt.training.data import record_kind_of
 
     if record_kind_of(recipe.method) == "sft":
-        from training.chat_masks import encode_conversation
+        from hilt.training.chat_masks import encode_conversation
 
         encoded = encode_conversation(tokenizer, record["messages"], recipe.data.max_length,
                                       recipe.data.assistant_only_loss, recipe.data.assistant_turns == "last")

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hilt.errors import UserError
-from hilt.layout import require_model_dir
-from training.opt_ml import OptML
-from training.recipe import Recipe, load_recipe
+from hilt.core.errors import UserError
+from hilt.core.layout import require_model_dir
+from hilt.core.opt_ml import OptML
+from hilt.training.recipe import Recipe, load_recipe
 
 KNOWN_CHANNELS = ("train", "validation", "model")
 # Keys SageMaker or its SDK add to the hyperparameters on their own.

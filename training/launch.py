@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hilt.aws import split_s3_uri
-from hilt.errors import UserError
-from hilt.layout import require_model_dir
-from training.recipe import BUNDLED_RECIPES_DIR, load_recipe, recipes_dir, resolve_recipe_path
+from hilt.core.aws import split_s3_uri
+from hilt.core.errors import UserError
+from hilt.core.layout import require_model_dir
+from hilt.training.recipe import BUNDLED_RECIPES_DIR, load_recipe, recipes_dir, resolve_recipe_path
 
 MARKER_SUFFIX = ".complete"  # datasets/<hash>/train.complete: beside the channel prefix, not in it
 DEFAULT_MAX_RUN = 24 * 3600
@@ -132,7 +132,7 @@ def recipe_hyperparameters(recipe: str, overrides: dict[str, str]) -> dict[str, 
 def build_request(spec: LaunchSpec, recipe, channel_uris: dict[str, str], s3_root: str,
                   dataset_sha256: str) -> dict:
     """The ``CreateTrainingJob`` request (not yet validated) for the spec's loaded ``recipe``."""
-    from training.callbacks import METRIC_DEFINITIONS
+    from hilt.training.callbacks import METRIC_DEFINITIONS
 
     name = spec.job_name or job_name(recipe.name)
     stopping = {"MaxRuntimeInSeconds": spec.max_run}
@@ -197,7 +197,7 @@ def parameter_ranges(keys: list[str]) -> dict:
     Raises:
         UserError: for a key that is not a recipe key or has no tunable range.
     """
-    from training.recipe import flat_fields, tuning_range
+    from hilt.training.recipe import flat_fields, tuning_range
 
     fields = dict(flat_fields())
     ranges: dict[str, list] = {"IntegerParameterRanges": [], "ContinuousParameterRanges": [],
@@ -224,7 +224,7 @@ def build_tuning_request(spec: LaunchSpec, recipe, training: dict) -> dict:
     Raises:
         UserError: on an objective the trainer does not log, or eval_loss without validation data.
     """
-    from training.callbacks import TUNING_OBJECTIVES
+    from hilt.training.callbacks import TUNING_OBJECTIVES
 
     tune = spec.tune
     channels = {c["ChannelName"] for c in training["InputDataConfig"]}
@@ -385,7 +385,7 @@ def launch(spec: LaunchSpec, dry_run: bool, out: Path | None, region: str | None
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from hilt.aws import clients, validate_request
+    from hilt.core.aws import clients, validate_request
 
     recipe = check_spec(spec)
     if spec.s3 is None and dry_run:

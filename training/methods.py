@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import import_module
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Method:
     """A training method: what its dataset lines hold and which function trains a job."""
 
     name: str
-    record_kind: str  # a key of training.data.RECORD_CHECKS: "sft" (messages), "preference" or "unpaired"
+    record_kind: str  # a key of hilt.training.data.RECORD_CHECKS: "sft" (messages), "preference" or "unpaired"
     trainer: str  # "module:function" taking a Job and returning a TrainOutcome; imported on use
 
     def train(self, job):
@@ -27,9 +27,9 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "sft": Method("sft", "sft", "training.sft:train_sft"),
-    "dpo": Method("dpo", "preference", "training.reference:train_dpo"),
-    "kto": Method("kto", "unpaired", "training.reference:train_kto"),
+    "sft": Method("sft", "sft", "hilt.training.sft:train_sft"),
+    "dpo": Method("dpo", "preference", "hilt.training.reference:train_dpo"),
+    "kto": Method("kto", "unpaired", "hilt.training.reference:train_kto"),
 }
 
 

@@ -27,13 +27,13 @@ def tokenize_conversations(dataset, tokenizer, max_length: int, assistant_only: 
     """Chat-template each record; keep ``input_ids`` and the 0/1 ``loss_mask``.
 
     The mask covers every assistant turn's content and its end-of-turn token, for any chat
-    template (``training.chat_masks``). Longer sequences are truncated to ``max_length``
+    template (``hilt.training.chat_masks``). Longer sequences are truncated to ``max_length``
     (keeping the start), as TRL does.
 
     Raises:
         UserError: when records have nothing to learn (see ``check_learnable``).
     """
-    from training.chat_masks import encode_conversation, end_of_turn, has_generation_markers
+    from hilt.training.chat_masks import encode_conversation, end_of_turn, has_generation_markers
 
     needs_eot = assistant_only and (last_turn_only or not has_generation_markers(tokenizer))
     eot = end_of_turn(tokenizer) if needs_eot else None
@@ -58,7 +58,7 @@ def check_learnable(tokenized, split: str, max_length: int) -> None:
             template gives no assistant tokens, ``data.max_length`` cuts the answer off,
             or the answers are empty.
     """
-    from hilt.errors import UserError
+    from hilt.core.errors import UserError
 
     empty = template = cut = 0
     learnable = 0

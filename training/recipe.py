@@ -23,8 +23,8 @@ import typing
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from hilt.errors import UserError
-from training.methods import METHODS
+from hilt.core.errors import UserError
+from hilt.training.methods import METHODS
 
 RECIPES_DIR_ENV = "HILT_RECIPES_DIR"
 # Bundled recipes sit beside the packages in the source tree (and in the images).

@@ -8,10 +8,10 @@ of the weights is in memory. Same shape as sft.py: data -> arguments -> model ->
 
 from __future__ import annotations
 
-from training import build, stopping
-from training.data import load_dataset
-from training.job import Job
-from training.trained import TrainOutcome, make_trainer, train_and_save
+from hilt.training import build, stopping
+from hilt.training.data import load_dataset
+from hilt.training.job import Job
+from hilt.training.trained import TrainOutcome, make_trainer, train_and_save
 
 
 def _train(job: Job, method: str, config_class, trainer_class, **method_args) -> TrainOutcome:

@@ -1,6 +1,6 @@
 """Attention over packed rows, one sequence at a time: what hilt trains with on sdpa.
 
-hilt packs several conversations into each row (``training.packing``), with position ids
+hilt packs several conversations into each row (``hilt.training.packing``), with position ids
 restarting at every conversation. With sdpa (every CPU, and GPUs without flash-attn)
 transformers then builds a block-diagonal mask per row and attends over the whole row:
 ``row_length²`` work although a conversation only needs ``length²`` of it. Profiled on the
@@ -17,7 +17,7 @@ Registered with transformers as the attention implementation ``hilt_segments``, 
 mask function that builds no mask when the batch needs none (no padding mask, no cache);
 anything else (generation with a cache, a padding mask) falls back to sdpa unchanged.
 Not for sliding-window attention shorter than a row, nor for models that need eager
-attention (soft-capping): ``training.build.resolve_attention`` decides.
+attention (soft-capping): ``hilt.training.build.resolve_attention`` decides.
 """
 
 from __future__ import annotations

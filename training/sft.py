@@ -6,10 +6,10 @@ every worker process; artifacts.py finishes the model directory afterwards.
 
 from __future__ import annotations
 
-from training import build, stopping
-from training.data import load_dataset
-from training.job import Job
-from training.trained import TrainOutcome, make_trainer, train_and_save
+from hilt.training import build, stopping
+from hilt.training.data import load_dataset
+from hilt.training.job import Job
+from hilt.training.trained import TrainOutcome, make_trainer, train_and_save
 
 
 def build_sft_trainer(job: Job):
@@ -30,7 +30,7 @@ def build_sft_trainer(job: Job):
     eval_ds = load_dataset(job.channels["validation"], "sft", "validation") if "validation" in job.channels else None
     tokenizer = build.load_tokenizer(job)
 
-    from training.packing import PackedRowCollator, pack_rows, tokenize_conversations
+    from hilt.training.packing import PackedRowCollator, pack_rows, tokenize_conversations
 
     def tokenize(dataset, split):
         return tokenize_conversations(dataset, tokenizer, recipe.data.max_length, recipe.data.assistant_only_loss,

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 TENSORBOARD_DIR = "tensorboard"  # under /opt/ml/output: SageMaker's default TensorBoardOutputConfig.LocalPath
 RUN_FILE = "mlflow-run.json"  # under /opt/ml/output/data: the MLflow run of this job
@@ -128,8 +128,8 @@ def log_finished_model(job, manifest: dict) -> str | None:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from hilt.layout import MANIFEST_FILE
-    from training.artifacts import CARD_FILE, PLOT_FILE
+    from hilt.core.layout import MANIFEST_FILE
+    from hilt.training.artifacts import CARD_FILE, PLOT_FILE
 
     run_id = json.loads(run_file.read_text())["run_id"]
     client = MlflowClient()

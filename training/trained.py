@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.job import Job
+from hilt.training.job import Job
 
 LOG_HISTORY_FILE = "log_history.json"
 ADAPTER_DIR = "adapter"
@@ -27,9 +27,9 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     Returns:
         (trainer, stopper): the stopper turns SIGTERM into a checkpoint at the step's end.
     """
-    from training import build, stopping
-    from training.callbacks import MetricsLogger, StopOnSigterm
-    from training.tracking import tracking_callbacks
+    from hilt.training import build, stopping
+    from hilt.training.callbacks import MetricsLogger, StopOnSigterm
+    from hilt.training.tracking import tracking_callbacks
 
     stopping.enter("model")
     model = build.load_model(job)
@@ -42,10 +42,10 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
 
 def train_and_save(job: Job, trainer, tokenizer, stopper) -> TrainOutcome:
     """Train (resuming from the newest complete checkpoint) and save: SFT and DPO alike."""
-    from training.build import describe_backend
-    from training.callbacks import latest_checkpoint
+    from hilt.training.build import describe_backend
+    from hilt.training.callbacks import latest_checkpoint
 
-    from training import stopping
+    from hilt.training import stopping
 
     if trainer.is_world_process_zero():
         print(describe_backend(trainer), flush=True)
@@ -64,7 +64,7 @@ def save_trained(job: Job, trainer, tokenizer, stopper, resumed_from: Path | Non
     the entry point then marks the model partial. The weights are saved before the
     held-out evaluation, so a stop during evaluation still leaves them.
     """
-    from training import stopping
+    from hilt.training import stopping
 
     with stopping.protected("save"):
         target = job.opt_ml.model_dir

@@ -1,4 +1,4 @@
-"""One training worker, as torchrun starts it: ``python -m training.worker``.
+"""One training worker, as torchrun starts it: ``python -m hilt.training.worker``.
 
 Every worker reads the same /opt/ml files (``SAGEMAKER_BASE_DIR`` is passed down) and
 trains its share; the launching process finishes the model directory afterwards.
@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import sys
 
-from hilt.errors import EXIT_USER_ERROR, UserError
-from training.entry import run_worker
-from training.job import read_job, write_failure
-from training.opt_ml import OptML
+from hilt.core.errors import EXIT_USER_ERROR, UserError
+from hilt.training.entry import run_worker
+from hilt.training.job import read_job, write_failure
+from hilt.core.opt_ml import OptML
 
 
 def main() -> int:
-    from training import stopping
-    from training.entry import EXIT_STOPPED
+    from hilt.training import stopping
+    from hilt.training.entry import EXIT_STOPPED
 
     stopping.install()  # torchrun forwards SIGTERM: each worker stops in its own phase
     opt_ml = OptML.from_env()

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 MARKER = ".hilt-output"
 # Files any folder may hold without making it someone else's (editors, file managers).

@@ -26,8 +26,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from hilt.errors import UserError
-from hilt.layout import MANIFEST_FILE
+from hilt.core.errors import UserError
+from hilt.core.layout import MANIFEST_FILE
 
 MAPPING_VERSION = 1
 SECTION = "human-side-by-side"
@@ -54,7 +54,7 @@ def blind_pairs(rows: list[dict], candidate: list[str], baseline: list[str], see
         (tasks for the preference template, {pair_id: {"candidate": "answer1"|"answer2"} or
         {"identical": True}}).
     """
-    from training.evaluate import normalize_answer
+    from hilt.training.evaluate import normalize_answer
 
     tasks, pairs = [], {}
     for index, (row, cand, base) in enumerate(zip(rows, candidate, baseline, strict=True)):
@@ -98,7 +98,7 @@ def compare_report(tasks: list[dict], mapping: dict) -> dict[str, Any]:
     Raises:
         UserError: when a task's pair is not in the mapping (the wrong mapping file).
     """
-    from hil.export import annotator, pairwise_choice, percent_agreement, sorted_annotations
+    from hilt.labeling.export import annotator, pairwise_choice, percent_agreement, sorted_annotations
 
     pairs = mapping["pairs"]
     votes: dict[str, dict[str, str]] = {}  # pair -> annotator -> winner
@@ -222,10 +222,10 @@ def create_compare_project(client, baseline: Path, candidate: Path, rows: list[d
     Raises:
         UserError: when the two models answer every prompt identically (nothing to judge).
     """
-    from hil.importing import model_version
-    from hil.templates import template_xml
-    from hilt.outputs import claim_output_dir, write_atomic
-    from training.generation import greedy_answers
+    from hilt.labeling.importing import model_version
+    from hilt.labeling.templates import template_xml
+    from hilt.core.outputs import claim_output_dir, write_atomic
+    from hilt.training.generation import greedy_answers
 
     # The mapping folder first: a folder of someone else's files is refused before any work.
     claim_output_dir(out, "compare", "--out", recognise=lambda d: any(d.glob("project-*.json")),

@@ -1,6 +1,6 @@
 """``hilt monitor report``: what changed between the training data and the deployed model's traffic.
 
-The traffic is SageMaker Data Capture (``container.capture``): from a SageMaker endpoint's
+The traffic is SageMaker Data Capture (``hilt.serving.capture``): from a SageMaker endpoint's
 capture destination on S3 or from hilt's own ``serve`` with ``HILT_DATA_CAPTURE_DIR``. Each
 captured invocation is read into exchanges (prompt, answer, finish reason) whatever the
 serving container: hilt's and TGI/LMI's ``{"inputs"}`` / ``{"generated_text"}``, OpenAI-style
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -152,7 +152,7 @@ def exchanges_of(event) -> list[Exchange]:
 
 def read_traffic(source: str, since: dt.datetime | None = None) -> tuple[list[Exchange], dict[str, int]]:
     """The exchanges captured under ``source`` (at or after ``since``), and what was read."""
-    from container.capture import read_capture
+    from hilt.serving.capture import read_capture
 
     events, counts = read_capture(source)
     if since is not None:
@@ -174,8 +174,8 @@ def read_baseline(dataset: Path) -> list[Exchange]:
     Raises:
         UserError: no records, or a file hilt cannot read.
     """
-    from training.data import channel_files, iter_jsonl
-    from training.formats import FileFormat, read_template
+    from hilt.training.data import channel_files, iter_jsonl
+    from hilt.training.formats import FileFormat, read_template
 
     channel = dataset / "train" if (dataset / "train").is_dir() else dataset
     if not channel.is_dir():
@@ -343,8 +343,8 @@ def monitor_report(capture: str, baseline_dir: Path, out: Path, gates: list[str]
     Raises:
         UserError: a bad gate, a missing baseline or capture, or no exchange to compare.
     """
-    from hilt.outputs import claim_output_dir
-    from training.evaluate import parse_gate
+    from hilt.core.outputs import claim_output_dir
+    from hilt.training.evaluate import parse_gate
 
     parsed = [parse_gate(g, METRICS) for g in (gates or DEFAULT_GATES)]
     if any(g.relative for g in parsed):
@@ -405,7 +405,7 @@ def select_for_review(exchanges: list[Exchange], per_day: int, max_tasks: int, s
 def review_rows(selected: list[tuple[Exchange, list[str]]]) -> tuple[list[dict], dict[str, int]]:
     """Prompts-file rows for the review template, emails and phone numbers scrubbed first: captured
     text can hold a buyer's customers' data, and none of it goes to Label Studio unscrubbed."""
-    from hil.export import Scrubber
+    from hilt.labeling.export import Scrubber
 
     scrub = Scrubber(True)
     rows = []
@@ -429,9 +429,9 @@ def create_review_project(capture: str, title: str, per_day: int, max_tasks: int
     Raises:
         UserError: nothing captured to review, or a conversation the template cannot show.
     """
-    from hil.client import connect
-    from hil.importing import review_row, build_tasks
-    from hil.templates import parse_label_config, template_xml
+    from hilt.labeling.client import connect
+    from hilt.labeling.importing import review_row, build_tasks
+    from hilt.labeling.templates import parse_label_config, template_xml
 
     live, counts = read_traffic(capture, since)
     reviewable = [e for e in live if e.prompt and e.prompt[-1].get("role") == "user"]

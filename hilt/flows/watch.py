@@ -24,7 +24,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 SECRET_HEADER = "X-Hilt-Secret"
 SECRET_ENV = "HILT_WEBHOOK_SECRET"
@@ -123,7 +123,7 @@ def make_handler(inbox: Inbox, secret: str, project: int | None):
 
 
 def _unexported(client, project: int, datasets: Path) -> int:
-    from hil.dataset import exported_annotation_ids
+    from hilt.labeling.dataset import exported_annotation_ids
 
     return max(0, client.annotation_count(project) - len(exported_annotation_ids(datasets)))
 
@@ -132,7 +132,7 @@ def watch(pipeline_file: Path, secret: str | None, port: int = 0, min_annotation
           max_runs: int | None = None, poll_seconds: float = 60.0, register: bool = True,
           ready_file: Path | None = None) -> int:
     """Serve webhooks and run the pipeline when enough annotations arrived. Returns an exit code."""
-    from hilt.pipeline import load_pipeline, run_pipeline
+    from hilt.flows.pipeline import load_pipeline, run_pipeline
 
     secret = secret or os.environ.get(SECRET_ENV)
     if not secret:
@@ -149,7 +149,7 @@ def watch(pipeline_file: Path, secret: str | None, port: int = 0, min_annotation
     url = f"http://127.0.0.1:{server.server_address[1]}{PATH}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
-    from hil.client import connect
+    from hilt.labeling.client import connect
 
     client = connect()
     hook = client.create_webhook(project, url, ACTIONS, {SECRET_HEADER: secret}) if register else None

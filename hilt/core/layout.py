@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 CONFIG_FILE = "config.json"  # transformers' model config: present in every model directory
 MANIFEST_FILE = "hilt.json"  # hilt's provenance of a model it trained

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 PIPELINE_PARAMETERS = ("DatasetS3Uri", "BaseModelS3Uri", "TrainingInstanceType", "TrainingInstanceCount",
                        "EvaluationInstanceType", "ModelApprovalStatus")
@@ -65,7 +65,7 @@ def _sdk() -> None:
     # The SDK's config loader prints where it looked for defaults at INFO; hilt passes its own.
     logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
     try:
-        import sagemaker  # noqa: F401
+        import sagemaker  # noqa: F401  (imported here so a missing SDK is one line)
     except ImportError:
         raise UserError("hilt pipeline export --sagemaker needs the SageMaker Python SDK: "
                         "pip install 'hilt[sagemaker]' (sagemaker>=2.257,<3)") from None
@@ -103,8 +103,8 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
         UserError: no train.sagemaker section, no S3 root, a local base model, relative gates
             without a base model to compare against.
     """
-    from training.evaluate import parse_gate
-    from training.recipe import load_recipe
+    from hilt.training.evaluate import parse_gate
+    from hilt.training.recipe import load_recipe
 
     sm = p.train.sagemaker
     if sm is None:
@@ -161,12 +161,12 @@ def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = No
     from sagemaker.workflow.properties import PropertyFile
     from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
-    from container.contract import JSONLINES
-    from container.marketplace import CONTENT_TYPES, INSTANCE_TYPES
-    from container.registry import metadata_value
-    from training.callbacks import METRIC_DEFINITIONS
-    from training.launch import recipe_hyperparameters
-    from training.recipe import hyperparameter_strings
+    from hilt.serving.contract import JSONLINES
+    from hilt.serving.marketplace import CONTENT_TYPES, INSTANCE_TYPES
+    from hilt.serving.registry import metadata_value
+    from hilt.training.callbacks import METRIC_DEFINITIONS
+    from hilt.training.launch import recipe_hyperparameters
+    from hilt.training.recipe import hyperparameter_strings
 
     s = _settings(p, dataset, base_model)
     sm, s3_root, recipe = s["sm"], s["s3_root"], s["recipe"]
@@ -309,7 +309,7 @@ def check_steps(parsed: dict) -> None:
     Raises:
         UserError: naming the step and the invalid field.
     """
-    from hilt.aws import validate_request
+    from hilt.core.aws import validate_request
 
     parameters = {p["Name"]: p.get("DefaultValue") for p in parsed["Parameters"]}
     steps = list(parsed["Steps"])
@@ -334,7 +334,7 @@ def check_steps(parsed: dict) -> None:
 
 def create_pipeline_request(name: str, definition_json: str, role: str, description: str) -> dict:
     """CreatePipeline, validated strictly against botocore's service model."""
-    from hilt.aws import validate_request
+    from hilt.core.aws import validate_request
 
     # The same definition gives the same token: a repeated create is idempotent.
     token = hashlib.sha256(definition_json.encode()).hexdigest()[:32]
@@ -354,14 +354,10 @@ def upsert(request: dict, group: str, *, endpoint_url: str | None = None, region
     """
     from botocore.exceptions import ClientError
 
-    from hilt.aws import clients, validate_request
+    from hilt.core.aws import clients, ensure_model_package_group, validate_request
 
     _, sm = clients(endpoint_url, region)
-    try:
-        sm.describe_model_package_group(ModelPackageGroupName=group)
-    except ClientError:
-        sm.create_model_package_group(ModelPackageGroupName=group,
-                                      ModelPackageGroupDescription=f"hilt pipeline {request['PipelineName']}")
+    ensure_model_package_group(sm, group, f"hilt pipeline {request['PipelineName']}: models it registered")
     try:
         sm.describe_pipeline(PipelineName=request["PipelineName"])
         exists = True
@@ -382,7 +378,7 @@ def upsert(request: dict, group: str, *, endpoint_url: str | None = None, region
 def start(name: str, parameters: dict[str, str], *, endpoint_url: str | None = None,
           region: str | None = None) -> str:
     """Start an execution with ``parameters`` overriding the defaults. Returns its ARN."""
-    from hilt.aws import clients, validate_request
+    from hilt.core.aws import clients, validate_request
 
     request = {"PipelineName": name, "PipelineExecutionDisplayName": f"{name}-hilt"[:82],
                "ClientRequestToken": uuid.uuid4().hex,
@@ -419,8 +415,8 @@ def export(path: Path, out: Path, *, dataset: str | None = None, base_model: str
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from hilt.outputs import write_atomic
-    from hilt.pipeline import load_pipeline
+    from hilt.core.outputs import write_atomic
+    from hilt.flows.pipeline import load_pipeline
 
     p, _ = load_pipeline(path)
     if params and not do_start:

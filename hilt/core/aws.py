@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hilt.errors import UserError
+from hilt.core.errors import UserError
 
 SERVICE = "sagemaker"
 # SageMaker's ModelApprovalStatus values (a model package version's state in the Model Registry).
@@ -115,6 +115,20 @@ def clients(endpoint_url: str | None = None, region: str | None = None):
                         "configure credentials (AWS_PROFILE or AWS_ACCESS_KEY_ID) to submit it")
     kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
     return session.client("s3", **kwargs), session.client(SERVICE, **kwargs)
+
+
+def ensure_model_package_group(sagemaker, group: str, description: str) -> bool:
+    """Create the model package group unless it exists. Returns True when it was created."""
+    from botocore.exceptions import ClientError
+
+    try:
+        sagemaker.describe_model_package_group(ModelPackageGroupName=group)
+        return False
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("ValidationException", "ResourceNotFound"):
+            raise
+    sagemaker.create_model_package_group(ModelPackageGroupName=group, ModelPackageGroupDescription=description)
+    return True
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

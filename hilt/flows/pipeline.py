@@ -28,12 +28,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hil.export import RANK_POLICIES, SFT_POLICIES
-from hil.templates import TEMPLATE_NAMES
-from hilt.aws import APPROVAL_STATUSES
-from hilt.errors import UserError
-from hilt.outputs import claim_output_dir, read_text_file
-from training.provenance import model_fingerprint
+from hilt.labeling.export import RANK_POLICIES, SFT_POLICIES
+from hilt.labeling.templates import TEMPLATE_NAMES
+from hilt.core.aws import APPROVAL_STATUSES
+from hilt.core.errors import UserError
+from hilt.core.outputs import claim_output_dir, read_text_file
+from hilt.training.provenance import model_fingerprint
 
 STEP_FILE = "step.json"
 RUN_FILE = "last-run.json"
@@ -133,7 +133,7 @@ def load_pipeline(path: Path) -> tuple[Pipeline, Path]:
     Raises:
         UserError: every problem, each naming its key.
     """
-    from training.recipe import describe_error
+    from hilt.training.recipe import describe_error
 
     if not path.is_file():
         raise UserError(f"{path}: no such pipeline file")
@@ -199,8 +199,8 @@ class Runner:
 
 
 def _export(p: Pipeline, base: Path, datasets: Path) -> dict:
-    from hil.dataset import export_to_dataset, read_export_source
-    from hil.export import ExportOptions, check_template_matches
+    from hilt.labeling.dataset import export_to_dataset, read_export_source
+    from hilt.labeling.export import ExportOptions, check_template_matches
 
     options = ExportOptions(policy=p.export.policy, validation_fraction=p.export.validation_fraction,
                             max_chars=p.export.max_chars, scrub_pii=p.export.scrub_pii,
@@ -269,8 +269,8 @@ def _merge_versions(datasets: Path, versions: list[str], folder: Path) -> dict:
 
 
 def _train_local(p: Pipeline, base: Path, dataset: Path, folder: Path) -> dict:
-    from training.entry import prepare_local_tree, run_job
-    from training.recipe import hyperparameter_strings
+    from hilt.training.entry import prepare_local_tree, run_job
+    from hilt.training.recipe import hyperparameter_strings
 
     model = Path(base / p.train.model).resolve() if p.train.model else None
     opt_ml = prepare_local_tree(folder / "job", p.train.recipe, dataset, model, hyperparameter_strings(p.train.set))
@@ -285,10 +285,10 @@ def _train_sagemaker(p: Pipeline, base: Path, dataset: Path, folder: Path, key: 
     """Submit once (the job name is the step hash), wait, download and unpack the artifacts."""
     from botocore.exceptions import ClientError
 
-    from container.package import extract_model_tar
-    from hilt.aws import clients, split_s3_uri
-    from training.launch import LaunchSpec, launch
-    from training.recipe import hyperparameter_strings
+    from hilt.serving.package import extract_model_tar
+    from hilt.core.aws import clients, split_s3_uri
+    from hilt.training.launch import LaunchSpec, launch
+    from hilt.training.recipe import hyperparameter_strings
 
     sm = p.train.sagemaker
     name = f"hilt-{p.name}"[:46].rstrip("-") + f"-{key}"
@@ -364,7 +364,7 @@ def run_pipeline(path: Path) -> int:
     try:
         data_dir, data = runner.step("dataset", {"versions": list(zip(exported["versions"], manifests))},
                                      lambda folder: _merge_versions(datasets, exported["versions"], folder))
-        from training.recipe import load_recipe
+        from hilt.training.recipe import load_recipe
 
         recipe = load_recipe(p.train.recipe, p.train.set).model_dump(mode="json")
         train_inputs = {"dataset": data["dataset_sha256"], "recipe": recipe, "target": p.train.target,
@@ -387,7 +387,7 @@ def run_pipeline(path: Path) -> int:
                        **p.evaluate.model_dump()}
 
         def evaluate_step(folder: Path) -> dict:
-            from training.evaluate import evaluate
+            from hilt.training.evaluate import evaluate
 
             result = evaluate(model_dir, data_dir, folder, baseline_dir, p.evaluate.gates, p.evaluate.metric,
                               p.evaluate.max_new_tokens, p.evaluate.max_samples)
@@ -401,7 +401,7 @@ def run_pipeline(path: Path) -> int:
             return finish(1, f"REFUSED: gate failed: {', '.join(failed)}; nothing packaged")
 
         def package_step(folder: Path) -> dict:
-            from container.package import build_model_tar
+            from hilt.serving.package import build_model_tar
 
             built = build_model_tar(model_dir, folder / "model.tar.gz")
             return {"model_tar": str(folder / "model.tar.gz"), "sha256": built["archive_sha256"]}
@@ -409,8 +409,8 @@ def run_pipeline(path: Path) -> int:
         package_dir, packaged = runner.step("package", {"train": train_dir.name}, package_step)
 
         def validate_step(folder: Path) -> dict:
-            from container.validate import validate_model_tar, write_validation_input
-            from training.evaluate import read_eval_records
+            from hilt.serving.validate import validate_model_tar, write_validation_input
+            from hilt.training.evaluate import read_eval_records
 
             records, _ = read_eval_records(data_dir)
             source = write_validation_input([r["prompt"] for r in records[: p.package.validation_records]],
@@ -427,8 +427,8 @@ def run_pipeline(path: Path) -> int:
             return finish(1, f"REFUSED: SageMaker validation replay failed: {'; '.join(validated['failures'])}")
 
         def request_step(folder: Path) -> dict:
-            from container.marketplace import model_package_request, write_listing
-            from hilt.aws import validate_request
+            from hilt.serving.marketplace import model_package_request, write_listing
+            from hilt.core.aws import validate_request
 
             r = p.request
             prefix = f"{r.s3.rstrip('/')}/{packaged['sha256'][:16]}"

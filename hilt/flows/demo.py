@@ -16,8 +16,8 @@ import socket
 import time
 from pathlib import Path
 
-from hilt.errors import UserError
-from hilt.layout import MANIFEST_FILE
+from hilt.core.errors import UserError
+from hilt.core.layout import MANIFEST_FILE
 
 BASE_WARMUP_STEPS = 300
 SCENARIO_SIZE = 200
@@ -46,10 +46,10 @@ def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[i
     Returns:
         (project id, annotations posted).
     """
-    from hil.client import StudioClient
-    from hil.importing import build_tasks, drafts_from_model, model_version
-    from hil.templates import parse_label_config, template_xml
-    from hilt.scenario import scenario_prompts
+    from hilt.labeling.client import StudioClient
+    from hilt.labeling.importing import build_tasks, drafts_from_model, model_version
+    from hilt.labeling.templates import parse_label_config, template_xml
+    from hilt.flows.scenario import scenario_prompts
 
     client = StudioClient(state["url"], state["token"])
     items = scenario_prompts(SCENARIO_SIZE)
@@ -84,9 +84,9 @@ def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[i
 
 def _side_by_side(workdir: Path, base: Path, tuned: Path, validation: list[dict], state: dict) -> int:
     """Blinded base-vs-tuned project; two stand-in judges pick the answer closer to the reference."""
-    from hil.client import StudioClient
-    from training.compare import create_compare_project, report_compare
-    from training.evaluate import rouge_l
+    from hilt.labeling.client import StudioClient
+    from hilt.labeling.compare import create_compare_project, report_compare
+    from hilt.training.evaluate import rouge_l
 
     client = StudioClient(state["url"], state["token"])
     rows = [{"id": i, "system": r["messages"][0]["content"] if r["messages"][0]["role"] == "system" else None,
@@ -116,15 +116,15 @@ def run_demo(workdir: Path) -> int:
     Returns:
         The process exit code (0 on success).
     """
-    from hilt.aws import validate_request
-    from container.marketplace import algorithm_request, model_package_request, write_listing
-    from container.package import build_model_tar
-    from container.validate import validate_model_tar, write_validation_input
-    from hil import studio
-    from training.entry import prepare_local_tree, run_job
-    from training.tiny_model import build_tiny_model, warm_up
+    from hilt.core.aws import validate_request
+    from hilt.serving.marketplace import algorithm_request, model_package_request, write_listing
+    from hilt.serving.package import build_model_tar
+    from hilt.serving.validate import validate_model_tar, write_validation_input
+    from hilt.labeling import studio
+    from hilt.training.entry import prepare_local_tree, run_job
+    from hilt.training.tiny_model import build_tiny_model, warm_up
 
-    from hilt.outputs import claim_output_dir, write_atomic
+    from hilt.core.outputs import claim_output_dir, write_atomic
 
     workdir = claim_output_dir(workdir, "demo", "--workdir", recognise=lambda d: (d / "demo-state.json").is_file(),
                                hint="the --workdir of an earlier `hilt demo`")
@@ -161,10 +161,10 @@ def run_demo(workdir: Path) -> int:
     # 3. Export: annotations -> versioned dataset, every annotation accounted for.
     data_dir = workdir / "dataset"
     if not (data_dir / "manifest.json").exists():
-        from hil.client import StudioClient
-        from hil.dataset import export_to_dataset
-        from hil.export import ExportOptions
-        from hil.templates import parse_label_config
+        from hilt.labeling.client import StudioClient
+        from hilt.labeling.dataset import export_to_dataset
+        from hilt.labeling.export import ExportOptions
+        from hilt.labeling.templates import parse_label_config
 
         client = StudioClient(state["url"], state["token"])
         spec = parse_label_config(client.label_config(progress["project"]))
@@ -201,7 +201,7 @@ def run_demo(workdir: Path) -> int:
     eval_dir = workdir / "eval"
     if not (eval_dir / "eval.json").exists() or json.loads((eval_dir / "eval.json").read_text()).get(
             "models", {}).get("candidate", {}).get("path") != str((job_dir / "model").resolve()):
-        from training.evaluate import evaluate
+        from hilt.training.evaluate import evaluate
 
         evaluate(job_dir / "model", data_dir, eval_dir, baseline_dir=model_dir, gates=list(DEMO_GATES),
                  max_new_tokens=48)
@@ -291,13 +291,13 @@ def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dic
     """
     import urllib.request
 
-    from container.process import start_serve, wait_ready
-    from hil.client import StudioClient
-    from hil.dataset import export_to_dataset
-    from hil.export import ExportOptions
-    from hil.templates import default_spec
-    from hilt.monitor import create_review_project, monitor_report
-    from hilt.scenario import drifting_prompts, scenario_prompts
+    from hilt.serving.process import start_serve, wait_ready
+    from hilt.labeling.client import StudioClient
+    from hilt.labeling.dataset import export_to_dataset
+    from hilt.labeling.export import ExportOptions
+    from hilt.labeling.templates import default_spec
+    from hilt.flows.monitor import create_review_project, monitor_report
+    from hilt.flows.scenario import drifting_prompts, scenario_prompts
 
     import shutil
 

@@ -1,0 +1,36 @@
+"""The layers contract (pyproject's [tool.importlinter]): imports go downward only, and every
+module of hilt sits in a layer, so a new package cannot slip past the contract."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_imports_go_downward_only():
+    exe = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([str(exe), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_every_module_is_in_a_layer_and_no_bare_stage_package_is_installed():
+    import importlib.metadata
+
+    import grimp
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = config["contracts"]
+    layers = contract["layers"]
+    graph = grimp.build_graph(config["root_package"])
+    outside = sorted(m for m in graph.modules if m != "hilt" and not any(m == x or m.startswith(x + ".")
+                                                                         for x in layers))
+    assert outside == []
+    assert {"hilt.labeling.export", "hilt.training.entry", "hilt.serving.serve", "hilt.core.errors",
+            "hilt.flows.pipeline", "hilt.cli"} <= graph.modules
+    # The design's folders are import names only under hilt: hilt is the one top-level package.
+    assert importlib.metadata.distribution("hilt").read_text("top_level.txt").split() == ["hilt"]
