@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from hilt.core.env import env_number
 from hilt.core.errors import UserError
 
 DIR_ENV = "HILT_DATA_CAPTURE_DIR"
@@ -101,26 +102,14 @@ class DataCapture:
         directory = os.environ.get(DIR_ENV)
         if not directory:
             return None
-        raw = os.environ.get(PERCENT_ENV, "100")
-        try:
-            percent = float(raw)
-        except ValueError:
-            percent = -1.0
-        if not 0 <= percent <= 100:
-            raise UserError(f"{PERCENT_ENV}={raw!r}: not a percentage; set 0 to 100 (SageMaker's "
-                            "InitialSamplingPercentage)")
+        percent = env_number(PERCENT_ENV, 100.0, low=0, high=100, allow_low=True, wanted="a percentage",
+                             hint="set 0 to 100 (SageMaker's InitialSamplingPercentage)")
         try:
             Path(directory).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"{DIR_ENV}={directory}: cannot create it ({err.strerror}); choose a writable folder") \
                 from None
-        rotate = os.environ.get(ROTATE_ENV, "60")
-        try:
-            seconds = float(rotate)
-        except ValueError:
-            seconds = 0.0
-        if seconds <= 0:
-            raise UserError(f"{ROTATE_ENV}={rotate!r}: not a positive number of seconds; set e.g. 60")
+        seconds = env_number(ROTATE_ENV, 60.0, wanted="a positive number of seconds", hint="set e.g. 60")
         return cls(Path(directory), percent, os.environ.get(ENDPOINT_ENV, DEFAULT_ENDPOINT),
                    os.environ.get(VARIANT_ENV, DEFAULT_VARIANT), seconds)
 

@@ -47,6 +47,7 @@ from hilt.serving.contract import (
     parse_body,
     streamed_metering_header,
 )
+from hilt.core.env import env_number
 from hilt.core.errors import UserError
 from hilt.core.opt_ml import OptML
 
@@ -77,31 +78,11 @@ def go_offline() -> None:
 def batch_settings() -> dict[str, Any]:
     """What a SageMaker batch transform tells the container through its environment."""
     batch = os.environ.get("SAGEMAKER_BATCH", "").lower() == "true"
-    raw = os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB")
-    payload_mb = 6
-    if batch and raw:
-        try:
-            payload_mb = int(raw)
-        except ValueError:
-            raise SystemExit(f"serve: SAGEMAKER_MAX_PAYLOAD_IN_MB={raw!r} is not a whole number of MB") from None
-        if not 0 <= payload_mb <= MAX_BATCH_PAYLOAD_MB:
-            raise SystemExit(f"serve: SAGEMAKER_MAX_PAYLOAD_IN_MB={payload_mb} is outside [0, {MAX_BATCH_PAYLOAD_MB}]")
+    payload_mb = env_number("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, kind=int, low=0, allow_low=True,
+                            high=MAX_BATCH_PAYLOAD_MB) if batch else 6
     # MaxPayloadInMB 0 means "no limit" to SageMaker (streamed records); hilt then takes the batch maximum.
     limit = max((payload_mb or MAX_BATCH_PAYLOAD_MB) * 1024 * 1024, MAX_PAYLOAD_BYTES) if batch else MAX_PAYLOAD_BYTES
     return {"batch": batch, "max_payload_bytes": limit}
-
-
-def _number_env(name: str, default: float, kind=float):
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SystemExit(f"serve: {name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-    if value <= 0:
-        raise SystemExit(f"serve: {name}={raw!r} must be above 0")
-    return value
 
 
 def accepted(accept: str | None, offers: list[str]) -> str | None:
@@ -136,18 +117,19 @@ def create_app(model_dir=None, metering_unit: str | None = None):
     if unit not in METERING_UNITS:
         raise SystemExit(f"serve: {METERING_ENV}={unit!r} is not one of {', '.join(METERING_UNITS)}")
     model_dir = model_dir or OptML.from_env().model_dir
-    batch = batch_settings()
-    budget = _number_env(BUDGET_ENV, DEFAULT_BATCH_BUDGET_SECONDS if batch["batch"] else DEFAULT_BUDGET_SECONDS)
-    max_in_flight = _number_env(MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT, int)
     backend_cls = backend_class()
-    # What GET /execution-parameters suggests: generation batches concurrent requests, so
-    # several in flight keep the batch full (one at a time for the serial backend).
-    concurrent_transforms = _number_env(MAX_CONCURRENT_TRANSFORMS_ENV, 1 if backend_cls.name == "hf-serial" else 4, int)
-    state: dict[str, Any] = {"runner": None, "error": None, "slots": None}
     try:
+        batch = batch_settings()
+        budget = env_number(BUDGET_ENV, DEFAULT_BATCH_BUDGET_SECONDS if batch["batch"] else DEFAULT_BUDGET_SECONDS)
+        max_in_flight = env_number(MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT, kind=int)
+        # What GET /execution-parameters suggests: generation batches concurrent requests, so
+        # several in flight keep the batch full (one at a time for the serial backend).
+        concurrent_transforms = env_number(MAX_CONCURRENT_TRANSFORMS_ENV,
+                                           1 if backend_cls.name == "hf-serial" else 4, kind=int)
         capture = DataCapture.from_env()
     except UserError as err:
         raise SystemExit(f"serve: {err}") from None
+    state: dict[str, Any] = {"runner": None, "error": None, "slots": None}
 
     def load() -> None:
         try:
@@ -355,7 +337,10 @@ def main() -> int:
         audit_network(os.environ["HILT_AUDIT_NETWORK"])
 
     host = os.environ.get(HOST_ENV, "127.0.0.1")
-    port = int(os.environ.get(PORT_ENV, "8080"))
+    try:
+        port = env_number(PORT_ENV, 8080, kind=int, high=65535)
+    except UserError as err:
+        raise SystemExit(f"serve: {err}") from None
     print(f"[serve] listening on {host}:{port}, model dir {OptML.from_env().model_dir}", flush=True)
     app = create_app()
 

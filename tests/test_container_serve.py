@@ -429,6 +429,12 @@ def test_data_capture_samples_and_refuses_a_bad_percentage(tiny_model_dir, tmp_p
     result = subprocess.run([str(Path(sys.executable).parent / "serve")], env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0 and "HILT_DATA_CAPTURE_PERCENT='150': not a percentage" in result.stderr
+    # Every number serve reads from its environment is checked the same way: one line, no traceback.
+    env = {**env, "HILT_DATA_CAPTURE_PERCENT": "50", "SAGEMAKER_BIND_TO_PORT": "80a"}
+    result = subprocess.run([str(Path(sys.executable).parent / "serve")], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "serve: SAGEMAKER_BIND_TO_PORT='80a': not a whole number above 0 and at most 65535" in result.stderr
 
 
 def test_data_capture_settings_are_checked(tmp_path, monkeypatch):

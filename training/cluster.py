@@ -13,10 +13,10 @@ Variables the user set win: nothing here overrides the environment.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
+from hilt.core.env import env_number
 from hilt.core.errors import UserError
 from hilt.training.job import Hosts
 
@@ -38,7 +38,7 @@ def wait_for_hosts(hosts: list[str], timeout: float | None = None, resolve=socke
     Raises:
         UserError: naming the hosts still unresolved at the deadline.
     """
-    timeout = float(os.environ.get(HOST_WAIT_ENV) or DEFAULT_HOST_WAIT_SECONDS) if timeout is None else timeout
+    timeout = env_number(HOST_WAIT_ENV, DEFAULT_HOST_WAIT_SECONDS) if timeout is None else timeout
     deadline = time.monotonic() + timeout
     pending = list(hosts)
     delay = 0.5

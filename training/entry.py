@@ -26,6 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from hilt.core.env import env_number
 from hilt.core.errors import EXIT_USER_ERROR, UserError
 from hilt.core.layout import require_model_dir
 from hilt.training.job import Job, read_job, write_failure
@@ -53,7 +54,8 @@ def torchrun_command(job: Job) -> list[str]:
     """The torchrun command for this host: one node per SageMaker host, the first host leads."""
     single_host = len(job.hosts.hosts) == 1
     master = "127.0.0.1" if single_host else job.hosts.master
-    port = int(os.environ.get("HILT_MASTER_PORT") or (_free_port() if single_host else DEFAULT_MASTER_PORT))
+    port = env_number("HILT_MASTER_PORT", None, kind=int, high=65535) \
+        or (_free_port() if single_host else DEFAULT_MASTER_PORT)
     return [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={job.processes_per_host}",
