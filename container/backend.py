@@ -30,6 +30,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from hilt.core.errors import UserError
 from hilt.serving.contract import Generation, RequestError
 
 BACKEND_ENV = "HILT_SERVE_BACKEND"
@@ -141,15 +142,9 @@ class Backend:
     name = "base"
 
     def __init__(self, model_dir):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from hilt.training.generation import load_model
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        if torch.cuda.is_available():
-            self.model.to("cuda")
-        self.model.eval()
+        self.model, self.tokenizer = load_model(model_dir, require_chat_template=False)
         self.context = self._context_length()
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
@@ -370,20 +365,18 @@ class ContinuousBackend(Backend):
         import torch
         from transformers import ContinuousBatchingConfig
 
-        raw = os.environ.get(KV_CACHE_TOKENS_ENV)
-        if raw:
-            try:
-                tokens = int(raw)
-            except ValueError:
-                raise SystemExit(f"serve: {KV_CACHE_TOKENS_ENV}={raw!r} is not a whole number of tokens") from None
-        elif torch.cuda.is_available():
-            return ContinuousBatchingConfig()
-        else:
+        from hilt.core.env import env_number
+
+        tokens = env_number(KV_CACHE_TOKENS_ENV, None, kind=int, wanted="a whole number of tokens",
+                            hint=f"set at least the model's context, {self.context}")
+        if tokens is None:
+            if torch.cuda.is_available():
+                return ContinuousBatchingConfig()
             tokens = DEFAULT_CPU_CACHE_SEQUENCES * min(self.context, 8192)
         page = ContinuousBatchingConfig().page_size
         if tokens < self.context:
-            raise SystemExit(f"serve: {KV_CACHE_TOKENS_ENV}={tokens} is below the model's context of "
-                             f"{self.context} tokens; one request could not fit")
+            raise UserError(f"{KV_CACHE_TOKENS_ENV}={tokens} is below the model's context of {self.context} "
+                            "tokens; one request could not fit: raise it")
         return ContinuousBatchingConfig(num_blocks=-(-tokens // page), max_batch_tokens=min(tokens, 4096))
 
     def _warm_up(self) -> None:

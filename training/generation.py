@@ -1,4 +1,9 @@
-"""Greedy answers from a saved model, for evaluation, tests and the demo."""
+"""Loading a saved model for inference, and greedy answers from it.
+
+``load_model`` is the one loader of a model to answer with: evaluation, drafts for
+annotators, the human side-by-side and the inference server (``hilt.serving.backend``) all
+use it, so a model is evaluated in the dtype and on the device it is served with.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,23 @@ from hilt.core.errors import UserError
 from hilt.core.layout import require_model_dir
 
 
-def load_model(model_dir: str | Path):
+def inference_dtype():
+    """bfloat16 on a GPU that has it, else float32 (a bf16 checkpoint on CPU is upcast: CPU bf16
+    matmuls are slow and less exact)."""
+    import torch
+
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def load_model(model_dir: str | Path, require_chat_template: bool = True):
     """(model, tokenizer) from a ``save_pretrained`` dir, in eval mode, on the GPU when there is one.
 
+    Args:
+        require_chat_template: refuse a tokenizer without one (prompts are rendered with it);
+            the server answers such a model with the plain text of the messages instead.
+
     Raises:
-        UserError: when the dir holds no model or its tokenizer has no chat template.
+        UserError: when the dir holds no model, or (if required) its tokenizer has no chat template.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -20,10 +37,11 @@ def load_model(model_dir: str | Path):
     model_dir = Path(model_dir)
     require_model_dir(model_dir, hint="pass a save_pretrained model directory (a job's model/)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.chat_template is None:
+    if require_chat_template and tokenizer.chat_template is None:
         raise UserError(f"{model_dir}: the tokenizer has no chat template; prompts are rendered with it")
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=inference_dtype())
+    if torch.cuda.is_available():
+        model.to("cuda")
     model.eval()
     return model, tokenizer
 
