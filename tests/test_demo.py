@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from conftest import run_hilt
 pytestmark = [pytest.mark.slow, pytest.mark.studio]
 
 
+@pytest.mark.timeout(1800)  # three runs: the demo, the Algorithm's certification replayed, the demo again
 def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
     workdir = tmp_path / "demo"
     try:
@@ -23,24 +25,32 @@ def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
         loss_base, loss_tuned = map(float, re.search(r"held-out loss\s+base ([0-9.]+) -> tuned ([0-9.]+)",
                                                      first.stdout).groups())
         assert loss_tuned < loss_base
-        evaluation = json.loads((workdir / "eval" / "eval.json").read_text())
+        # The demo ran the pipeline it wrote: every step once, the human side-by-side its own step.
+        run = json.loads((workdir / "pipeline" / "last-run.json").read_text())
+        assert [(s["step"], s["status"]) for s in run["steps"]] == [
+            ("export", "ran"), ("dataset", "ran"), ("train", "ran"), ("evaluate", "ran"), ("side-by-side", "ran"),
+            ("package", "ran"), ("validate", "ran"), ("request", "ran")]
+        assert (workdir / "pipeline.yaml").is_file()
+        eval_dir = Path(run["evaluate"]["eval_json"]).parent
+        evaluation = json.loads((eval_dir / "eval.json").read_text())
         assert evaluation["passed"] and evaluation["gates"][0]["gate"] == "exact_match>=+0.3"
-        assert (workdir / "eval" / "report.md").is_file() and (workdir / "eval" / "metrics.png").is_file()
+        assert (eval_dir / "report.md").is_file() and (eval_dir / "metrics.png").is_file()
         sbs = evaluation["human_side_by_side"]
         assert sbs["win_rate"] > 0.5 and sbs["win_rate_ci95"][0] > 0.5 and sbs["judgements"] == 2 * (sbs["pairs"] - sbs["ties"]["identical_answers"])
-        assert "## Human side-by-side evaluation" in (workdir / "package" / "LISTING.md").read_text()
+        assert "## Human side-by-side evaluation" in Path(run["request"]["listing"]).read_text()
         before, after = map(float, re.search(r"train loss\s+([0-9.]+) -> ([0-9.]+)", first.stdout).groups())
         assert after < before / 2
         assert re.search(r"validation\s+PASSED on 10 records", first.stdout)
 
         # Every annotation the stand-ins posted is in the dataset or its rejects.
-        manifest = json.loads((workdir / "dataset" / "manifest.json").read_text())
+        manifest = json.loads((workdir / "pipeline" / "datasets" / "v0001" / "manifest.json").read_text())
         posted = json.loads((workdir / "demo-state.json").read_text())["annotations_posted"]
         c = manifest["counts"]
         assert c["annotations"] == posted == c["annotations_in_records"] + c["rejects"]["total"]
         assert set(c["rejects"]["by_reason"]) == {"duplicate"}  # the second annotator agreed
-        for name in ("model.tar.gz", "model-package.json", "LISTING.md", "validation/validation-input.jsonl.out"):
-            assert (workdir / "package" / name).is_file(), name
+        for path in (run["package"]["model_tar"], run["request"]["request"], run["request"]["listing"],
+                     Path(run["validate"]["report"]).parent / "validation-input.jsonl.out"):
+            assert Path(path).is_file(), path
 
         # The deployment watched: traffic captured in SageMaker's format, the drift it was sent tripping the
         # gates, and the reviewers' corrections of the flagged answers exported as the next dataset version.
@@ -63,7 +73,12 @@ def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
 
         second = run_hilt(hilt_exe, "demo", "--workdir", str(workdir), timeout=600)
         assert second.returncode == 0, second.stderr[-3000:]
-        assert second.stdout.count("(reused)") == 4
+        reused = re.findall(r"^  (.+?)\s{2,}.*\(reused\)$", second.stdout, re.M)
+        assert reused == ["base model", "annotation", "dataset", "training", "human win rate", "model.tar.gz"]
         assert "stand-in annotators" not in second.stdout
+        again = json.loads((workdir / "pipeline" / "last-run.json").read_text())
+        assert {s["step"]: s["status"] for s in again["steps"]} == {
+            "export": "nothing new", **{name: "reused" for name in ("dataset", "train", "evaluate", "side-by-side",
+                                                                     "package", "validate", "request")}}
     finally:
         run_hilt(hilt_exe, "studio", "stop", "--data-dir", str(workdir / "studio"))

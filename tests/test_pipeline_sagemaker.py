@@ -233,3 +233,17 @@ def test_upsert_and_start_on_moto(hilt_exe, moto_server, tmp_path):
     result = run_hilt(hilt_exe, *common, "--param", "TrainingInstanceCount=2", env=env)
     assert result.returncode == 2 and "add --start" in result.stderr
     assert len(sm.list_pipeline_executions(PipelineName="hilt-assistant")["PipelineExecutionSummaries"]) == 2
+
+
+def test_every_local_step_is_accounted_for_on_sagemaker(exported):
+    """`hilt pipeline run` and the export walk the same step list: each local step says what it
+    becomes on SageMaker, and each SageMaker step comes from a local one."""
+    from hilt.flows.pipeline import STEPS
+
+    result, _ = exported
+    sagemaker_steps = {name.split("-")[0] for name in result["steps"]} - {"GateFailed"}
+    mentioned = set()
+    for step in STEPS:
+        assert step.on_sagemaker, f"step {step.name} does not say what it becomes on SageMaker"
+        mentioned |= {name for name in sagemaker_steps if name in step.on_sagemaker}
+    assert mentioned == sagemaker_steps == {"Train", "Evaluate", "CheckGates", "Register"}

@@ -1,17 +1,20 @@
 """``hilt demo``: the main job end to end on embedded defaults.
 
 Base model (built locally) -> Label Studio project with model drafts -> stand-in
-annotators answer through the API -> export -> training through the SageMaker training
-contract -> base-vs-tuned check -> model.tar.gz -> SageMaker's validation replayed with
-``serve`` -> Model Package request and listing draft -> the model served with data capture,
-traffic that drifts, the drift report, and stand-in reviewers correcting the flagged answers
-into the next dataset version. Each step reuses what an earlier run produced, so a second
-run is fast.
+annotators answer through the API -> the pipeline ``hilt pipeline run`` runs, built here and
+written to WORKDIR/pipeline.yaml (export -> training through the SageMaker training contract ->
+base-vs-tuned check with a gate -> [the demo's own step: a blinded human side-by-side] ->
+model.tar.gz -> SageMaker's validation replayed with ``serve`` -> Model Package request and
+listing) -> the Algorithm request -> the model served with data capture, traffic that drifts,
+the drift report, and stand-in reviewers correcting the flagged answers into the next dataset
+version. Each step reuses what an earlier run produced (the pipeline's steps by the hash of
+their inputs), so a second run is fast.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -82,17 +85,21 @@ def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[i
     return project, posted
 
 
-def _side_by_side(workdir: Path, base: Path, tuned: Path, validation: list[dict], state: dict) -> int:
-    """Blinded base-vs-tuned project; two stand-in judges pick the answer closer to the reference."""
+def _side_by_side(run, folder: Path, state: dict) -> dict:
+    """The demo's own pipeline step after ``evaluate``: a blinded base-vs-tuned project on the
+    held-out prompts, two stand-in judges pick the answer closer to the reference, and the result
+    (a Wilson interval) goes into the evaluation's eval.json and the model's hilt.json, so the
+    listing the ``request`` step writes quotes it."""
     from hilt.labeling.client import StudioClient
     from hilt.labeling.compare import create_compare_project, report_compare
     from hilt.training.evaluate import rouge_l
 
     client = StudioClient(state["url"], state["token"])
+    validation = [json.loads(line) for line in (run.data_dir / "validation" / "data.jsonl").read_text().splitlines()]
     rows = [{"id": i, "system": r["messages"][0]["content"] if r["messages"][0]["role"] == "system" else None,
              "prompt": r["messages"][-2]["content"]} for i, r in enumerate(validation)]
     reference = {row["prompt"]: r["messages"][-1]["content"] for row, r in zip(rows, validation)}
-    project, mapping_file, _ = create_compare_project(client, base, tuned, rows, workdir / "compare", seed=0,
+    project, mapping_file, _ = create_compare_project(client, _baseline_of(run), run.model_dir, rows, folder, seed=0,
                                                       max_new_tokens=48, title="hilt demo: which answer is better?")
     judge = client.create_user("judge-2", f"judge-2-{project}@hilt.local")
     print(f"[demo] stand-in judges (the admin and judge-2) compare blinded answers: {state['url']}/projects/{project}")
@@ -103,8 +110,27 @@ def _side_by_side(workdir: Path, base: Path, tuned: Path, validation: list[dict]
         result = [{"from_name": "comparison", "to_name": "answer1", "type": "pairwise", "value": {"selected": side}}]
         for who in (None, judge):
             client.create_annotation(task["id"], result, completed_by=who, lead_time=12.0)
-    report_compare(client, project, mapping_file, eval_dir=workdir / "eval")
-    return project
+    report, _, _ = report_compare(client, project, mapping_file, eval_dir=run.folders["evaluate"])
+    return {"project": project, "win_rate": report.get("win_rate")}
+
+
+def _baseline_of(run) -> Path:
+    return run.path(run.p.evaluate.baseline or run.p.train.model)
+
+
+def demo_pipeline(project: int) -> dict:
+    """The pipeline the demo runs (also written to WORKDIR/pipeline.yaml, for `hilt pipeline run`)."""
+    return {
+        "name": "hilt-demo",
+        "workdir": "pipeline",
+        "source": {"project": project, "template": "sft"},
+        "export": {"validation_fraction": VALIDATION_FRACTION},
+        "train": {"recipe": "quickstart-tiny-sft", "model": "base-model"},
+        "evaluate": {"gates": list(DEMO_GATES), "max_new_tokens": 48},
+        "package": {"validation_records": 10, "max_new_tokens": 48},
+        "request": {"name": "hilt-demo-assistant", "image": DEMO_IMAGE, "role": DEMO_ROLE,
+                    "s3": f"{DEMO_BUCKET}/packages"},
+    }
 
 
 def run_demo(workdir: Path) -> int:
@@ -117,14 +143,10 @@ def run_demo(workdir: Path) -> int:
         The process exit code (0 on success).
     """
     from hilt.core.aws import validate_request
-    from hilt.serving.marketplace import algorithm_request, model_package_request, write_listing
-    from hilt.serving.package import build_model_tar
-    from hilt.serving.validate import validate_model_tar, write_validation_input
-    from hilt.labeling import studio
-    from hilt.training.entry import prepare_local_tree, run_job
-    from hilt.training.tiny_model import build_tiny_model, warm_up
-
     from hilt.core.outputs import claim_output_dir, write_atomic
+    from hilt.labeling import studio
+    from hilt.serving.marketplace import algorithm_request
+    from hilt.training.tiny_model import build_tiny_model, warm_up
 
     workdir = claim_output_dir(workdir, "demo", "--workdir", recognise=lambda d: (d / "demo-state.json").is_file(),
                                hint="the --workdir of an earlier `hilt demo`")
@@ -138,148 +160,84 @@ def run_demo(workdir: Path) -> int:
 
     # 1. Base model: built locally (nothing is downloaded), with a short full fine-tune
     #    so that LoRA has a "pretrained" base to adapt.
-    model_dir = workdir / "base-model"
-    if (model_dir / "hilt-warmup.json").exists():
-        rows.append(("base model", f"{model_dir} (reused)"))
+    base_dir = workdir / "base-model"
+    if (base_dir / "hilt-warmup.json").exists():
+        rows.append(("base model", f"{base_dir} (reused)"))
     else:
-        print(f"[demo] building the tiny base model in {model_dir}")
-        build_tiny_model(model_dir)
-        loss = warm_up(model_dir, steps=BASE_WARMUP_STEPS)
-        (model_dir / "hilt-warmup.json").write_text(json.dumps({"steps": BASE_WARMUP_STEPS, "loss": loss}))
-        rows.append(("base model", f"{model_dir} (built, warm-up loss {loss:.3f})"))
+        print(f"[demo] building the tiny base model in {base_dir}")
+        build_tiny_model(base_dir)
+        loss = warm_up(base_dir, steps=BASE_WARMUP_STEPS)
+        (base_dir / "hilt-warmup.json").write_text(json.dumps({"steps": BASE_WARMUP_STEPS, "loss": loss}))
+        rows.append(("base model", f"{base_dir} (built, warm-up loss {loss:.3f})"))
 
     # 2. Label Studio, local: a project of the scenario's prompts with drafts, answered by
     #    stand-in annotators through the API (a person can annotate in the UI too).
     state = studio.start(port=_port(), data_dir=workdir / "studio")
     rows.append(("label studio", f"{state['url']} (token in {workdir / 'studio' / 'hilt-studio.json'})"))
     if "project" not in progress:
-        progress["project"], progress["annotations_posted"] = _collect_annotations(workdir, model_dir, state)
+        progress["project"], progress["annotations_posted"] = _collect_annotations(workdir, base_dir, state)
         save_progress()
     else:
         rows.append(("annotation", f"project {progress['project']} (reused)"))
 
-    # 3. Export: annotations -> versioned dataset, every annotation accounted for.
-    data_dir = workdir / "dataset"
-    if not (data_dir / "manifest.json").exists():
-        from hilt.labeling.client import StudioClient
-        from hilt.labeling.dataset import export_to_dataset
-        from hilt.labeling.export import ExportOptions
-        from hilt.labeling.templates import parse_label_config
+    # 3-7. The pipeline `hilt pipeline run` runs (export -> dataset -> train -> evaluate with the
+    #      gate -> package -> SageMaker's validation replayed -> Model Package request and listing),
+    #      with one step of the demo's own after the evaluation: a blinded human side-by-side.
+    import yaml
 
-        client = StudioClient(state["url"], state["token"])
-        spec = parse_label_config(client.label_config(progress["project"]))
-        export_to_dataset(client.export_tasks(progress["project"]), spec,
-                          ExportOptions(validation_fraction=VALIDATION_FRACTION),
-                          {"type": "project", "project_id": progress["project"], "url": state["url"]}, data_dir)
-    manifest = json.loads((data_dir / "manifest.json").read_text())
-    c = manifest["counts"]
-    rows.append(("dataset", f"{data_dir}: {c['records']['train']} train / {c['records']['validation']} validation "
-                            f"records, {c['rejects']['total']} rejects {c['rejects']['by_reason']} "
-                            f"of {c['annotations']} annotations"))
-    rows.append(("dataset sha256", manifest["dataset_sha256"]))
-    validation = [json.loads(l) for l in (data_dir / "validation" / "data.jsonl").read_text().splitlines()]
+    from hilt.flows.pipeline import RUN_FILE, STEPS, Pipeline, Step, run_steps, with_step
 
-    # 4. Train the quickstart recipe through the SageMaker training contract.
-    job_dir = workdir / "train-job"
-    manifest_file = job_dir / "model" / MANIFEST_FILE
-    if manifest_file.exists():
-        rows.append(("training", f"{job_dir / 'model'} (reused)"))
-    else:
-        print(f"[demo] training quickstart-tiny-sft over the /opt/ml tree {job_dir}")
-        opt_ml = prepare_local_tree(job_dir, "quickstart-tiny-sft", data_dir, model_dir, {})
-        rc = run_job(opt_ml)
-        if rc != 0:
-            print(f"[demo] training failed with exit code {rc}; see {opt_ml.failure_file}")
-            return rc
-        rows.append(("training", f"{job_dir / 'model'}"))
-    metrics = json.loads(manifest_file.read_text())["metrics"]
-    rows.append(("train loss", f"{metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}"))
-    if "eval_loss" in metrics:
-        rows.append(("eval loss", f"{metrics['eval_loss']:.3f}"))
-
-    # 5. Base vs tuned on the held-out prompts: loss, perplexity, exact match, ROUGE-L, a gate.
-    eval_dir = workdir / "eval"
-    if not (eval_dir / "eval.json").exists() or json.loads((eval_dir / "eval.json").read_text()).get(
-            "models", {}).get("candidate", {}).get("path") != str((job_dir / "model").resolve()):
-        from hilt.training.evaluate import evaluate
-
-        evaluate(job_dir / "model", data_dir, eval_dir, baseline_dir=model_dir, gates=list(DEMO_GATES),
-                 max_new_tokens=48)
-    result = json.loads((eval_dir / "eval.json").read_text())
-    base_m, tuned_m = result["models"]["baseline"]["metrics"], result["models"]["candidate"]["metrics"]
-    rows.append(("held-out loss", f"base {base_m['loss']:.3f} -> tuned {tuned_m['loss']:.3f} "
-                                  f"(perplexity {base_m['perplexity']:.1f} -> {tuned_m['perplexity']:.2f})"))
-    for metric in ("exact_match", "rougeL"):
-        rows.append((metric, f"base {base_m[metric]:.2f} -> tuned {tuned_m[metric]:.2f} "
-                             f"({result['deltas'][metric]:+.2f}) on {result['data']['records']} held-out prompts"))
-    rows.append(("gate", ", ".join(f"{g['gate']} {'pass' if g['passed'] else 'FAIL'}" for g in result["gates"])
-                 + f"; report {eval_dir / 'report.md'}"))
-    if not result["passed"]:
-        print("[demo] the tuned model did not clear the gate; not packaging it")
+    definition = demo_pipeline(progress["project"])
+    write_atomic(workdir / "pipeline.yaml", "# What `hilt demo` runs; rerun it with `hilt pipeline run` "
+                 "(LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY set to the demo's Label Studio).\n"
+                 + yaml.safe_dump(definition, sort_keys=False))
+    os.environ["LABEL_STUDIO_URL"], os.environ["LABEL_STUDIO_API_KEY"] = state["url"], state["token"]
+    side_by_side = Step("side-by-side", lambda run: {"evaluate": run.folders["evaluate"].name},
+                        lambda run, folder: _side_by_side(run, folder, state),
+                        on_sagemaker="not exported: people judge it in Label Studio")
+    code = run_steps(Pipeline.model_validate(definition), workdir, with_step(STEPS, side_by_side, after="evaluate"),
+                     where="demo")
+    last = json.loads((workdir / "pipeline" / RUN_FILE).read_text())
+    status = {entry["step"]: entry["status"] for entry in last["steps"]}
+    rows += _pipeline_rows(workdir, last, status)
+    if code != 0:
+        print(f"[demo] the pipeline stopped: {last['outcome']}")
         _print_summary(rows, started, state, workdir)
-        return 1
+        return code
+    model_dir = Path(last["model_dir"])
+    data_dir = next(Path(e["dir"]) for e in last["steps"] if e["step"] == "dataset")
 
-    # 5b. Humans in the loop: a blinded side-by-side of base vs tuned on the held-out prompts,
-    #     judged by stand-in annotators, reported with a Wilson interval.
-    if "compare_project" not in progress:
-        progress["compare_project"] = _side_by_side(workdir, model_dir, job_dir / "model", validation, state)
-        save_progress()
-    else:
-        rows.append(("side-by-side", f"project {progress['compare_project']} (reused)"))
-    sbs = json.loads((eval_dir / "eval.json").read_text())["human_side_by_side"]
-    ci = sbs["win_rate_ci95"]
-    rows.append(("human win rate", f"tuned wins {sbs['wins']} of {sbs['wins'] + sbs['losses']} decided pairs: "
-                                   f"{sbs['win_rate']:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}), ties {sbs['ties']['total']}, "
-                                   f"judges agree {sbs['percent_agreement']:.0%}"))
+    # The Algorithm request beside the Model Package one, its S3 keys mirroring the workdir
+    # (DEMO_BUCKET/pipeline/steps/dataset-…/train/ is that folder here), so `package validate
+    # --algorithm` reads them from here through s3-local.json.
+    requests_dir = workdir / "requests"
+    requests_dir.mkdir(exist_ok=True)
 
-    # 6. Package, and replay SageMaker's validation with `serve`.
-    package_dir = workdir / "package"
-    package_dir.mkdir(exist_ok=True)
-    tar = package_dir / "model.tar.gz"
-    report_file = package_dir / "validation" / "validation-report.json"
-    if not report_file.exists():
-        built = build_model_tar(job_dir / "model", tar)
-        progress["model_tar_sha256"] = built["archive_sha256"]
-        validation_input = write_validation_input([r["messages"][:-1] for r in validation[:10]],
-                                                  package_dir / "validation-input.jsonl", max_new_tokens=48)
-        validate_model_tar(tar, validation_input, "application/jsonlines", "Line", "Line", package_dir / "validation")
-        save_progress()
-    report = json.loads(report_file.read_text())
-    rows.append(("model.tar.gz", f"{tar} (sha256 {progress['model_tar_sha256'][:16]}…)"))
-    rows.append(("validation", f"{'PASSED' if report['passed'] else 'FAILED'} on {report['records']} records, "
-                               f"p50 {report['latency_ms']['p50']} ms" if report.get("latency_ms") else "FAILED"))
+    def uri(path: Path) -> str:
+        return f"{DEMO_BUCKET}/{Path(path).resolve().relative_to(workdir).as_posix()}"
 
-    # 7. The Model Package and Algorithm requests (validated against botocore) and the listing draft.
-    #    Their S3 keys mirror the workdir (DEMO_BUCKET/dataset/train/ is workdir/dataset/train/), so
-    #    `package validate --algorithm` reads them from here through s3-local.json.
-    request = model_package_request("hilt-demo-assistant", DEMO_IMAGE, f"{DEMO_BUCKET}/package/model.tar.gz",
-                                    DEMO_ROLE, f"{DEMO_BUCKET}/package/validation-input.jsonl",
-                                    f"{DEMO_BUCKET}/validation-output")
-    validate_request("CreateModelPackage", request)
-    write_atomic(package_dir / "model-package.json", json.dumps(request, indent=2) + "\n")
     algorithm = algorithm_request(
-        "hilt-demo-sft", DEMO_TRAIN_IMAGE, DEMO_ROLE, "quickstart-tiny-sft", train_uri=f"{DEMO_BUCKET}/dataset/train/",
-        validation_uri=f"{DEMO_BUCKET}/dataset/validation/", model_uri=f"{DEMO_BUCKET}/base-model/",
-        validation_input=f"{DEMO_BUCKET}/package/validation-input.jsonl",
+        "hilt-demo-sft", DEMO_TRAIN_IMAGE, DEMO_ROLE, "quickstart-tiny-sft", train_uri=uri(data_dir / "train") + "/",
+        validation_uri=uri(data_dir / "validation") + "/", model_uri=uri(base_dir) + "/",
+        validation_input=uri(Path(last["validate"]["input"])),
         validation_output=f"{DEMO_BUCKET}/algorithm-validation-output", training_output=f"{DEMO_BUCKET}/training")
     validate_request("CreateAlgorithm", algorithm)
-    write_atomic(package_dir / "algorithm.json", json.dumps(algorithm, indent=2) + "\n")
-    write_atomic(package_dir / "s3-local.json", json.dumps({DEMO_BUCKET: ".."}, indent=2) + "\n")
-    write_listing(job_dir / "model", package_dir / "LISTING.md", report, "output_tokens")
-    rows.append(("requests", f"{package_dir / 'model-package.json'}, {package_dir / 'algorithm.json'} (image, role, "
-                             f"bucket are placeholders), {package_dir / 'LISTING.md'}"))
-    rows.append(("certify algorithm", f"hilt package validate --algorithm {package_dir / 'algorithm.json'} "
-                                      f"--local {package_dir / 's3-local.json'} "
+    write_atomic(requests_dir / "algorithm.json", json.dumps(algorithm, indent=2) + "\n")
+    write_atomic(requests_dir / "s3-local.json", json.dumps({DEMO_BUCKET: ".."}, indent=2) + "\n")
+    rows.append(("requests", f"{last['request']['request']}, {requests_dir / 'algorithm.json'} (image, role, "
+                             f"bucket are placeholders), {last['request']['listing']}"))
+    rows.append(("certify algorithm", f"hilt package validate --algorithm {requests_dir / 'algorithm.json'} "
+                                      f"--local {requests_dir / 's3-local.json'} "
                                       f"--output {workdir / 'algorithm-validation'}"))
-    # 8. Watch the deployment: serve with data capture, traffic that drifts, the drift report, and
-    #    stand-in reviewers correcting the flagged answers into the next dataset version.
-    if report.get("passed"):
-        if "monitor_rows" not in progress:
-            progress["monitor_rows"] = _watch_deployment(workdir, job_dir / "model", data_dir, state)
-            save_progress()
-        rows += [tuple(row) for row in progress["monitor_rows"]]
+    # 8. Watch the deployment (validation passed, or the pipeline would have stopped): serve with
+    #    data capture, traffic that drifts, the drift report, and stand-in reviewers correcting the
+    #    flagged answers into the next dataset version.
+    if "monitor_rows" not in progress:
+        progress["monitor_rows"] = _watch_deployment(workdir, model_dir, data_dir, state)
+        save_progress()
+    rows += [tuple(row) for row in progress["monitor_rows"]]
     _print_summary(rows, started, state, workdir)
-    return 0 if report.get("passed") else 1
+    return 0
 
 
 def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dict) -> list[tuple[str, str]]:
@@ -355,6 +313,55 @@ def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dic
             ("review", f"project {made['project']}: {made['flagged']} flagged + {made['tasks'] - made['flagged']} "
                        f"sampled answers; {corrected} corrected -> {version}: {records} SFT records and "
                        f"(corrected over original) pairs, the next dataset version")]
+
+
+def _pipeline_rows(workdir: Path, last: dict, status: dict[str, str]) -> list[tuple[str, str]]:
+    """Summary rows of the pipeline's steps, from its last-run.json (as far as the run got)."""
+    rows: list[tuple[str, str]] = []
+    versions = last["export"]["versions"]
+    dirs = {entry["step"]: Path(entry["dir"]) for entry in last["steps"]}
+
+    def tag(step: str) -> str:
+        return " (reused)" if status.get(step) == "reused" else ""
+
+    if versions:
+        manifest = json.loads((workdir / "pipeline" / "datasets" / versions[-1] / "manifest.json").read_text())
+        c = manifest["counts"]
+        rows.append(("dataset", f"{dirs['dataset']}: {c['records']['train']} train / {c['records']['validation']} "
+                                f"validation records, {c['rejects']['total']} rejects {c['rejects']['by_reason']} "
+                                f"of {c['annotations']} annotations ({versions[-1]}){tag('dataset')}"))
+        rows.append(("dataset sha256", last["dataset"]["dataset_sha256"]))
+    if "train" in last:
+        metrics = json.loads((Path(last["model_dir"]) / MANIFEST_FILE).read_text())["metrics"]
+        rows.append(("training", f"{last['model_dir']}{tag('train')}"))
+        rows.append(("train loss", f"{metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}"))
+        if "eval_loss" in metrics:
+            rows.append(("eval loss", f"{metrics['eval_loss']:.3f}"))
+    if "evaluate" in last:
+        result = json.loads(Path(last["evaluate"]["eval_json"]).read_text())
+        base_m, tuned_m = result["models"]["baseline"]["metrics"], result["models"]["candidate"]["metrics"]
+        rows.append(("held-out loss", f"base {base_m['loss']:.3f} -> tuned {tuned_m['loss']:.3f} "
+                                      f"(perplexity {base_m['perplexity']:.1f} -> {tuned_m['perplexity']:.2f})"))
+        for metric in ("exact_match", "rougeL"):
+            rows.append((metric, f"base {base_m[metric]:.2f} -> tuned {tuned_m[metric]:.2f} "
+                                 f"({result['deltas'][metric]:+.2f}) on {result['data']['records']} held-out prompts"))
+        rows.append(("gate", ", ".join(f"{g['gate']} {'pass' if g['passed'] else 'FAIL'}" for g in result["gates"])
+                     + f"; report {dirs['evaluate'] / 'report.md'}"))
+        sbs = result.get("human_side_by_side")
+        if sbs:
+            ci = sbs["win_rate_ci95"]
+            rows.append(("human win rate", f"tuned wins {sbs['wins']} of {sbs['wins'] + sbs['losses']} decided "
+                                           f"pairs: {sbs['win_rate']:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}), ties "
+                                           f"{sbs['ties']['total']}, judges agree {sbs['percent_agreement']:.0%}"
+                                           f"{tag('side-by-side')}"))
+    if "package" in last:
+        rows.append(("model.tar.gz", f"{last['package']['model_tar']} (sha256 {last['package']['sha256'][:16]}…)"
+                                     f"{tag('package')}"))
+    if "validate" in last:
+        report = json.loads(Path(last["validate"]["report"]).read_text())
+        rows.append(("validation", f"{'PASSED' if report['passed'] else 'FAILED'} on {report['records']} records, "
+                                   f"p50 {report['latency_ms']['p50']} ms" if report.get("latency_ms") else "FAILED"))
+    return rows
 
 
 def _print_summary(rows: list[tuple[str, str]], started: float, state: dict, workdir: Path) -> None:

@@ -22,6 +22,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -331,14 +333,187 @@ def _train_sagemaker(p: Pipeline, base: Path, dataset: Path, folder: Path, key: 
     return {"model_dir": str(folder / "model"), "training_job": name, "model_artifacts": uri}
 
 
+# ---------------------------------------------------------------- the steps, as a list the runner walks
+
+
+@dataclass
+class Run:
+    """What one run's steps share: the pipeline, the folder its relative paths start from, the
+    workdir, the export, and each finished step's folder and outputs (by step name)."""
+
+    p: Pipeline
+    base: Path
+    workdir: Path
+    exported: dict = field(default_factory=dict)
+    folders: dict[str, Path] = field(default_factory=dict)
+    outputs: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def datasets(self) -> Path:
+        return self.workdir / "datasets"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.folders["dataset"]
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.outputs["train"]["model_dir"])
+
+    def path(self, value: str | None) -> Path | None:
+        """A path from the YAML, relative to its folder (None stays None)."""
+        return (self.base / value).resolve() if value else None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One hash-addressed step: what its output depends on, what it does, and when it stops the run.
+
+    ``on_sagemaker`` says what the step becomes in ``hilt pipeline export --sagemaker``, so a step
+    added here is a step the exporter has to account for (tests/test_pipeline_sagemaker.py).
+    """
+
+    name: str
+    inputs: Callable[[Run], dict]
+    body: Callable[[Run, Path], dict]
+    refuses: Callable[[dict], str | None] = lambda outputs: None
+    on_sagemaker: str = ""
+
+
+def _dataset_inputs(run: Run) -> dict:
+    versions = run.exported["versions"]
+    return {"versions": [(v, json.loads((run.datasets / v / "manifest.json").read_text())["dataset_sha256"])
+                         for v in versions]}
+
+
+def _dataset(run: Run, folder: Path) -> dict:
+    return _merge_versions(run.datasets, run.exported["versions"], folder)
+
+
+def _train_inputs(run: Run) -> dict:
+    from hilt.training.recipe import load_recipe
+
+    p = run.p
+    model = p.train.model
+    return {"dataset": run.outputs["dataset"]["dataset_sha256"],
+            "recipe": load_recipe(p.train.recipe, p.train.set).model_dump(mode="json"), "target": p.train.target,
+            "model": model_fingerprint(str(run.base / model) if model and not model.startswith("s3://") else model),
+            "sagemaker": p.train.sagemaker.model_dump() if p.train.sagemaker else None}
+
+
+def _train(run: Run, folder: Path) -> dict:
+    if run.p.train.target == "local":
+        return _train_local(run.p, run.base, run.data_dir, folder)
+    return _train_sagemaker(run.p, run.base, run.data_dir, folder, key=folder.name.rsplit("-", 1)[1])
+
+
+def _baseline(run: Run) -> Path | None:
+    return run.path(run.p.evaluate.baseline or run.p.train.model)
+
+
+def _evaluate_inputs(run: Run) -> dict:
+    baseline = _baseline(run)
+    return {"train": run.folders["train"].name, "dataset": run.outputs["dataset"]["dataset_sha256"],
+            "baseline": model_fingerprint(str(baseline)) if baseline else None, **run.p.evaluate.model_dump()}
+
+
+def _evaluate(run: Run, folder: Path) -> dict:
+    from hilt.training.evaluate import evaluate
+
+    e = run.p.evaluate
+    result = evaluate(run.model_dir, run.data_dir, folder, _baseline(run), e.gates, e.metric, e.max_new_tokens,
+                      e.max_samples)
+    return {"passed": result["passed"], "gates": result["gates"], "deltas": result.get("deltas"),
+            "eval_json": str(folder / "eval.json")}
+
+
+def _gate_refusal(outputs: dict) -> str | None:
+    if outputs["passed"]:
+        return None
+    failed = [g["gate"] + f" (got {g['value']:+.4f})" for g in outputs["gates"] if not g["passed"]]
+    return f"REFUSED: gate failed: {', '.join(failed)}; nothing packaged"
+
+
+def _package(run: Run, folder: Path) -> dict:
+    from hilt.serving.package import build_model_tar
+
+    built = build_model_tar(run.model_dir, folder / "model.tar.gz")
+    return {"model_tar": str(folder / "model.tar.gz"), "sha256": built["archive_sha256"]}
+
+
+def _validate(run: Run, folder: Path) -> dict:
+    from hilt.serving.validate import validate_model_tar, write_validation_input
+    from hilt.training.evaluate import read_eval_records
+
+    records, _ = read_eval_records(run.data_dir)
+    source = write_validation_input([r["prompt"] for r in records[: run.p.package.validation_records]],
+                                    folder / "validation-input.jsonl", run.p.package.max_new_tokens)
+    report = validate_model_tar(Path(run.outputs["package"]["model_tar"]), source, "application/jsonlines", "Line",
+                                "Line", folder / "report")
+    return {"passed": report["passed"], "failures": report["failures"], "input": str(source),
+            "report": str(folder / "report" / "validation-report.json")}
+
+
+def _validation_refusal(outputs: dict) -> str | None:
+    if outputs["passed"]:
+        return None
+    return f"REFUSED: SageMaker validation replay failed: {'; '.join(outputs['failures'])}"
+
+
+def _request(run: Run, folder: Path) -> dict:
+    from hilt.core.aws import validate_request
+    from hilt.serving.marketplace import model_package_request, write_listing
+
+    r, packaged, validated = run.p.request, run.outputs["package"], run.outputs["validate"]
+    prefix = f"{r.s3.rstrip('/')}/{packaged['sha256'][:16]}"
+    request = model_package_request(r.name, r.image, f"{prefix}/model.tar.gz", r.role,
+                                    f"{prefix}/validation-input.jsonl", f"{prefix}/validation-output",
+                                    r.hardware, r.metering_unit)
+    validate_request("CreateModelPackage", request)
+    (folder / "model-package.json").write_text(json.dumps(request, indent=2) + "\n")
+    report = json.loads(Path(validated["report"]).read_text())
+    write_listing(run.model_dir, folder / "LISTING.md", report, r.metering_unit)
+    return {"request": str(folder / "model-package.json"), "listing": str(folder / "LISTING.md"),
+            "uploads": {packaged["model_tar"]: f"{prefix}/model.tar.gz",
+                        validated["input"]: f"{prefix}/validation-input.jsonl"}}
+
+
+STEPS: tuple[Step, ...] = (
+    Step("dataset", _dataset_inputs, _dataset, on_sagemaker="before the pipeline: the DatasetS3Uri parameter"),
+    Step("train", _train_inputs, _train, on_sagemaker="Train"),
+    Step("evaluate", _evaluate_inputs, _evaluate, _gate_refusal, on_sagemaker="Evaluate, CheckGates"),
+    Step("package", lambda run: {"train": run.folders["train"].name}, _package,
+         on_sagemaker="Train (SageMaker tars /opt/ml/model into model.tar.gz)"),
+    Step("validate", lambda run: {"package": run.outputs["package"]["sha256"], **run.p.package.model_dump()},
+         _validate, _validation_refusal, on_sagemaker="at `hilt package promote` (Marketplace validates the package)"),
+    Step("request", lambda run: {"package": run.outputs["package"]["sha256"], **run.p.request.model_dump()},
+         _request, on_sagemaker="Register"),
+)
+
+
+def with_step(steps: tuple[Step, ...], step: Step, after: str) -> tuple[Step, ...]:
+    """``steps`` with ``step`` inserted after the one named ``after`` (the demo adds its own)."""
+    names = [s.name for s in steps]
+    if after not in names:
+        raise ValueError(f"no step {after!r} in {names}")
+    at = names.index(after) + 1
+    return (*steps[:at], step, *steps[at:])
+
+
 def run_pipeline(path: Path) -> int:
-    """Run (or resume) the pipeline. Returns the exit code: 0 done or nothing new, 1 refused or failed."""
+    """Run (or resume) the pipeline in a YAML file. Returns the exit code: 0 done or nothing new,
+    1 refused or failed."""
     pipeline, base = load_pipeline(path)
-    p = pipeline
+    return run_steps(pipeline, base, STEPS, where=str(path))
+
+
+def run_steps(p: Pipeline, base: Path, steps: tuple[Step, ...] = STEPS, where: str = "pipeline") -> int:
+    """Export, then walk ``steps``: each is reused when its inputs' hash has a finished folder,
+    else run; a step that refuses ends the run with exit code 1."""
     workdir = (base / p.workdir).resolve()
-    claim_output_dir(workdir, "pipeline", f"{path}: workdir", hint="the workdir of an earlier `hilt pipeline run`",
+    claim_output_dir(workdir, "pipeline", f"{where}: workdir", hint="the workdir of an earlier `hilt pipeline run`",
                      recognise=lambda d: (d / RUN_FILE).is_file() or (d / "steps").is_dir())
-    datasets = workdir / "datasets"
+    run = Run(p, base, workdir)
     runner = Runner(workdir)
     started = time.perf_counter()
     summary: dict[str, Any] = {"pipeline": p.name, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -350,102 +525,27 @@ def run_pipeline(path: Path) -> int:
         (workdir / RUN_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         print(f"\npipeline {p.name}: {outcome}")
         for entry in runner.log:
-            print(f"  {entry['step']:<9} {entry['status']:<7} {Path(entry['dir']).name}")
+            print(f"  {entry['step']:<12} {entry['status']:<7} {Path(entry['dir']).name}")
         return code
 
-    exported = _export(p, base, datasets)
-    runner.log.append({"step": "export", "hash": "-", "status": "ran" if exported["new"] else "nothing new",
-                       "dir": str(datasets / (exported["new"]["version"] if exported["new"] else ""))})
-    summary["export"] = exported
-    if not exported["versions"]:
+    run.exported = _export(p, base, run.datasets)
+    new = run.exported["new"]
+    runner.log.append({"step": "export", "hash": "-", "status": "ran" if new else "nothing new",
+                       "dir": str(run.datasets / (new["version"] if new else ""))})
+    summary["export"] = run.exported
+    if not run.exported["versions"]:
         return finish(0, "no annotations exported yet; nothing to train on")
-    manifests = [json.loads((datasets / v / "manifest.json").read_text())["dataset_sha256"]
-                 for v in exported["versions"]]
     try:
-        data_dir, data = runner.step("dataset", {"versions": list(zip(exported["versions"], manifests))},
-                                     lambda folder: _merge_versions(datasets, exported["versions"], folder))
-        from hilt.training.recipe import load_recipe
-
-        recipe = load_recipe(p.train.recipe, p.train.set).model_dump(mode="json")
-        train_inputs = {"dataset": data["dataset_sha256"], "recipe": recipe, "target": p.train.target,
-                        "model": model_fingerprint(str(base / p.train.model) if p.train.model and not
-                                                   p.train.model.startswith("s3://") else p.train.model),
-                        "sagemaker": p.train.sagemaker.model_dump() if p.train.sagemaker else None}
-        if p.train.target == "local":
-            train_dir, trained = runner.step("train", train_inputs, lambda f: _train_local(p, base, data_dir, f))
-        else:
-            key = _hash(train_inputs)
-            train_dir, trained = runner.step("train", train_inputs,
-                                             lambda f: _train_sagemaker(p, base, data_dir, f, key))
-        model_dir = Path(trained["model_dir"])
-        summary["model_dir"] = str(model_dir)
-
-        baseline = p.evaluate.baseline or p.train.model
-        baseline_dir = (base / baseline).resolve() if baseline else None
-        eval_inputs = {"train": train_dir.name, "dataset": data["dataset_sha256"],
-                       "baseline": model_fingerprint(str(baseline_dir)) if baseline_dir else None,
-                       **p.evaluate.model_dump()}
-
-        def evaluate_step(folder: Path) -> dict:
-            from hilt.training.evaluate import evaluate
-
-            result = evaluate(model_dir, data_dir, folder, baseline_dir, p.evaluate.gates, p.evaluate.metric,
-                              p.evaluate.max_new_tokens, p.evaluate.max_samples)
-            return {"passed": result["passed"], "gates": result["gates"], "deltas": result.get("deltas"),
-                    "eval_json": str(folder / "eval.json")}
-
-        _, evaluated = runner.step("evaluate", eval_inputs, evaluate_step)
-        summary["evaluate"] = evaluated
-        if not evaluated["passed"]:
-            failed = [g["gate"] + f" (got {g['value']:+.4f})" for g in evaluated["gates"] if not g["passed"]]
-            return finish(1, f"REFUSED: gate failed: {', '.join(failed)}; nothing packaged")
-
-        def package_step(folder: Path) -> dict:
-            from hilt.serving.package import build_model_tar
-
-            built = build_model_tar(model_dir, folder / "model.tar.gz")
-            return {"model_tar": str(folder / "model.tar.gz"), "sha256": built["archive_sha256"]}
-
-        package_dir, packaged = runner.step("package", {"train": train_dir.name}, package_step)
-
-        def validate_step(folder: Path) -> dict:
-            from hilt.serving.validate import validate_model_tar, write_validation_input
-            from hilt.training.evaluate import read_eval_records
-
-            records, _ = read_eval_records(data_dir)
-            source = write_validation_input([r["prompt"] for r in records[: p.package.validation_records]],
-                                            folder / "validation-input.jsonl", p.package.max_new_tokens)
-            report = validate_model_tar(Path(packaged["model_tar"]), source, "application/jsonlines", "Line",
-                                        "Line", folder / "report")
-            return {"passed": report["passed"], "failures": report["failures"], "input": str(source),
-                    "report": str(folder / "report" / "validation-report.json")}
-
-        _, validated = runner.step("validate", {"package": packaged["sha256"], **p.package.model_dump()},
-                                   validate_step)
-        summary["validate"] = validated
-        if not validated["passed"]:
-            return finish(1, f"REFUSED: SageMaker validation replay failed: {'; '.join(validated['failures'])}")
-
-        def request_step(folder: Path) -> dict:
-            from hilt.serving.marketplace import model_package_request, write_listing
-            from hilt.core.aws import validate_request
-
-            r = p.request
-            prefix = f"{r.s3.rstrip('/')}/{packaged['sha256'][:16]}"
-            request = model_package_request(r.name, r.image, f"{prefix}/model.tar.gz", r.role,
-                                            f"{prefix}/validation-input.jsonl", f"{prefix}/validation-output",
-                                            r.hardware, r.metering_unit)
-            validate_request("CreateModelPackage", request)
-            (folder / "model-package.json").write_text(json.dumps(request, indent=2) + "\n")
-            report = json.loads(Path(validated["report"]).read_text())
-            write_listing(model_dir, folder / "LISTING.md", report, r.metering_unit)
-            return {"request": str(folder / "model-package.json"), "listing": str(folder / "LISTING.md"),
-                    "uploads": {packaged["model_tar"]: f"{prefix}/model.tar.gz",
-                                validated["input"]: f"{prefix}/validation-input.jsonl"}}
-
-        _, requested = runner.step("request", {"package": packaged["sha256"], **p.request.model_dump()},
-                                   request_step)
-        summary["request"] = requested
+        for step in steps:
+            folder, outputs = runner.step(step.name, step.inputs(run), lambda f, s=step: s.body(run, f))
+            run.folders[step.name], run.outputs[step.name] = folder, outputs
+            summary[step.name] = outputs
+            if step.name == "train":
+                summary["model_dir"] = outputs["model_dir"]
+            refusal = step.refuses(outputs)
+            if refusal:
+                return finish(1, refusal)
     except StepFailed as err:
         return finish(1, f"FAILED: {err}")
-    return finish(0, f"done: {requested['request']}")
+    last = run.outputs.get("request", {}).get("request") or run.folders[steps[-1].name]
+    return finish(0, f"done: {last}")
