@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 import typing
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from hilt.core.config import describe_error, read_yaml_mapping
 from hilt.core.errors import UserError
 from hilt.training.methods import METHODS
 
@@ -257,26 +257,6 @@ def _apply_override(data: dict, key: str, value: Any, problems: list[str]) -> No
     node[parts[-1]] = value
 
 
-def describe_error(error: dict, model: type[BaseModel]) -> str:
-    """One pydantic error as ``key: what is wrong; the fix`` (any strict hilt schema)."""
-    loc = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "extra_forbidden":
-        # Suggest the nearest real key of the same section.
-        section: Any = model
-        for part in error["loc"][:-1]:
-            field = section.model_fields.get(part) if isinstance(section, type) else None
-            section = field.annotation if field is not None else None
-        known = list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
-        hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
-        fix = f"did you mean '{'.'.join([*map(str, error['loc'][:-1]), hint[0]])}'?" if hint else (
-            f"allowed here: {', '.join(known)}" if known else "remove it"
-        )
-        return f"{loc}: unknown key; {fix}"
-    if error["type"] == "missing":
-        return f"{loc}: required; add it to the recipe"
-    return f"{loc}: {error['msg']} (got {error.get('input')!r})"
-
-
 def load_recipe(source: str | Path | dict, overrides: dict[str, Any] | None = None) -> Recipe:
     """Load a recipe from a name, a YAML file or a dict, apply dotted overrides, validate.
 
@@ -296,23 +276,14 @@ def load_recipe(source: str | Path | dict, overrides: dict[str, Any] | None = No
     else:
         path = resolve_recipe_path(str(source))
         where = str(path)
-        try:
-            data = yaml.safe_load(path.read_bytes().decode("utf-8-sig")) or {}
-        except UnicodeDecodeError as err:
-            raise UserError(f"{path}: not UTF-8 text (byte offset {err.start}); re-save the recipe as UTF-8") from None
-        except OSError as err:
-            raise UserError(f"{path}: cannot be read ({err.strerror}); check the file") from None
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
+        data = read_yaml_mapping(path, "recipe")
     problems: list[str] = []
     for key, value in (overrides or {}).items():
         _apply_override(data, key, decode_hyperparameter(value), problems)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        problems += [describe_error(e, Recipe) for e in err.errors()]
+        problems += [describe_error(e, Recipe, "recipe") for e in err.errors()]
         recipe = None
     if recipe is not None and recipe.distributed.deepspeed is not None:
         ds_path = recipe.deepspeed_config_path()

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hilt.labeling.export import RANK_POLICIES, SFT_POLICIES
 from hilt.labeling.templates import TEMPLATE_NAMES
 from hilt.core.aws import APPROVAL_STATUSES
 from hilt.core.errors import UserError
-from hilt.core.outputs import claim_output_dir, read_text_file
+from hilt.core.config import describe_error, read_yaml_mapping
+from hilt.core.outputs import claim_output_dir
 from hilt.training.provenance import model_fingerprint
 
 STEP_FILE = "step.json"
@@ -135,18 +135,11 @@ def load_pipeline(path: Path) -> tuple[Pipeline, Path]:
     Raises:
         UserError: every problem, each naming its key.
     """
-    from hilt.training.recipe import describe_error
-
-    if not path.is_file():
-        raise UserError(f"{path}: no such pipeline file")
-    try:
-        data = yaml.safe_load(read_text_file(path, "pipeline")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
+    data = read_yaml_mapping(path, "pipeline")
     try:
         pipeline = Pipeline.model_validate(data)
     except ValidationError as err:
-        problems = [describe_error(e, Pipeline) for e in err.errors()]
+        problems = [describe_error(e, Pipeline, "pipeline") for e in err.errors()]
         raise UserError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems)) from None
     problems = []
     if (pipeline.source.project is None) == (pipeline.source.from_file is None):

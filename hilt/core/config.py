@@ -1,0 +1,57 @@
+"""The YAML + pydantic loader behind recipes and pipelines: a file read as a UTF-8 YAML mapping,
+and a schema's validation errors each told as ``key: what is wrong; the fix``."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from hilt.core.errors import UserError
+
+
+def read_yaml_mapping(path: Path, kind: str) -> dict:
+    """The YAML mapping in ``path`` (empty file: ``{}``).
+
+    Raises:
+        UserError: a file that cannot be read, is not UTF-8, is not YAML, or is not a mapping.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_bytes().decode("utf-8-sig")) or {}
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte offset {err.start}); re-save the {kind} as UTF-8") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder; pass the {kind}'s YAML file") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {kind} file") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror}); check the file") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a {kind} is a YAML mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def describe_error(error: dict, model: type[BaseModel], kind: str = "file") -> str:
+    """One pydantic error as ``key: what is wrong; the fix`` (any strict hilt schema)."""
+    loc = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        # Suggest the nearest real key of the same section.
+        section: Any = model
+        for part in error["loc"][:-1]:
+            field = section.model_fields.get(part) if isinstance(section, type) else None
+            section = field.annotation if field is not None else None
+        known = list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+        hint = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        fix = f"did you mean '{'.'.join([*map(str, error['loc'][:-1]), hint[0]])}'?" if hint else (
+            f"allowed here: {', '.join(known)}" if known else "remove it"
+        )
+        return f"{loc}: unknown key; {fix}"
+    if error["type"] == "missing":
+        return f"{loc}: required; add it to the {kind}"
+    return f"{loc}: {error['msg']} (got {error.get('input')!r})"
