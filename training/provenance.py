@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from hilt.core.errors import UserError
+from hilt.core.layout import CONFIG_FILE, require_model_dir
 from hilt.core.outputs import write_atomic
 
 SOURCE_FILE = "hilt-source.json"
@@ -28,9 +29,8 @@ def model_fingerprint(path: str | None) -> str | None:
     if path is None or path.startswith("s3://") or not Path(path).is_dir():
         return path
     root = Path(path)
-    if not (root / "config.json").is_file():
-        raise UserError(f"{root}: no config.json; point the model at a save_pretrained directory")
-    digest = hashlib.sha256((root / "config.json").read_bytes())
+    require_model_dir(root, hint="point the model at a save_pretrained directory")
+    digest = hashlib.sha256((root / CONFIG_FILE).read_bytes())
     for p in sorted(q for q in root.rglob("*") if q.is_file()):
         digest.update(f"{p.relative_to(root).as_posix()}:{p.stat().st_size}".encode())
     return digest.hexdigest()
