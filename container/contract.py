@@ -27,6 +27,7 @@ from typing import Any
 METERING_HEADER = "X-Amzn-Inference-Metering"
 METERING_DIMENSION = "inference.count"
 METERING_UNITS = ("invocation", "output_tokens", "total_tokens", "per_1k_tokens")
+HARDWARE = ("cpu", "gpu")  # one Model Package per family (serving.marketplace.INSTANCE_TYPES)
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # SageMaker real-time invocation limit
 MAX_BATCH_PAYLOAD_MB = 100  # SageMaker batch transform: MaxPayloadInMB is at most 100
 MAX_NEW_TOKENS_LIMIT = 4096

@@ -405,3 +405,11 @@ def test_register_in_the_model_registry_then_promote_an_approved_version(hilt_ex
     missing = run_hilt(hilt_exe, *[a if a != "hilt-upper/2" else "hilt-upper/9" for a in promote],
                        env=moto_server["env"])
     assert missing.returncode == 2 and "has no version 9" in missing.stderr
+
+
+def test_every_hardware_choice_has_its_instance_types():
+    from hilt.serving.contract import HARDWARE
+    from hilt.serving.marketplace import INSTANCE_TYPES
+
+    assert tuple(INSTANCE_TYPES) == HARDWARE
+    assert all(set(types) == {"realtime", "transform", "training"} for types in INSTANCE_TYPES.values())

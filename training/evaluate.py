@@ -35,12 +35,12 @@ from hilt.core.errors import UserError
 from hilt.core.layout import MANIFEST_FILE
 from hilt.training.data import check_record, iter_jsonl
 from hilt.training.formats import TEMPLATE_FILE
+from hilt.training.recipe import TASK_METRICS
 
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"
 REPORT_FILE = "report.md"
 PLOT_FILE = "metrics.png"
-TASK_METRICS = ("exact_match", "rougeL")
 METRICS = ("loss", "perplexity", *TASK_METRICS)
 _GATE = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|>|<)\s*([+-]?)\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)\s*$")
 _WORD = re.compile(r"\w+", re.UNICODE)

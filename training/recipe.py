@@ -26,6 +26,8 @@ from hilt.core.config import describe_error, read_yaml_mapping
 from hilt.core.errors import UserError
 from hilt.training.methods import METHODS
 
+TASK_METRICS = ("exact_match", "rougeL")  # scored on held-out answers (hilt.training.evaluate)
+
 RECIPES_DIR_ENV = "HILT_RECIPES_DIR"
 # Bundled recipes sit beside the packages in the source tree (and in the images).
 BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -134,7 +136,7 @@ class KtoSection(_Section):
 
 
 class EvalSection(_Section):
-    metric: Literal["exact_match", "rougeL"] = Field(
+    metric: Literal[TASK_METRICS] = Field(
         "exact_match", description="Headline task metric: exact_match for short fixed answers, rougeL for summaries "
         "(both are always reported)."
     )

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from hilt.core.errors import UserError
-from hilt.serving.contract import METERING_UNITS
+from hilt.serving.contract import HARDWARE, METERING_UNITS
 from hilt.serving.validate import BATCH_STRATEGIES, DEFAULT_START_SECONDS
 
 
@@ -215,7 +215,7 @@ def register(sub) -> None:
     p.add_argument("--training-output", help="s3:// output path of that training job")
     p.add_argument("--validation-input", required=True, help="s3:// JSON Lines input of the validation transform")
     p.add_argument("--validation-output", required=True, help="s3:// output path of the validation transform")
-    p.add_argument("--hardware", choices=["cpu", "gpu"],
+    p.add_argument("--hardware", choices=list(HARDWARE),
                    help="one package per family (model-package: cpu; algorithm: what the recipe needs)")
     p.add_argument("--metering-unit", choices=list(METERING_UNITS),
                    default="output_tokens")
@@ -244,7 +244,7 @@ def register(sub) -> None:
     from hilt.core.aws import APPROVAL_STATUSES
 
     p.add_argument("--approval", default="PendingManualApproval", choices=list(APPROVAL_STATUSES))
-    p.add_argument("--hardware", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--hardware", choices=list(HARDWARE), default="cpu")
     p.add_argument("--metering-unit", default="output_tokens", choices=list(METERING_UNITS))
     p.add_argument("--description")
     p.add_argument("--out", default="register.json", help="request file (register.json)")

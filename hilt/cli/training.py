@@ -218,7 +218,9 @@ def register(sub) -> None:
     p.add_argument("--gate", action="append", default=[], metavar="EXPR",
                    help="e.g. 'rougeL>=+0.05' (signed: change vs baseline) or 'exact_match>=0.6' (absolute); "
                    "repeatable")
-    p.add_argument("--metric", choices=["exact_match", "rougeL"],
+    from hilt.training.recipe import TASK_METRICS
+
+    p.add_argument("--metric", choices=list(TASK_METRICS),
                    help="headline task metric (default: the model's recipe eval.metric, else exact_match)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="cap on each answer (64)")
     p.add_argument("--max-samples", type=_positive_int, help="score only the first N records")

@@ -35,6 +35,8 @@ from hilt.core.aws import APPROVAL_STATUSES
 from hilt.core.errors import UserError
 from hilt.core.config import describe_error, read_yaml_mapping
 from hilt.core.outputs import claim_output_dir
+from hilt.serving.contract import HARDWARE, METERING_UNITS
+from hilt.training.recipe import TASK_METRICS
 from hilt.training.provenance import model_fingerprint
 
 STEP_FILE = "step.json"
@@ -90,7 +92,7 @@ class TrainSection(_Section):
 class EvaluateSection(_Section):
     baseline: str | None = Field(None, description="Model to beat; default the base model (train.model).")
     gates: list[str] = Field(default_factory=list, description="e.g. ['exact_match>=+0.2'].")
-    metric: Literal["exact_match", "rougeL"] | None = None
+    metric: Literal[TASK_METRICS] | None = None
     max_new_tokens: int = Field(64, ge=1)
     max_samples: int | None = Field(None, ge=1)
 
@@ -105,8 +107,8 @@ class RequestSection(_Section):
     image: str = Field(description="Serve image URI.")
     role: str = Field(description="Role SageMaker validates the package with.")
     s3: str = Field(description="s3://bucket/prefix where model.tar.gz and the validation input will live.")
-    hardware: Literal["cpu", "gpu"] = "cpu"
-    metering_unit: Literal["invocation", "output_tokens", "total_tokens", "per_1k_tokens"] = "output_tokens"
+    hardware: Literal[HARDWARE] = "cpu"
+    metering_unit: Literal[METERING_UNITS] = "output_tokens"
 
 
 class RegisterSection(_Section):
