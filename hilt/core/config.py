@@ -20,16 +20,11 @@ def read_yaml_mapping(path: Path, kind: str) -> dict:
     """
     import yaml
 
+    from hilt.core.outputs import read_text_file
+
+    text = read_text_file(Path(path), kind)
     try:
-        data = yaml.safe_load(Path(path).read_bytes().decode("utf-8-sig")) or {}
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte offset {err.start}); re-save the {kind} as UTF-8") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a folder; pass the {kind}'s YAML file") from None
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such {kind} file") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot be read ({err.strerror}); check the file") from None
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
     if not isinstance(data, dict):
