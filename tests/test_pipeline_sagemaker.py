@@ -247,3 +247,16 @@ def test_every_local_step_is_accounted_for_on_sagemaker(exported):
         assert step.on_sagemaker, f"step {step.name} does not say what it becomes on SageMaker"
         mentioned |= {name for name in sagemaker_steps if name in step.on_sagemaker}
     assert mentioned == sagemaker_steps == {"Train", "Evaluate", "CheckGates", "Register"}
+
+
+def test_a_separate_baseline_is_evaluated_against_not_trained_from(tmp_path):
+    from hilt.flows.sagemaker_pipeline import export
+
+    out = tmp_path / "definition.json"
+    export(write_pipeline(tmp_path, evaluate={"gates": ["exact_match>=+0.1"],
+                                              "baseline": "s3://bucket/hilt/models/production/"}), out)
+    train, evaluate, _ = json.loads(out.read_text())["Steps"]
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in train["Arguments"]["InputDataConfig"]}
+    assert channels["model"] == {"Get": "Parameters.BaseModelS3Uri"}
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in evaluate["Arguments"]["ProcessingInputs"]}
+    assert inputs["baseline"] == "s3://bucket/hilt/models/production/"

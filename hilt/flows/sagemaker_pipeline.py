@@ -114,16 +114,21 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
         raise UserError("train.sagemaker.s3: required to export a SageMaker Pipeline (s3://bucket/prefix for "
                         "datasets, checkpoints, job outputs and evaluations)")
     s3_root = sm.s3.rstrip("/")
-    model = base_model or p.evaluate.baseline or p.train.model
+    model = base_model or p.train.model
     if model and not model.startswith("s3://"):
         raise UserError(f"train.model {model}: a local folder; a SageMaker Pipeline reads the base model from S3: "
                         "upload it (aws s3 sync DIR s3://…/models/NAME/) and pass --base-model s3://…/models/NAME/")
+    # What the candidate is compared with: evaluate.baseline (e.g. the model in production), else the base model.
+    baseline = p.evaluate.baseline
+    if baseline and not baseline.startswith("s3://"):
+        raise UserError(f"evaluate.baseline {baseline}: a local folder; a SageMaker Pipeline reads it from S3: "
+                        "upload it and write its s3:// prefix (or drop it to compare with the base model)")
     recipe = load_recipe(p.train.recipe, p.train.set)
     if not model and recipe.model.name_or_path is None:
         raise UserError(f"recipe {recipe.name} names no base model and train.model is not set: pass --base-model "
                         "s3://…/models/NAME/ (the `model` channel)")
     gates = [parse_gate(g) for g in p.evaluate.gates]
-    if not model and any(g.relative for g in gates):
+    if not (baseline or model) and any(g.relative for g in gates):
         bad = next(g.text for g in gates if g.relative)
         raise UserError(f"evaluate.gates '{bad}' compares against the base model, which the pipeline only has "
                         "from S3: pass --base-model s3://…/models/NAME/ or write the gate unsigned")
@@ -131,7 +136,8 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
     if not data.startswith("s3://"):
         raise UserError(f"--dataset {dataset}: not an s3:// prefix; upload the folder `hilt export` wrote "
                         "(train/, validation/) and pass its s3://bucket/prefix")
-    return {"sm": sm, "s3_root": s3_root, "model": model, "recipe": recipe, "gates": gates, "dataset": data}
+    return {"sm": sm, "s3_root": s3_root, "model": model, "baseline": baseline, "recipe": recipe, "gates": gates,
+            "dataset": data}
 
 
 def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = None, region: str | None = None,
@@ -217,9 +223,10 @@ def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = No
         inputs = [ProcessingInput(source=model_data, destination=f"{PROCESSING}/model", input_name="model"),
                   ProcessingInput(source=Join(on="/", values=[dataset_uri, "validation/"]),
                                   destination=f"{PROCESSING}/data/validation", input_name="validation")]
-        if base_model_uri is not None:
+        baseline_source = s["baseline"] or base_model_uri
+        if baseline_source is not None:
             command += ["--baseline", f"{PROCESSING}/baseline"]
-            inputs.append(ProcessingInput(source=base_model_uri, destination=f"{PROCESSING}/baseline",
+            inputs.append(ProcessingInput(source=baseline_source, destination=f"{PROCESSING}/baseline",
                                           input_name="baseline"))
         if p.evaluate.metric:
             command += ["--metric", p.evaluate.metric]
