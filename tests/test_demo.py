@@ -73,7 +73,7 @@ def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
 
         second = run_hilt(hilt_exe, "demo", "--workdir", str(workdir), timeout=600)
         assert second.returncode == 0, second.stderr[-3000:]
-        reused = re.findall(r"^  (.+?)\s{2,}.*\(reused\)$", second.stdout, re.M)
+        reused = re.findall(r"^  (\S.*?) {2,}[^\n]*\(reused\)$", second.stdout, re.M)
         assert reused == ["base model", "annotation", "dataset", "training", "human win rate", "model.tar.gz"]
         assert "stand-in annotators" not in second.stdout
         again = json.loads((workdir / "pipeline" / "last-run.json").read_text())
