@@ -105,7 +105,8 @@ def dataset_channels(data: Path) -> dict[str, Path]:
     return channels
 
 
-def _join(*parts: str) -> str:
+def join_key(*parts: str) -> str:
+    """S3 key parts joined by single slashes (empty parts dropped)."""
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
 
 
@@ -138,7 +139,7 @@ def build_request(spec: LaunchSpec, recipe, channel_uris: dict[str, str], s3_roo
     stopping = {"MaxRuntimeInSeconds": spec.max_run}
     if spec.spot:
         stopping["MaxWaitTimeInSeconds"] = spec.max_wait or spec.max_run
-    checkpoint = spec.checkpoint_s3 or f"s3://{_join(s3_root[5:], 'checkpoints', name)}"
+    checkpoint = spec.checkpoint_s3 or f"s3://{join_key(s3_root[5:], 'checkpoints', name)}"
     request = {
         "TrainingJobName": name,
         "AlgorithmSpecification": {
@@ -160,7 +161,7 @@ def build_request(spec: LaunchSpec, recipe, channel_uris: dict[str, str], s3_roo
             }
             for channel, uri in channel_uris.items()
         ],
-        "OutputDataConfig": {"S3OutputPath": f"s3://{_join(s3_root[5:], 'jobs')}"},
+        "OutputDataConfig": {"S3OutputPath": f"s3://{join_key(s3_root[5:], 'jobs')}"},
         "ResourceConfig": {"InstanceType": spec.instance_type, "InstanceCount": spec.instance_count,
                            "VolumeSizeInGB": spec.volume_gb},
         "StoppingCondition": stopping,
@@ -168,7 +169,7 @@ def build_request(spec: LaunchSpec, recipe, channel_uris: dict[str, str], s3_roo
         # Spot interruptions and restarts resume from here: the trainer checkpoints to /opt/ml/checkpoints.
         "CheckpointConfig": {"S3Uri": checkpoint, "LocalPath": "/opt/ml/checkpoints"},
         # SageMaker uploads the trainer's TensorBoard events (train.report_to) while the job runs.
-        "TensorBoardOutputConfig": {"S3OutputPath": f"s3://{_join(s3_root[5:], 'tensorboard')}",
+        "TensorBoardOutputConfig": {"S3OutputPath": f"s3://{join_key(s3_root[5:], 'tensorboard')}",
                                     "LocalPath": "/opt/ml/output/tensorboard"},
         "Tags": [{"Key": "hilt:recipe", "Value": recipe.name[:256]},
                  {"Key": "hilt:dataset-sha256", "Value": dataset_sha256}],
@@ -314,7 +315,7 @@ def upload_once(s3, local: Path, uri: str, label: str) -> bool:
         return False
     files = sorted(p for p in local.rglob("*") if p.is_file())
     for path in tqdm(files, desc=f"uploading {label}", unit="file"):
-        s3.upload_file(str(path), bucket, _join(prefix, path.relative_to(local).as_posix()))
+        s3.upload_file(str(path), bucket, join_key(prefix, path.relative_to(local).as_posix()))
     s3.put_object(Bucket=bucket, Key=marker, Body=json.dumps({"files": len(files)}).encode())
     print(f"[hilt] {label}: {len(files)} files uploaded to {uri}")
     return True
@@ -351,7 +352,7 @@ def plan(spec: LaunchSpec, s3_root: str, s3=None) -> tuple[dict[str, str], dict[
         data_hash = last if re.fullmatch(r"[0-9a-f]{64}", last) else hashlib.sha256(spec.data.encode()).hexdigest()
         for channel in ("train", "validation"):
             if s3 is not None:
-                listed = s3.list_objects_v2(Bucket=bucket, Prefix=_join(prefix, channel) + "/", MaxKeys=1)
+                listed = s3.list_objects_v2(Bucket=bucket, Prefix=join_key(prefix, channel) + "/", MaxKeys=1)
                 if not listed.get("KeyCount"):
                     if channel == "train":
                         raise UserError(f"--data {spec.data}: nothing under {channel}/; upload a dataset laid out "
@@ -359,12 +360,12 @@ def plan(spec: LaunchSpec, s3_root: str, s3=None) -> tuple[dict[str, str], dict[
                     continue
             elif channel == "validation":
                 continue
-            uris[channel] = f"s3://{_join(bucket, prefix, channel)}/"
+            uris[channel] = f"s3://{join_key(bucket, prefix, channel)}/"
     else:
         data = Path(spec.data)
         data_hash = dataset_hash(data)
         for channel, directory in dataset_channels(data).items():
-            uris[channel] = f"s3://{_join(bucket_path, 'datasets', data_hash, channel)}/"
+            uris[channel] = f"s3://{join_key(bucket_path, 'datasets', data_hash, channel)}/"
             uploads[channel] = directory
     if spec.model:
         if spec.model.startswith("s3://"):
@@ -372,7 +373,7 @@ def plan(spec: LaunchSpec, s3_root: str, s3=None) -> tuple[dict[str, str], dict[
         else:
             model = Path(spec.model)
             require_model_dir(model, "--model")
-            uris["model"] = f"s3://{_join(bucket_path, 'models', tree_sha256(model))}/"
+            uris["model"] = f"s3://{join_key(bucket_path, 'models', tree_sha256(model))}/"
             uploads["model"] = model
     return uris, uploads, data_hash
 

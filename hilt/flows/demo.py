@@ -99,7 +99,7 @@ def _side_by_side(run, folder: Path, state: dict) -> dict:
     rows = [{"id": i, "system": r["messages"][0]["content"] if r["messages"][0]["role"] == "system" else None,
              "prompt": r["messages"][-2]["content"]} for i, r in enumerate(validation)]
     reference = {row["prompt"]: r["messages"][-1]["content"] for row, r in zip(rows, validation)}
-    project, mapping_file, _ = create_compare_project(client, _baseline_of(run), run.model_dir, rows, folder, seed=0,
+    project, mapping_file, _ = create_compare_project(client, run.baseline_dir, run.model_dir, rows, folder, seed=0,
                                                       max_new_tokens=48, title="hilt demo: which answer is better?")
     judge = client.create_user("judge-2", f"judge-2-{project}@hilt.local")
     print(f"[demo] stand-in judges (the admin and judge-2) compare blinded answers: {state['url']}/projects/{project}")
@@ -112,10 +112,6 @@ def _side_by_side(run, folder: Path, state: dict) -> dict:
             client.create_annotation(task["id"], result, completed_by=who, lead_time=12.0)
     report, _, _ = report_compare(client, project, mapping_file, eval_dir=run.folders["evaluate"])
     return {"project": project, "win_rate": report.get("win_rate")}
-
-
-def _baseline_of(run) -> Path:
-    return run.path(run.p.evaluate.baseline or run.p.train.model)
 
 
 def demo_pipeline(project: int) -> dict:

@@ -355,6 +355,11 @@ class Run:
     def model_dir(self) -> Path:
         return Path(self.outputs["train"]["model_dir"])
 
+    @property
+    def baseline_dir(self) -> Path | None:
+        """What the candidate is compared with: evaluate.baseline, else the base model."""
+        return self.path(self.p.evaluate.baseline or self.p.train.model)
+
     def path(self, value: str | None) -> Path | None:
         """A path from the YAML, relative to its folder (None stays None)."""
         return (self.base / value).resolve() if value else None
@@ -402,12 +407,8 @@ def _train(run: Run, folder: Path) -> dict:
     return _train_sagemaker(run.p, run.base, run.data_dir, folder, key=folder.name.rsplit("-", 1)[1])
 
 
-def _baseline(run: Run) -> Path | None:
-    return run.path(run.p.evaluate.baseline or run.p.train.model)
-
-
 def _evaluate_inputs(run: Run) -> dict:
-    baseline = _baseline(run)
+    baseline = run.baseline_dir
     return {"train": run.folders["train"].name, "dataset": run.outputs["dataset"]["dataset_sha256"],
             "baseline": model_fingerprint(str(baseline)) if baseline else None, **run.p.evaluate.model_dump()}
 
@@ -416,7 +417,7 @@ def _evaluate(run: Run, folder: Path) -> dict:
     from hilt.training.evaluate import evaluate
 
     e = run.p.evaluate
-    result = evaluate(run.model_dir, run.data_dir, folder, _baseline(run), e.gates, e.metric, e.max_new_tokens,
+    result = evaluate(run.model_dir, run.data_dir, folder, run.baseline_dir, e.gates, e.metric, e.max_new_tokens,
                       e.max_samples)
     return {"passed": result["passed"], "gates": result["gates"], "deltas": result.get("deltas"),
             "eval_json": str(folder / "eval.json")}

@@ -92,10 +92,6 @@ def pipeline_name(name: str) -> str:
     return cleaned[:256]
 
 
-def _join(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
-
-
 def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
     """What the definition needs that the YAML may not say; each problem named by its key.
 
@@ -104,6 +100,7 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
             without a base model to compare against.
     """
     from hilt.training.evaluate import parse_gate
+    from hilt.training.launch import join_key
     from hilt.training.recipe import load_recipe
 
     sm = p.train.sagemaker
@@ -132,7 +129,7 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
         bad = next(g.text for g in gates if g.relative)
         raise UserError(f"evaluate.gates '{bad}' compares against the base model, which the pipeline only has "
                         "from S3: pass --base-model s3://…/models/NAME/ or write the gate unsigned")
-    data = (dataset or _join(s3_root, "datasets", "latest")).rstrip("/")
+    data = (dataset or join_key(s3_root, "datasets", "latest")).rstrip("/")
     if not data.startswith("s3://"):
         raise UserError(f"--dataset {dataset}: not an s3:// prefix; upload the folder `hilt export` wrote "
                         "(train/, validation/) and pass its s3://bucket/prefix")
@@ -140,8 +137,7 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
             "dataset": data}
 
 
-def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = None, region: str | None = None,
-                   role: str | None = None):
+def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = None, region: str | None = None):
     """The SDK ``Pipeline`` object for a loaded pipeline YAML (nothing is sent anywhere).
 
     Raises:
