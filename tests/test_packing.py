@@ -123,6 +123,32 @@ def test_segment_attention_equals_each_sequence_alone_and_the_masked_path(tiny_m
                     offset += length
 
 
+def test_segment_attention_cpu_function_equals_the_autograd_path():
+    """The CPU autograd function (one gather and one scatter per group) against autograd over
+    indexing and sdpa, with groups holding sequences of different lengths (padded slots)."""
+    from hilt.training import segment_attention as sa
+
+    torch.manual_seed(0)
+    lengths = [[37, 40, 9, 42], [128], [33, 30, 11, 8, 46]]  # rows of 128
+    positions = torch.cat([torch.cat([torch.arange(n) for n in row])[None] for row in lengths])
+    sa._plans.clear()
+    groups = sa._plan(positions)
+    assert any(bool(g.pad.any()) for g in groups) and len(groups) > 1  # padded slots, several groups
+    shape = (3, 4, 128, 16)
+    inputs = [torch.randn(shape, requires_grad=True) for _ in range(3)]
+    upstream = torch.randn(3 * 128, 4, 16)
+    results = []
+    for attend in (sa._attend_cpu, sa._attend_any):
+        for t in inputs:
+            t.grad = None
+        out = attend(*inputs, groups, 0.25)
+        out.backward(upstream)
+        results.append((out.detach(), [t.grad.clone() for t in inputs]))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for mine, reference in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_training_attention_uses_segments_only_where_they_are_exact(tiny_model_dir, tmp_path):
     from families import build_architecture
 

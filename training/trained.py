@@ -37,6 +37,11 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     trainer = trainer_class(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=build.lora_config(job),
                             callbacks=[MetricsLogger(), stopper, *tracking_callbacks(job)], **extra)
+    from hilt.training.fast_lora import install
+
+    fused = install(trainer.model)  # PEFT LoRA linears as one autograd function each
+    if fused and trainer.is_world_process_zero():
+        print(f"[hilt] lora=fused modules={fused}", flush=True)
     return trainer, stopper
 
 
