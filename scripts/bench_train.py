@@ -20,8 +20,15 @@ truncation drops elsewhere; its real-token count is reported as it is). Modes:
 Each mode runs in its own process (peak memory is its own), in interleaved rounds (A B C …
 A B C …) so drift hits all alike. Reported per mode and round: real tokens per second of
 training time, padding share of the batches, optimizer steps, conversations per row, peak
-RSS, final loss, and the machine's load average; the summary takes each mode's median and
-the ratio of hilt to the best TRL mode.
+RSS, final loss, and the machine's load average; the summary takes each mode's median, the
+ratio of hilt to the best TRL mode (of the medians, and per round), and then a profile of a
+few steps of each mode: where the time goes (matmuls, attention, gathers, the rest), the
+matmul rate, and the floor that rate sets (real tokens/s if only the matmuls took time).
+
+hilt packs ~3.2 of these conversations into each 512-token row, so a batch of 8 rows is ~26
+conversations and one epoch is 31 optimizer steps; the unpacked modes take 100 steps of 8
+conversations. Same tokens, same learning-rate schedule over the epoch, fewer updates: the
+final loss of the packed modes (TRL's and hilt's) is higher after one epoch for that reason.
 
     .venv/bin/python scripts/bench_train.py                 # tiny Llama 4x256 built here, CPU
     .venv/bin/python scripts/bench_train.py --records 2000 --rounds 3
@@ -133,7 +140,51 @@ def trl_trainer(mode: str, model: str, data: Path, batch: int, max_length: int):
     return trainer, real, total, conversations
 
 
-def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int) -> dict:
+# Where a step's time goes, by the self time of the ops the profiler records.
+CATEGORIES = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm")),
+    ("attention", ("scaled_dot_product", "flash_attention")),
+    ("gather/scatter", ("aten::index", "aten::_index_put", "aten::index_put", "aten::index_copy",
+                        "aten::index_select", "aten::masked_fill", "aten::cat", "aten::stack", "aten::masked")),
+)
+
+
+def _addmm_flops(event) -> int:
+    """FLOPs of an in-place ``addmm_`` (the profiler counts none): 2·m·k·n per call."""
+    shapes = event.input_shapes or []
+    if event.key != "aten::addmm_" or len(shapes) < 3 or len(shapes[1]) != 2 or len(shapes[2]) != 2:
+        return 0
+    (m, k), (_, n) = shapes[1], shapes[2]
+    return 2 * m * k * n * event.count
+
+
+def profile_worker(trainer, steps: int) -> dict:
+    """Train ``steps`` steps under torch.profiler: time shares by op category, matmul FLOPs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.args.max_steps = steps
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
+        trainer.train()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    shares: dict[str, float] = {name: 0.0 for name, _ in CATEGORIES}
+    shares["elementwise and other"] = 0.0
+    flops = 0
+    for e in events:
+        category = next((name for name, keys in CATEGORIES if any(e.key.startswith(k) or (name == "attention" and k in e.key)
+                                                                    for k in keys)), "elementwise and other")
+        shares[category] += e.self_cpu_time_total
+        if category == "matmul":
+            flops += e.flops or _addmm_flops(e)
+    seconds = total / 1e6
+    tokens = trainer.state.num_input_tokens_seen or None
+    return {"profiled_steps": steps, "profiled_seconds": seconds,
+            "time_share": {k: round(v / total, 3) for k, v in shares.items()},
+            "matmul_gflops_per_second": flops / (shares["matmul"] / 1e6) / 1e9 if shares["matmul"] else None,
+            "matmul_flops": flops, "real_tokens_seen": tokens}
+
+
+def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int, profile_steps: int = 0) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -143,6 +194,8 @@ def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int) -
     else:
         trainer, real, total, per_row = trl_trainer(mode, model, data, batch, max_length)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    if profile_steps:
+        return {"mode": mode, **profile_worker(trainer, profile_steps)}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -167,21 +220,39 @@ def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int) -
     return result
 
 
+def matmul_floor(summary_rows: dict, profiles: dict) -> dict:
+    """What each mode would reach if only its matmuls took time, at the matmul rate the
+    profiler measured in this run: this machine's floor for that mode's arithmetic (padding
+    included, so a mode that pads pays for it here too)."""
+    floor = {}
+    for mode, profile in profiles.items():
+        if mode not in summary_rows or not (profile.get("matmul_gflops_per_second") and profile.get("real_tokens_seen")):
+            continue
+        per_token = profile["matmul_flops"] / profile["real_tokens_seen"]
+        ceiling = profile["matmul_gflops_per_second"] * 1e9 / per_token
+        floor[mode] = {"matmul_flops_per_real_token": round(per_token),
+                       "tokens_per_second_if_only_matmuls": round(ceiling),
+                       "share_of_that_reached": round(summary_rows[mode]["tokens_per_second"] / ceiling, 3)}
+    return floor
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model dir (default: a tiny Llama 4x256 built here)")
     parser.add_argument("--records", type=int, default=800, help="conversations in the epoch (800)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all modes (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all modes (3)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--profile-steps", type=int, default=6,
+                        help="after the timed rounds, profile this many steps of each mode (0: skip)")
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "train.json"))
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        result = run_worker(args.worker, args.model, Path(args.data), args.batch, args.max_length)
+        result = run_worker(args.worker, args.model, Path(args.data), args.batch, args.max_length, args.profile_steps)
         print("RESULT " + json.dumps(result))
         return 0
 
@@ -200,22 +271,36 @@ def main() -> int:
     (data / "train" / "data.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in make_records(args.records, seed=0)))
 
+    def worker(mode: str, profile_steps: int = 0) -> dict | None:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", mode, "--model", model, "--data", str(data),
+             "--batch", str(args.batch), "--max-length", str(args.max_length), "--profile-steps", str(profile_steps)],
+            capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            return None
+        return json.loads(line.removeprefix("RESULT "))
+
     runs: list[dict] = []
     for round_index in range(args.rounds):
         for mode in modes:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", mode, "--model", model, "--data", str(data),
-                 "--batch", str(args.batch), "--max-length", str(args.max_length)],
-                capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-            )
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            result = worker(mode)
+            if result is None:
                 return 1
-            result = {**json.loads(line.removeprefix("RESULT ")), "round": round_index + 1}
+            result["round"] = round_index + 1
             runs.append(result)
             print(f"round {round_index + 1} {mode:<22} {result['tokens_per_second']:>8.0f} tok/s "
                   f"({result['seconds']:.1f} s, load {result['load_average'][0]:.2f})", flush=True)
+
+    profiles = {}
+    for mode in modes if args.profile_steps else ():
+        profiles[mode] = worker(mode, args.profile_steps)
+        if profiles[mode] is None:
+            return 1
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in profiles[mode]["time_share"].items())
+        print(f"profile {mode:<22} {shares}", flush=True)
 
     trainable = {r["trainable_parameters"] for r in runs}
     assert len(trainable) == 1, f"modes train different parameter counts: {trainable}"
@@ -232,7 +317,18 @@ def main() -> int:
     best = max(trl, key=lambda m: trl[m]["tokens_per_second"]) if trl else None
     ratio = (summary_rows["hilt"]["tokens_per_second"] / trl[best]["tokens_per_second"]
              if best and "hilt" in summary_rows else None)
+    # Within a round the modes ran back to back, so a round's ratio is untouched by the drift
+    # between rounds that a shared machine shows (+-15 % here).
+    per_round = []
+    for round_index in range(1, args.rounds + 1):
+        mine = {r["mode"]: r["tokens_per_second"] for r in runs if r["round"] == round_index}
+        peers = [v for m, v in mine.items() if m.startswith("trl-")]
+        if "hilt" in mine and peers:
+            per_round.append(round(mine["hilt"] / max(peers), 3))
     summary = {"modes": summary_rows, "runs": runs, "best_trl_mode": best, "hilt_over_best_trl": ratio,
+               "hilt_over_best_trl_per_round": per_round,
+               "hilt_over_best_trl_per_round_median": statistics.median(per_round) if per_round else None,
+               "profiles": profiles, "matmul_floor": matmul_floor(summary_rows, profiles),
                "target": "hilt >= 1.3x the best TRL mode's real tokens/s",
                "config": {"records": args.records, "batch": args.batch, "max_length": args.max_length,
                           "rounds": args.rounds, "lora": LORA, "schedule": SCHEDULE,
@@ -245,8 +341,18 @@ def main() -> int:
     for mode, r in summary_rows.items():
         print(f"{mode:<22} {r['tokens_per_second']:>8.0f} {r['padding_fraction']:>8.1%} {r['steps']:>6} "
               f"{r['conversations_per_row']:>8.2f} {r['peak_memory_mb']:>8.0f} {r['train_loss']:>7.3f}")
+    floor = summary["matmul_floor"]
+    if floor:
+        print(f"\n{'mode':<22} {'matmul':>7} {'attention':>9} {'gather':>7} {'rest':>6} "
+              f"{'GFLOP/s':>8} {'MFLOP/tok':>9} {'floor tok/s':>11} {'reached':>7}")
+        for mode, profile in profiles.items():
+            share, f = profile["time_share"], floor.get(mode, {})
+            print(f"{mode:<22} {share['matmul']:>7.0%} {share['attention']:>9.0%} {share['gather/scatter']:>7.0%} "
+                  f"{share['elementwise and other']:>6.0%} {profile['matmul_gflops_per_second'] or 0:>8.0f} "
+                  f"{f.get('matmul_flops_per_real_token', 0) / 1e6:>9.2f} {f.get('tokens_per_second_if_only_matmuls', 0):>11} "
+                  f"{f.get('share_of_that_reached', 0):>7.0%}")
     if ratio is not None:
-        print(f"hilt / best TRL ({best}): {ratio:.2f}x  -> {args.out}")
+        print(f"hilt / best TRL ({best}): {ratio:.2f}x of medians; per round {per_round}  -> {args.out}")
     return 0
 
 
