@@ -121,7 +121,7 @@ def _cpu_function():
         @staticmethod
         def backward(ctx, grad_out):
             saved = ctx.saved_tensors
-            tokens, _, heads, dim = ctx.shape
+            heads, dim = ctx.shape[2:]
             grad_qkv = grad_out.new_empty(ctx.shape)
             for i, group in enumerate(ctx.groups):
                 g, o, lse = saved[3 * i: 3 * i + 3]
