@@ -15,7 +15,10 @@ truncation drops elsewhere; its real-token count is reported as it is). Modes:
 - ``trl-padding-free``: ``padding_free=True`` (the batch as one row);
 - ``trl-packing-bfd``: ``packing=True`` (best-fit decreasing into one row per batch);
 - ``hilt``: hilt's own path (``data.packing``: length-bucketed rows, each example attending
-  only to itself).
+  only to itself; on CPU, malloc keeps freed blocks: ``hilt.training.host_memory``);
+- ``trl-group-by-length+host-memory``: TRL's group-by-length with hilt's malloc setting
+  applied to its process too. Not a TRL option, so not a candidate for "best TRL mode"; it
+  shows how much of hilt's lead is that setting and how much its own path.
 
 Each mode runs in its own process (peak memory is its own), in interleaved rounds (A B C …
 A B C …) so drift hits all alike. Reported per mode and round: real tokens per second of
@@ -64,7 +67,9 @@ TRL_MODES = {
     "trl-padding-free": {"padding_free": True},
     "trl-packing-bfd": {"packing": True, "packing_strategy": "bfd"},
 }
-MODES = (*TRL_MODES, "hilt")
+# TRL's best sampling with the malloc setting hilt applies to its own CPU process.
+WITH_HOST_MEMORY = "trl-group-by-length+host-memory"
+MODES = (*TRL_MODES, WITH_HOST_MEMORY, "hilt")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 SCHEDULE = {"learning_rate": 1e-4, "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "weight_decay": 0.0,
             "max_grad_norm": 1.0, "seed": 42}
@@ -190,20 +195,27 @@ def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int, p
     if mode == "hilt":
         trainer, real, total, per_row = hilt_trainer(model, data, batch, max_length)
     else:
-        trainer, real, total, per_row = trl_trainer(mode, model, data, batch, max_length)
+        if mode == WITH_HOST_MEMORY:
+            from hilt.training.host_memory import keep_freed_memory
+
+            assert keep_freed_memory(), "malloc settings did not apply (not glibc, or MALLOC_*/GLIBC_TUNABLES set)"
+        trainer, real, total, per_row = trl_trainer(mode.split("+")[0], model, data, batch, max_length)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if profile_steps:
         return {"mode": mode, **profile_worker(trainer, profile_steps)}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {
         "mode": mode, "steps": trainer.state.global_step, "seconds": seconds, "real_tokens": real,
         "tokens_per_second": real / seconds, "padding_fraction": 1 - real / total if total else 0.0,
         "conversations_per_row": per_row, "trainable_parameters": trainable,
+        "minor_page_faults_per_step": round(faults / max(trainer.state.global_step, 1)),
         "train_loss": output.training_loss, "last_logged_loss": losses[-1] if losses else None,
         "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if cuda
                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -289,7 +301,7 @@ def main() -> int:
                 return 1
             result["round"] = round_index + 1
             runs.append(result)
-            print(f"round {round_index + 1} {mode:<22} {result['tokens_per_second']:>8.0f} tok/s "
+            print(f"round {round_index + 1} {mode:<32} {result['tokens_per_second']:>8.0f} tok/s "
                   f"({result['seconds']:.1f} s, load {result['load_average'][0]:.2f})", flush=True)
 
     profiles = {}
@@ -298,7 +310,7 @@ def main() -> int:
         if profiles[mode] is None:
             return 1
         shares = ", ".join(f"{k} {v:.0%}" for k, v in profiles[mode]["time_share"].items())
-        print(f"profile {mode:<22} {shares}", flush=True)
+        print(f"profile {mode:<32} {shares}", flush=True)
 
     trainable = {r["trainable_parameters"] for r in runs}
     assert len(trainable) == 1, f"modes train different parameter counts: {trainable}"
@@ -309,9 +321,9 @@ def main() -> int:
             "tokens_per_second": statistics.median(r["tokens_per_second"] for r in mine),
             "tokens_per_second_runs": [round(r["tokens_per_second"], 1) for r in mine],
             **{k: mine[-1][k] for k in ("real_tokens", "padding_fraction", "steps", "conversations_per_row",
-                                        "peak_memory_mb", "train_loss", "device")},
+                                        "minor_page_faults_per_step", "peak_memory_mb", "train_loss", "device")},
         }
-    trl = {m: v for m, v in summary_rows.items() if m.startswith("trl-")}
+    trl = {m: v for m, v in summary_rows.items() if m in TRL_MODES}
     best = max(trl, key=lambda m: trl[m]["tokens_per_second"]) if trl else None
     ratio = (summary_rows["hilt"]["tokens_per_second"] / trl[best]["tokens_per_second"]
              if best and "hilt" in summary_rows else None)
@@ -320,12 +332,15 @@ def main() -> int:
     per_round = []
     for round_index in range(1, args.rounds + 1):
         mine = {r["mode"]: r["tokens_per_second"] for r in runs if r["round"] == round_index}
-        peers = [v for m, v in mine.items() if m.startswith("trl-")]
+        peers = [v for m, v in mine.items() if m in TRL_MODES]
         if "hilt" in mine and peers:
             per_round.append(round(mine["hilt"] / max(peers), 3))
+    same_memory = (summary_rows["hilt"]["tokens_per_second"] / summary_rows[WITH_HOST_MEMORY]["tokens_per_second"]
+                   if "hilt" in summary_rows and WITH_HOST_MEMORY in summary_rows else None)
     summary = {"modes": summary_rows, "runs": runs, "best_trl_mode": best, "hilt_over_best_trl": ratio,
                "hilt_over_best_trl_per_round": per_round,
                "hilt_over_best_trl_per_round_median": statistics.median(per_round) if per_round else None,
+               "hilt_over_trl_group_by_length_with_host_memory": same_memory,
                "profiles": profiles, "matmul_floor": matmul_floor(summary_rows, profiles),
                "target": "hilt >= 1.3x the best TRL mode's real tokens/s",
                "config": {"records": args.records, "batch": args.batch, "max_length": args.max_length,
@@ -335,22 +350,26 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
 
-    print(f"\n{'mode':<22} {'tok/s':>8} {'padding':>8} {'steps':>6} {'conv/row':>8} {'peak MB':>8} {'loss':>7}")
+    print(f"\n{'mode':<32} {'tok/s':>8} {'padding':>8} {'steps':>6} {'conv/row':>8} {'faults/step':>11} "
+          f"{'peak MB':>8} {'loss':>7}")
     for mode, r in summary_rows.items():
-        print(f"{mode:<22} {r['tokens_per_second']:>8.0f} {r['padding_fraction']:>8.1%} {r['steps']:>6} "
-              f"{r['conversations_per_row']:>8.2f} {r['peak_memory_mb']:>8.0f} {r['train_loss']:>7.3f}")
+        print(f"{mode:<32} {r['tokens_per_second']:>8.0f} {r['padding_fraction']:>8.1%} {r['steps']:>6} "
+              f"{r['conversations_per_row']:>8.2f} {r['minor_page_faults_per_step']:>11} {r['peak_memory_mb']:>8.0f} "
+              f"{r['train_loss']:>7.3f}")
     floor = summary["matmul_floor"]
     if floor:
-        print(f"\n{'mode':<22} {'matmul':>7} {'attention':>9} {'gather':>7} {'rest':>6} "
+        print(f"\n{'mode':<32} {'matmul':>7} {'attention':>9} {'gather':>7} {'rest':>6} "
               f"{'GFLOP/s':>8} {'MFLOP/tok':>9} {'floor tok/s':>11} {'reached':>7}")
         for mode, profile in profiles.items():
             share, f = profile["time_share"], floor.get(mode, {})
-            print(f"{mode:<22} {share['matmul']:>7.0%} {share['attention']:>9.0%} {share['gather/scatter']:>7.0%} "
+            print(f"{mode:<32} {share['matmul']:>7.0%} {share['attention']:>9.0%} {share['gather/scatter']:>7.0%} "
                   f"{share['elementwise and other']:>6.0%} {profile['matmul_gflops_per_second'] or 0:>8.0f} "
                   f"{f.get('matmul_flops_per_real_token', 0) / 1e6:>9.2f} {f.get('tokens_per_second_if_only_matmuls', 0):>11} "
                   f"{f.get('share_of_that_reached', 0):>7.0%}")
     if ratio is not None:
         print(f"hilt / best TRL ({best}): {ratio:.2f}x of medians; per round {per_round}  -> {args.out}")
+    if same_memory is not None:
+        print(f"hilt / {WITH_HOST_MEMORY}: {same_memory:.2f}x")
     return 0
 
 

@@ -31,6 +31,10 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     from hilt.training.callbacks import MetricsLogger, StopOnSigterm
     from hilt.training.tracking import tracking_callbacks
 
+    from hilt.training.host_memory import keep_freed_memory
+
+    # CPU steps reuse freed activations instead of faulting in fresh pages (host_memory.py).
+    kept = not build.has_cuda() and keep_freed_memory()
     stopping.enter("model")
     model = build.load_model(job)
     stopper = StopOnSigterm()
@@ -40,8 +44,11 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     from hilt.training.fast_lora import install
 
     fused = install(trainer.model)  # PEFT LoRA linears as one autograd function each
-    if fused and trainer.is_world_process_zero():
-        print(f"[hilt] lora=fused modules={fused}", flush=True)
+    if trainer.is_world_process_zero():
+        if fused:
+            print(f"[hilt] lora=fused modules={fused}", flush=True)
+        if kept:
+            print("[hilt] host_memory=kept (malloc keeps freed blocks: no page faults per step)", flush=True)
     return trainer, stopper
 
 
