@@ -11,7 +11,7 @@ minor page fault and a zeroed 4 KiB page each, ~60,000 faults a step (measured w
 :func:`keep_freed_memory` sets the two ``mallopt`` knobs PyTorch's CPU tuning guides set
 through jemalloc or tcmalloc instead: the mmap threshold at its largest fixed value
 (32 MiB on 64-bit glibc; larger blocks are still mapped) and no trimming. Freed blocks
-then stay in the heap and the next step reuses them: faults fall to ~8,000 a step, peak
+then stay in the heap and the next step reuses them: faults fall to 8,000-13,000 a step, peak
 RSS stays the same (the heap holds one step's high-water mark, which the step needed
 anyway). It changes no numbers, only where the memory comes from.
 
