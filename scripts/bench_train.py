@@ -198,7 +198,7 @@ def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int, p
         if mode == WITH_HOST_MEMORY:
             from hilt.training.host_memory import keep_freed_memory
 
-            assert keep_freed_memory(), "malloc settings did not apply (not glibc, or MALLOC_*/GLIBC_TUNABLES set)"
+            assert keep_freed_memory(), "malloc settings did not apply (not glibc, or MALLOC_*_THRESHOLD_/GLIBC_TUNABLES/LD_PRELOAD set)"
         trainer, real, total, per_row = trl_trainer(mode.split("+")[0], model, data, batch, max_length)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if profile_steps:

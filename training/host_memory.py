@@ -16,14 +16,14 @@ RSS stays the same (the heap holds one step's high-water mark, which the step ne
 anyway). It changes no numbers, only where the memory comes from.
 
 Only on Linux with glibc (``mallopt`` missing, e.g. musl or macOS, leaves malloc as it is),
-only for CPU training (``training/trained.py``), and not when the user set glibc's own
-``MALLOC_*`` variables or ``GLIBC_TUNABLES``, or preloaded another allocator: theirs wins.
+only for CPU training (``training/trained.py``), and not when the user set the same knobs
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) or preloaded
+another allocator (``LD_PRELOAD``): theirs wins.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -44,10 +44,9 @@ def keep_freed_memory() -> bool:
     """
     if not sys.platform.startswith("linux") or any(os.environ.get(name) for name in _USER_SETTINGS):
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+        # The C library this process already runs on (no library search, no subprocess).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
