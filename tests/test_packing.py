@@ -83,70 +83,100 @@ SEGMENT_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
 
 
 def test_segment_attention_equals_each_sequence_alone_and_the_masked_path(tiny_model_dir, tmp_path):
-    """hilt_segments (packed rows attended one sequence at a time) against transformers'
-    block-diagonal masked sdpa and against each sequence run alone, per architecture:
-    same logits, same loss, same gradients."""
+    """hilt_segments on the length-grouped batch it trains with (and on plain packed rows)
+    against transformers' block-diagonal masked sdpa on packed rows and against each sequence
+    run alone, per architecture: same logits, same loss, same gradients."""
     from families import build_architecture
 
-    from hilt.training.packing import PackedRowCollator
+    from hilt.training.packing import LengthGroupCollator, PackedRowCollator
     from hilt.training.segment_attention import register
 
     register()
     torch.manual_seed(0)
     rows = []
-    for lengths in ([40, 90, 31], [150, 7], [5, 5, 5, 120]):  # mixed lengths, several groups
+    for lengths in ([40, 90, 31], [150, 7], [5, 5, 5, 120], [88, 36]):  # mixed lengths, several groups
         ids = torch.randint(5, 500, (sum(lengths),)).tolist()
-        rows.append({"input_ids": ids, "seq_lengths": lengths, "loss_mask": [1] * len(ids)})
-    batch = PackedRowCollator(0)(rows)
+        mask = torch.randint(0, 2, (sum(lengths),)).tolist()
+        rows.append({"input_ids": ids, "seq_lengths": lengths, "loss_mask": mask})
+    packed = PackedRowCollator(0)(rows)
+    grouped = LengthGroupCollator(0)(rows)
+    sequences = {}  # each sequence's tokens -> where the grouped batch holds it
+    offset = 0
+    for n in torch.diff(torch.nonzero(grouped["position_ids"][0] == 0).flatten(),
+                        append=torch.tensor([grouped["input_ids"].shape[1]])).tolist():
+        sequences[offset] = n
+        offset += n
     for arch in SEGMENT_ARCHITECTURES:
         path = build_architecture(arch, tiny_model_dir, tmp_path / arch)
         results = {}
-        for attention in ("sdpa", "hilt_segments"):
-            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention, dtype=torch.float32)
+        for attention, batch in (("sdpa", packed), ("hilt_segments", packed), ("hilt_segments/grouped", grouped)):
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention.split("/")[0],
+                                                         dtype=torch.float32)
             model.config.use_cache = False  # as in training: with a cache transformers ignores packing
             output = model(**batch)
             output.loss.backward()
             grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
             results[attention] = (output.logits.detach(), output.loss.detach(), grads, model)
-        logits, loss, grads, model = results["hilt_segments"]
         masked = results["sdpa"]
-        torch.testing.assert_close(logits, masked[0], atol=1e-4, rtol=1e-4, msg=arch)
-        torch.testing.assert_close(loss, masked[1], atol=1e-5, rtol=1e-5, msg=arch)
-        torch.testing.assert_close(grads, masked[2], atol=1e-5, rtol=1e-4, msg=arch)
+        for name in ("hilt_segments", "hilt_segments/grouped"):
+            logits, loss, grads, model = results[name]
+            if name == "hilt_segments":
+                torch.testing.assert_close(logits, masked[0], atol=1e-4, rtol=1e-4, msg=arch)
+            torch.testing.assert_close(loss, masked[1], atol=1e-5, rtol=1e-5, msg=f"{arch} {name}")
+            torch.testing.assert_close(grads, masked[2], atol=1e-5, rtol=1e-4, msg=f"{arch} {name}")
+        logits, _, _, model = results["hilt_segments/grouped"]
         with torch.no_grad():
+            found = 0
             for i, row in enumerate(rows):
                 offset = 0
                 for length in row["seq_lengths"]:
-                    alone = model(input_ids=batch["input_ids"][i, offset:offset + length][None]).logits[0]
-                    torch.testing.assert_close(logits[i, offset:offset + length], alone, atol=1e-4, rtol=1e-4,
-                                               msg=arch)
+                    ids = packed["input_ids"][i, offset:offset + length]
+                    alone = model(input_ids=ids[None]).logits[0]
+                    at = next(at for at in sequences
+                              if torch.equal(grouped["input_ids"][0, at:at + length], ids))
+                    torch.testing.assert_close(logits[0, at:at + length], alone, atol=1e-4, rtol=1e-4, msg=arch)
+                    found += 1
                     offset += length
+            assert found == sum(len(row["seq_lengths"]) for row in rows)
 
 
-def test_segment_attention_cpu_function_equals_the_autograd_path():
-    """The CPU autograd function (one gather and one scatter per group) against autograd over
-    indexing and sdpa, with groups holding sequences of different lengths (padded slots)."""
-    from hilt.training import segment_attention as sa
+def test_length_groups_lay_sequences_out_as_blocks_with_their_own_labels():
+    """LengthGroupCollator: every sequence once, in blocks of similar length (longest at most
+    GROUP_SPREAD x the shortest), right-padded within its block; labels are the sequence's
+    loss mask (never its first token, never padding); position ids restart per sequence."""
+    from hilt.training.packing import GROUP_SPREAD, IGNORE, LengthGroupCollator
+    from hilt.training.segment_attention import _plan
 
-    torch.manual_seed(0)
-    lengths = [[37, 40, 9, 42], [128], [33, 30, 11, 8, 46]]  # rows of 128
-    positions = torch.cat([torch.cat([torch.arange(n) for n in row])[None] for row in lengths])
-    sa._plans.clear()
-    groups = sa._plan(positions)
-    assert any(bool(g.pad.any()) for g in groups) and len(groups) > 1  # padded slots, several groups
-    shape = (3, 4, 128, 16)
-    inputs = [torch.randn(shape, requires_grad=True) for _ in range(3)]
-    upstream = torch.randn(3 * 128, 4, 16)
-    results = []
-    for attend in (sa._attend_cpu, sa._attend_any):
-        for t in inputs:
-            t.grad = None
-        out = attend(*inputs, groups, 0.25)
-        out.backward(upstream)
-        results.append((out.detach(), [t.grad.clone() for t in inputs]))
-    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
-    for mine, reference in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+    rows = []
+    for lengths in ([40, 90, 31], [150, 7], [5, 5, 5, 120], [88, 36]):
+        ids = list(range(1, sum(lengths) + 1))
+        rows.append({"input_ids": ids, "seq_lengths": lengths, "loss_mask": [i % 3 != 0 for i in ids]})
+    batch = LengthGroupCollator(pad_token_id=0)(rows)
+    input_ids, labels, positions = (batch[k][0].tolist() for k in ("input_ids", "labels", "position_ids"))
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
+    groups = _plan(batch["position_ids"])
+    assert sum(n * longest for n, longest in groups) == len(input_ids)
+    seen, offset = [], 0
+    for n, longest in groups:
+        real = []
+        for _ in range(n):
+            slot = input_ids[offset:offset + longest]
+            assert positions[offset:offset + longest] == list(range(longest))
+            tokens = [t for t in slot if t != 0]
+            assert slot == tokens + [0] * (longest - len(tokens))  # right padding only
+            assert labels[offset] == IGNORE and all(l == IGNORE for l in labels[offset + len(tokens):offset + longest])
+            assert labels[offset + 1:offset + len(tokens)] == [t if t % 3 != 0 else IGNORE for t in tokens[1:]]
+            real.append(len(tokens))
+            seen.append(tuple(tokens))
+            offset += longest
+        assert max(real) == longest and min(real) * GROUP_SPREAD >= longest
+    every = []
+    for row in rows:
+        start = 0
+        for length in row["seq_lengths"]:
+            every.append(tuple(row["input_ids"][start:start + length]))
+            start += length
+    assert sorted(seen) == sorted(every)
 
 
 def test_training_attention_uses_segments_only_where_they_are_exact(tiny_model_dir, tmp_path):

@@ -20,6 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 IGNORE = -100
+# A length group's longest sequence is at most this factor above its shortest, so right
+# padding adds ~1.6 % tokens on the benchmark's data (1.15: 2.7 %; 1.0: none, but twice the
+# sdpa calls, each a small one).
+GROUP_SPREAD = 1.1
 
 
 def tokenize_conversations(dataset, tokenizer, max_length: int, assistant_only: bool, split: str = "train",
@@ -125,3 +129,48 @@ class PackedRowCollator:
             labels[i, :n] = torch.where(keep, ids, torch.tensor(IGNORE))
         labels[position_ids == 0] = IGNORE
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+class LengthGroupCollator:
+    """Batch packed rows as one row of length groups, for ``hilt_segments`` attention.
+
+    The rows decide which sequences share a step (as with :class:`PackedRowCollator`); their
+    sequences are then sorted by length, cut into groups whose longest is at most
+    ``GROUP_SPREAD`` times their shortest, and laid out group after group, each sequence
+    right-padded to its group's longest: ``[1, tokens]`` where every group is a contiguous
+    ``[n, longest]`` block (``hilt.training.segment_attention`` attends each block with a plain
+    causal kernel, no gathers). Position ids restart at every sequence and run on through its
+    padding; ``labels`` are ``-100`` outside the loss, on padding and on each sequence's first
+    token. No ``attention_mask``.
+    """
+
+    def __init__(self, pad_token_id: int, spread: float = GROUP_SPREAD):
+        self.pad_token_id = pad_token_id
+        self.spread = spread
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        sequences = []
+        for row in rows:
+            offset = 0
+            for length in row["seq_lengths"]:
+                end = offset + length
+                sequences.append((row["input_ids"][offset:end], row["loss_mask"][offset:end]))
+                offset = end
+        sequences.sort(key=lambda s: len(s[0]), reverse=True)
+        input_ids, labels, positions = [], [], []
+        begin = 0
+        while begin < len(sequences):
+            longest = len(sequences[begin][0])
+            end = begin + 1
+            while end < len(sequences) and len(sequences[end][0]) * self.spread >= longest:
+                end += 1
+            for ids, mask in sequences[begin:end]:
+                pad = longest - len(ids)
+                input_ids += list(ids) + [self.pad_token_id] * pad
+                labels += [IGNORE] + [t if keep else IGNORE for t, keep in zip(ids[1:], mask[1:])] + [IGNORE] * pad
+                positions += range(longest)
+            begin = end
+        return {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions])}

@@ -30,7 +30,7 @@ def build_sft_trainer(job: Job):
     eval_ds = load_dataset(job.channels["validation"], "sft", "validation") if "validation" in job.channels else None
     tokenizer = build.load_tokenizer(job)
 
-    from hilt.training.packing import PackedRowCollator, pack_rows, tokenize_conversations
+    from hilt.training.packing import LengthGroupCollator, PackedRowCollator, pack_rows, tokenize_conversations
 
     def tokenize(dataset, split):
         return tokenize_conversations(dataset, tokenizer, recipe.data.max_length, recipe.data.assistant_only_loss,
@@ -50,7 +50,8 @@ def build_sft_trainer(job: Job):
     if rows:
         train_ds = pack_rows(train_ds, recipe.data.max_length)
         eval_ds = pack_rows(eval_ds, recipe.data.max_length) if eval_ds is not None else None
-        collator = PackedRowCollator(tokenizer.pad_token_id)
+        grouped = build.training_attention(job) == "hilt_segments"
+        collator = (LengthGroupCollator if grouped else PackedRowCollator)(tokenizer.pad_token_id)
     else:
         # TRL builds labels from an "assistant_masks" column of a tokenized dataset.
         train_ds = train_ds.rename_column("loss_mask", "assistant_masks")
