@@ -1,0 +1,110 @@
+"""RMSNorm as one autograd function: what hilt trains with where it can.
+
+transformers' RMSNorm (Llama's, and the same code in Qwen 2/3, Mistral, Phi-3 and others)
+is five elementwise operations forward (square, mean, rsqrt, two multiplies), and autograd
+replays each of them backward: ~10 passes over ``[tokens, hidden]`` per norm, two norms a
+layer. On the benchmark's CPU run that is ~6.4 ms per norm for a 4,096-token step; pure
+memory traffic between matmuls.
+
+Here a norm is one :class:`torch.autograd.Function`: forward takes the sum of squares as one
+dot product per token and writes ``x · rstd · w`` in two passes; backward uses the closed
+form ``dx = rstd · (g·w − x · rstd² · mean(g·w·x))`` (four passes) and ``dw`` only when the
+weight trains (full fine-tuning). ~2.4 ms per norm on the same step. Same result to float
+rounding (tested against transformers per architecture, gradients included).
+
+Installed by :func:`install`: a module takes the fused path when its class's ``forward`` is,
+bytecode for bytecode, transformers' Llama RMSNorm (``w · x̂``) or Gemma's (``(1 + w) · x̂``),
+its input and weight are float32 and autocast is off; anything else (bf16, a family's own
+variant) keeps the module's own forward. Weights and state dict are unchanged. Not under
+DeepSpeed ZeRO-3 (as ``hilt.training.fast_lora``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """``y = x · rsqrt(mean(x²) + eps) · (w + offset)`` over the last dimension, float32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float, offset: float):
+        scale = weight + offset if offset else weight
+        rstd = torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps).rsqrt_().unsqueeze(-1)
+        ctx.save_for_backward(x, scale, rstd)
+        return torch.mul(x, rstd).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, scale, rstd = ctx.saved_tensors
+        grad_x = grad_w = None
+        scaled = grad_out * scale
+        if ctx.needs_input_grad[0]:
+            coefficient = torch.linalg.vecdot(scaled, x).unsqueeze(-1).mul_(rstd.square()).div_(x.shape[-1])
+            grad_x = torch.addcmul(scaled, x, coefficient, value=-1).mul_(rstd)
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad_out * x * rstd).reshape(-1, x.shape[-1]).sum(0)
+        return grad_x, grad_w, None, None
+
+
+def _fingerprint(function) -> tuple:
+    code = function.__code__
+    return code.co_code, code.co_consts, code.co_names
+
+
+def _known_forms() -> dict[tuple, float]:
+    """The RMSNorm forwards this function reproduces: their bytecode -> the weight's offset."""
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    return {(_fingerprint(LlamaRMSNorm.forward), None): 0.0,
+            (_fingerprint(GemmaRMSNorm.forward), _fingerprint(GemmaRMSNorm._norm)): 1.0}
+
+
+def _form(cls, forms: dict[tuple, float]) -> float | None:
+    norm = getattr(cls, "_norm", None)
+    key = (_fingerprint(cls.forward), _fingerprint(norm) if callable(norm) else None)
+    return forms.get(key)
+
+
+def _eps(module) -> float:
+    return float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
+
+
+class FusedRMSNorm:
+    """Mixed into a recognised RMSNorm class: the fused forward where it applies."""
+
+    norm_offset: float = 0.0
+
+    def forward(self, x):
+        weight = self.weight
+        if x.dtype != torch.float32 or weight.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        return RMSNormFunction.apply(x, weight, _eps(self), self.norm_offset)
+
+
+_classes: dict[type, type] = {}
+
+
+def install(model) -> int:
+    """Switch every recognised RMSNorm in ``model`` to its fused subclass.
+
+    Returns:
+        how many modules now take the fused path when they can.
+    """
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        return 0  # ZeRO-3: keep the model's own modules
+    forms = _known_forms()
+    count = 0
+    for module in model.modules():
+        cls = type(module)
+        if cls in _classes.values() or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        if cls not in _classes:
+            offset = _form(cls, forms)
+            if offset is None:
+                continue
+            _classes[cls] = type(f"Fused{cls.__name__}", (FusedRMSNorm, cls), {"norm_offset": offset})
+        module.__class__ = _classes[cls]
+        count += 1
+    return count
