@@ -131,3 +131,12 @@ def build_architecture(model_type: str, tokenizer_dir: Path, out: Path, seed: in
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def loss_step(model, ids):
+    """One forward and backward on ``ids`` as their own labels: (logits, loss, {name: grad})."""
+    model.zero_grad()
+    output = model(input_ids=ids, labels=ids)
+    output.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return output.logits.detach(), output.loss.detach(), grads

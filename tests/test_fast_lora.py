@@ -31,30 +31,22 @@ def _count_fused_calls(monkeypatch) -> list:
     return calls
 
 
-def _step(model, ids):
-    model.zero_grad()
-    output = model(input_ids=ids, labels=ids)
-    output.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return output.logits.detach(), output.loss.detach(), grads
-
-
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_fused_lora_equals_peft(arch, tiny_model_dir, tmp_path, monkeypatch):
-    from families import build_architecture
+    from families import build_architecture, loss_step
 
     from hilt.training.fast_lora import FusedLoraLinear, install
 
     path = build_architecture(arch, tiny_model_dir, tmp_path / arch)
     ids = torch.randint(5, 400, (2, 37))
     model = _peft_model(path)
-    expected = _step(model, ids)
+    expected = loss_step(model, ids)
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     count = install(model)
     assert count == sum(isinstance(m, FusedLoraLinear) for m in model.modules()) > 0
     calls = _count_fused_calls(monkeypatch)
-    logits, loss, grads = _step(model, ids)
+    logits, loss, grads = loss_step(model, ids)
     assert len(calls) == count  # every LoRA module took the fused path
     torch.testing.assert_close(logits, expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss, expected[1])

@@ -11,14 +11,6 @@ from transformers import AutoModelForCausalLM
 ARCHITECTURES = ("llama", "qwen3", "phi3", "gemma2")  # qwen3: q/k head norms; gemma2: (1 + w) norms
 
 
-def _step(model, ids):
-    model.zero_grad()
-    output = model(input_ids=ids, labels=ids)
-    output.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return output.logits.detach(), output.loss.detach(), grads
-
-
 def _count_fused_calls(monkeypatch) -> list:
     from hilt.training import fast_norm
 
@@ -32,7 +24,7 @@ def _count_fused_calls(monkeypatch) -> list:
 def test_fused_rmsnorm_equals_transformers(arch, tiny_model_dir, tmp_path, monkeypatch):
     """Full fine-tuning (every weight trains, norm weights included), so the norm weights'
     gradients are checked too; the norm weights are randomised away from their init."""
-    from families import build_architecture
+    from families import build_architecture, loss_step
 
     from hilt.training.fast_norm import FusedRMSNorm, install
 
@@ -43,14 +35,14 @@ def test_fused_rmsnorm_equals_transformers(arch, tiny_model_dir, tmp_path, monke
             if "norm" in name:
                 param.uniform_(-0.5, 1.5)
     ids = torch.randint(5, 400, (2, 37))
-    expected = _step(model, ids)
+    expected = loss_step(model, ids)
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     count = install(model)
     norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
     assert count == len(norms) == sum(isinstance(m, FusedRMSNorm) for m in model.modules()) > 0
     calls = _count_fused_calls(monkeypatch)
-    logits, loss, grads = _step(model, ids)
+    logits, loss, grads = loss_step(model, ids)
     assert len(calls) == count  # every norm took the fused path, once
     torch.testing.assert_close(logits, expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss, expected[1])

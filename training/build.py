@@ -68,8 +68,9 @@ def resolve_attention(job: Job) -> str:
 
 def training_attention(job: Job) -> str:
     """The attention the model trains with: :func:`resolve_attention`, except that SFT's packed
-    rows on sdpa attend one sequence at a time (``hilt.training.segment_attention``: the same
-    result as transformers' block-diagonal mask, without attending over the whole row).
+    rows on sdpa attend one sequence at a time (``hilt.training.segment_attention`` over the
+    length groups ``hilt.training.packing.LengthGroupCollator`` lays out: the same result as
+    transformers' block-diagonal mask, without attending over the whole row).
     Not for a sliding window shorter than a row, nor when ``model.attn_implementation`` is set.
     """
     attention = resolve_attention(job)

@@ -11,8 +11,14 @@ Here sequences are packed best-fit-decreasing into rows of at most ``max_length`
 tokens, rows stay separate in the batch (``[batch, row]``), and position ids restart at
 every sequence with no attention mask. transformers then builds a per-row
 block-diagonal causal mask, so no token attends across a sequence boundary and
-attention costs ``batch x row^2``. The only padding is the short tail of the few rows
-shorter than the batch's longest; it forms its own segment and carries no loss.
+attention costs ``batch x row^2`` (eager: ``PackedRowCollator``). The only padding is the
+short tail of the few rows shorter than the batch's longest; it forms its own segment and
+carries no loss.
+
+With hilt's segment attention (sdpa) the rows only choose which sequences share a step:
+``LengthGroupCollator`` lays them out as one row of length groups, each a contiguous block of
+similar-length sequences that ``hilt.training.segment_attention`` attends with a plain causal
+kernel, ``sum(longest^2)`` work and no gathers.
 """
 
 from __future__ import annotations

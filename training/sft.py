@@ -41,8 +41,9 @@ def build_sft_trainer(job: Job):
 
     # Packing: flash attention reads sequence boundaries from cu_seq_lens, so TRL's
     # padding-free batches suit it; kernels without varlen support get packed rows instead
-    # (training/packing.py), attended one sequence at a time on sdpa
-    # (training/segment_attention.py) and with per-row block-diagonal masks on eager.
+    # (training/packing.py). On sdpa a step's sequences are laid out as length groups and
+    # attended one group at a time (training/segment_attention.py); on eager the rows keep
+    # per-row block-diagonal masks.
     packing = recipe.data.packing
     varlen = build.resolve_attention(job) == "flash_attention_2"
     rows = packing and not varlen
@@ -79,7 +80,8 @@ def build_sft_trainer(job: Job):
     if trainer.is_world_process_zero():
         attention = build.training_attention(job)
         mode = ("padding-free (varlen)" if varlen else "off") if not rows else (
-            "rows (one sequence at a time)" if attention == "hilt_segments" else "rows (per-row block-diagonal masks)")
+            "rows (length groups, one sequence at a time)" if attention == "hilt_segments"
+            else "rows (per-row block-diagonal masks)")
         print(f"[hilt] packing={mode} attention={attention} "
               f"train_rows={len(train_ds)}", flush=True)
     return trainer, tokenizer, stopper
