@@ -68,7 +68,8 @@ def _form(cls, forms: dict[tuple, float]) -> float | None:
 
 
 def _eps(module) -> float:
-    return float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
+    """Llama's form keeps epsilon as ``variance_epsilon``, Gemma's as ``eps``."""
+    return float(module.variance_epsilon if hasattr(module, "variance_epsilon") else module.eps)
 
 
 class FusedRMSNorm:

@@ -46,12 +46,13 @@ def build_sft_trainer(job: Job):
     # per-row block-diagonal masks.
     packing = recipe.data.packing
     varlen = build.resolve_attention(job) == "flash_attention_2"
+    attention = build.training_attention(job)  # reads the model's config: once
     rows = packing and not varlen
     collator = None
     if rows:
         train_ds = pack_rows(train_ds, recipe.data.max_length)
         eval_ds = pack_rows(eval_ds, recipe.data.max_length) if eval_ds is not None else None
-        grouped = build.training_attention(job) == "hilt_segments"
+        grouped = attention == "hilt_segments"
         collator = (LengthGroupCollator if grouped else PackedRowCollator)(tokenizer.pad_token_id)
     else:
         # TRL builds labels from an "assistant_masks" column of a tokenized dataset.
@@ -78,7 +79,6 @@ def build_sft_trainer(job: Job):
     )
     trainer, stopper = make_trainer(job, SFTTrainer, args, train_ds, eval_ds, tokenizer, data_collator=collator)
     if trainer.is_world_process_zero():
-        attention = build.training_attention(job)
         mode = ("padding-free (varlen)" if varlen else "off") if not rows else (
             "rows (length groups, one sequence at a time)" if attention == "hilt_segments"
             else "rows (per-row block-diagonal masks)")

@@ -29,9 +29,8 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     """
     from hilt.training import build, stopping
     from hilt.training.callbacks import MetricsLogger, StopOnSigterm
-    from hilt.training.tracking import tracking_callbacks
-
     from hilt.training.host_memory import keep_freed_memory
+    from hilt.training.tracking import tracking_callbacks
 
     # CPU steps reuse freed activations instead of faulting in fresh pages (host_memory.py).
     kept = not build.has_cuda() and keep_freed_memory()
