@@ -18,7 +18,9 @@ def build_sft_trainer(job: Job):
     Returns:
         (trainer, tokenizer, stopper): the stopper turns SIGTERM into a checkpoint.
     """
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from hilt.training import sft_loss
 
     recipe = job.recipe
     # Data: conversational records, chat-templated here with the model's own template; the
@@ -77,12 +79,15 @@ def build_sft_trainer(job: Job):
         # do not pad full ones.
         train_sampling_strategy="group_by_length" if rows else "random",
     )
-    trainer, stopper = make_trainer(job, SFTTrainer, args, train_ds, eval_ds, tokenizer, data_collator=collator)
+    # SFTTrainer with hilt's loss on CPU (training/sft_loss.py), TRL's elsewhere.
+    trainer, stopper = make_trainer(job, sft_loss.trainer_class(), args, train_ds, eval_ds, tokenizer,
+                                    data_collator=collator)
     if trainer.is_world_process_zero():
         mode = ("padding-free (varlen)" if varlen else "off") if not rows else (
             "rows (length groups, one sequence at a time)" if attention == "hilt_segments"
             else "rows (per-row block-diagonal masks)")
-        print(f"[hilt] packing={mode} attention={attention} "
+        loss = "counted positions (hilt)" if trainer.args.device.type == "cpu" else "fused head (TRL)"
+        print(f"[hilt] packing={mode} attention={attention} loss={loss} "
               f"train_rows={len(train_ds)}", flush=True)
     return trainer, tokenizer, stopper
 
