@@ -32,13 +32,20 @@ def _count_fused_calls(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_fused_lora_equals_peft(arch, tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tokens", [(2, 37), (1, 6)], ids=["merged", "accumulated"])
+def test_fused_lora_equals_peft(arch, tokens, tiny_model_dir, tmp_path, monkeypatch):
+    """74 tokens: W + scaling·BA is formed (smaller than the outputs); 6: the low-rank product
+    is accumulated into the output and the input gradient."""
     from families import build_architecture, loss_step
 
+    from hilt.training import fast_lora
     from hilt.training.fast_lora import FusedLoraLinear, install
 
     path = build_architecture(arch, tiny_model_dir, tmp_path / arch)
-    ids = torch.randint(5, 400, (2, 37))
+    ids = torch.randint(5, 400, tokens)
+    merges = []
+    decide = fast_lora._merges
+    monkeypatch.setattr(fast_lora, "_merges", lambda *args: merges.append(decide(*args)) or merges[-1])
     model = _peft_model(path)
     expected = loss_step(model, ids)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -48,6 +55,7 @@ def test_fused_lora_equals_peft(arch, tiny_model_dir, tmp_path, monkeypatch):
     calls = _count_fused_calls(monkeypatch)
     logits, loss, grads = loss_step(model, ids)
     assert len(calls) == count  # every LoRA module took the fused path
+    assert set(merges) == {tokens == (2, 37)}
     torch.testing.assert_close(logits, expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss, expected[1])
     assert grads.keys() == expected[2].keys() and grads  # LoRA A and B, nothing else

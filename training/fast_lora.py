@@ -37,10 +37,15 @@ class LoraLinearFunction(torch.autograd.Function):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         low = flat @ lora_a.t()  # [tokens, r]
-        base = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
-        out = base.addmm_(low, lora_b.t(), alpha=scaling)
+        merge = _merges(flat, weight)
+        if merge:  # one matmul with W + scaling·BA: the sum costs less than adding x Aᵀ Bᵀ per token
+            merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)
+            out = torch.addmm(bias, flat, merged.t()) if bias is not None else flat @ merged.t()
+        else:
+            base = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
+            out = base.addmm_(low, lora_b.t(), alpha=scaling)
         ctx.save_for_backward(flat, weight, lora_a, lora_b, low)
-        ctx.scaling, ctx.shape = scaling, shape
+        ctx.scaling, ctx.shape, ctx.merge = scaling, shape, merge
         return out.view(*shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -51,12 +56,23 @@ class LoraLinearFunction(torch.autograd.Function):
         grad_low = grad @ lora_b  # [tokens, r], unscaled
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad @ weight).addmm_(grad_low, lora_a, alpha=scaling).view(ctx.shape)
+            if ctx.merge:  # recomputed, not saved: a weight-sized tensor per layer would stay alive
+                grad_x = (grad @ torch.addmm(weight, lora_b, lora_a, alpha=scaling)).view(ctx.shape)
+            else:
+                grad_x = (grad @ weight).addmm_(grad_low, lora_a, alpha=scaling).view(ctx.shape)
         if ctx.needs_input_grad[3]:
             grad_a = (grad_low.t() @ flat).mul_(scaling)
         if ctx.needs_input_grad[4]:
             grad_b = (grad.t() @ low).mul_(scaling)
         return grad_x, None, None, grad_a, grad_b, None
+
+
+def _merges(flat, weight) -> bool:
+    """Whether forming ``W + scaling·BA`` (``out x in`` values, forward and backward) moves
+    less memory than accumulating the low-rank product into the output and the input gradient
+    (``tokens x (out + in)``). float32 only: in bf16 the sum would round a small update away."""
+    out_features, in_features = weight.shape
+    return flat.dtype == torch.float32 and flat.shape[0] * (out_features + in_features) > out_features * in_features
 
 
 def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float):
