@@ -40,15 +40,18 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     trainer = trainer_class(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=build.lora_config(job),
                             callbacks=[MetricsLogger(), stopper, *tracking_callbacks(job)], **extra)
-    from hilt.training import fast_lora, fast_norm
+    from hilt.training import fast_lora, fast_norm, fast_rope
 
     fused = fast_lora.install(trainer.model)  # PEFT LoRA linears as one autograd function each
     norms = fast_norm.install(trainer.model)  # RMSNorms likewise
+    rotary = fast_rope.install(trainer.model)  # and rotary embeddings
     if trainer.is_world_process_zero():
         if fused:
             print(f"[hilt] lora=fused modules={fused}", flush=True)
         if norms:
             print(f"[hilt] rmsnorm=fused modules={norms}", flush=True)
+        if rotary:
+            print(f"[hilt] rotary=fused in={','.join(rotary)}", flush=True)
         if kept:
             print("[hilt] host_memory=kept (malloc keeps freed blocks: no page faults per step)", flush=True)
     return trainer, stopper
