@@ -15,8 +15,9 @@ truncation drops elsewhere; its real-token count is reported as it is). Modes:
 - ``trl-padding-free``: ``padding_free=True`` (the batch as one row);
 - ``trl-packing-bfd``: ``packing=True`` (best-fit decreasing into one row per batch);
 - ``hilt``: hilt's own path (``data.packing``: rows choose a step's conversations, laid out
-  as length groups, each example attending only to itself; fused LoRA linears and RMSNorms;
-  on CPU, malloc keeps freed blocks: ``hilt.training.host_memory``);
+  as length groups, each example attending only to itself; fused LoRA linears, RMSNorms and
+  rotary embeddings; on CPU, the loss on the counted positions only
+  (``hilt.training.sft_loss``) and malloc keeps freed blocks: ``hilt.training.host_memory``);
 - ``trl-group-by-length+host-memory``: TRL's group-by-length with hilt's malloc setting
   applied to its process too. Not a TRL option, so not a candidate for "best TRL mode"; it
   shows how much of hilt's lead is that setting and how much its own path.

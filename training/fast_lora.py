@@ -6,12 +6,16 @@ again backward, plus a full-size add of the two input gradients. On the benchmar
 run these elementwise passes were ~10 % of a step; they are pure memory traffic around
 matmuls that the CPU runs near its peak.
 
-Here the same function is one :class:`torch.autograd.Function`: the scaled low-rank product
-is accumulated into the base output by ``addmm`` (``alpha=scaling``), and backward
-accumulates the low-rank input gradient into the base one the same way. The matmuls are
-the ones PEFT runs; the result is the same to rounding (tested against PEFT, per
-architecture). Saved tensors are the ones PEFT's autograd graph keeps (the input and the
-rank-``r`` activation), so memory does not grow.
+Here the same function is one :class:`torch.autograd.Function`. In float32, when a call has
+more tokens than ``in·out / (in + out)`` (the benchmark's steps: thousands of tokens, layers
+of a few hundred features), it multiplies by ``W + scaling·BA``, formed forward and formed
+again backward (never saved): one matmul each way, and the rank-``r`` products only for the
+gradients of A and B. Otherwise (bf16, where the sum would round a small update away; few
+tokens, where forming it costs more) the scaled low-rank product is accumulated into the base
+output by ``addmm`` (``alpha=scaling``), and backward accumulates the low-rank input gradient
+into the base one the same way. The result is PEFT's to rounding (tested against PEFT, both
+ways, per architecture). Saved tensors are the ones PEFT's autograd graph keeps (the input
+and the rank-``r`` activation), so memory does not grow.
 
 Installed on a trainer's PEFT model by :func:`install`: each eligible ``lora.Linear``
 changes class to :class:`FusedLoraLinear`, whose forward takes the fused path only for
