@@ -23,12 +23,11 @@ def _peft_model(path, dropout=0.0):
 
 
 def _count_fused_calls(monkeypatch) -> list:
+    from families import count_calls
+
     from hilt.training import fast_lora
 
-    calls = []
-    fused = fast_lora.lora_linear
-    monkeypatch.setattr(fast_lora, "lora_linear", lambda *args: calls.append(1) or fused(*args))
-    return calls
+    return count_calls(monkeypatch, fast_lora, "lora_linear")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

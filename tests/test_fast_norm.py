@@ -12,12 +12,11 @@ ARCHITECTURES = ("llama", "qwen3", "phi3", "gemma2")  # qwen3: q/k head norms; g
 
 
 def _count_fused_calls(monkeypatch) -> list:
+    from families import count_calls
+
     from hilt.training import fast_norm
 
-    calls = []
-    apply = fast_norm.RMSNormFunction.apply
-    monkeypatch.setattr(fast_norm.RMSNormFunction, "apply", lambda *args: calls.append(1) or apply(*args))
-    return calls
+    return count_calls(monkeypatch, fast_norm.RMSNormFunction, "apply")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -22,12 +22,11 @@ def restore_rotary(monkeypatch):
 
 
 def _count_fused_calls(monkeypatch) -> list:
+    from families import count_calls
+
     from hilt.training import fast_rope
 
-    calls = []
-    apply = fast_rope.RotaryFunction.apply
-    monkeypatch.setattr(fast_rope.RotaryFunction, "apply", lambda *args: calls.append(1) or apply(*args))
-    return calls
+    return count_calls(monkeypatch, fast_rope.RotaryFunction, "apply")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -96,14 +96,14 @@ def test_sft_trainer_takes_it_on_cpu_with_trls_loss_and_metrics(sft_trainer, mon
     """One batch of hilt's SFT path (length groups with position ids, or padded rows with an
     attention mask; assistant-only loss): the loss and the entropy, accuracy and token-count
     metrics equal TRL's compute_loss; above the logits budget TRL's loss runs instead."""
+    from families import count_calls
+
     from hilt.training import sft_loss
 
     trainer = sft_trainer
     batch = next(iter(trainer.get_train_dataloader()))
     assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompts are not counted
-    calls = []
-    original = sft_loss.next_token_loss
-    monkeypatch.setattr(sft_loss, "next_token_loss", lambda *a: calls.append(1) or original(*a))
+    calls = count_calls(monkeypatch, sft_loss, "next_token_loss")
 
     def step() -> tuple:
         trainer._metrics["train"].clear()
