@@ -65,9 +65,13 @@ def test_fused_rotary_keeps_the_original_where_it_does_not_apply(tiny_model_dir,
     assert install(phi3) == []
     path = build_architecture("llama", tiny_model_dir, tmp_path / "llama")
     llama = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ids = torch.randint(5, 400, (1, 9))
+    generate = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    before = llama.generate(ids, **generate)
     assert install(llama) == [type(llama).__module__]
     calls = _count_fused_calls(monkeypatch)
-    ids = torch.randint(5, 400, (1, 9))
+    assert torch.equal(llama.generate(ids, **generate), before) and calls  # one token at a time, with a cache
+    calls.clear()
     with torch.no_grad():
         bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)(ids).logits
         assert not calls and bf16.dtype == torch.bfloat16  # bf16: the original code
