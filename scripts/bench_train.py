@@ -37,6 +37,14 @@ final loss of the packed modes (TRL's and hilt's) is higher after one epoch for 
 
     .venv/bin/python scripts/bench_train.py                 # tiny Llama 4x256 built here, CPU
     .venv/bin/python scripts/bench_train.py --records 2000 --rounds 3
+    scripts/bench_gpu compare                               # GPU: Llama-3-8B layers, 4k rows
+
+On a GPU the modes run in bf16; TRL's one-row modes (padding-free, BFD packing) use
+flash-attention's varlen kernels where the flash_attn package is installed (sdpa otherwise),
+Liger's kernels (``use_liger_kernel``) make two more TRL modes where liger_kernel is
+installed, the host-memory row (a CPU setting) is left out, and each mode reports its MFU
+(PaLM's ``6N`` FLOPs per token over the GPU's peak dense bf16 rate); profiles then count device
+time. Modes this machine cannot run are named at the start and left out.
 
 Results: bench_results/train.json (and a table on stdout).
 """
@@ -71,7 +79,68 @@ TRL_MODES = {
 }
 # TRL's best sampling with the malloc setting hilt applies to its own CPU process.
 WITH_HOST_MEMORY = "trl-group-by-length+host-memory"
-MODES = (*TRL_MODES, WITH_HOST_MEMORY, "hilt")
+# TRL with Liger's Triton kernels (use_liger_kernel=True): TRL options, CUDA only, where the
+# liger_kernel package is installed.
+LIGER_MODES = ("trl-group-by-length+liger", "trl-padding-free+liger")
+MODES = (*TRL_MODES, *LIGER_MODES, WITH_HOST_MEMORY, "hilt")
+# Model shapes: "tiny" runs anywhere; "8b" is Llama-3-8B's layer (hidden 4096, MLP 14336,
+# 32 heads / 8 KV heads, vocabulary 128,256) with random bf16 weights, for a GPU.
+SHAPES = {
+    "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=4, vocab_size=512),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
+}
+
+
+def is_trl_mode(mode: str) -> bool:
+    """A configuration a TRL user can choose (a candidate for "best TRL mode")."""
+    return mode in TRL_MODES or mode in LIGER_MODES
+
+
+def unavailable(mode: str) -> str | None:
+    """Why ``mode`` cannot run on this machine, or None."""
+    import importlib.util
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if mode in LIGER_MODES and not (cuda and importlib.util.find_spec("liger_kernel")):
+        return "Liger's kernels need CUDA and the liger_kernel package"
+    if mode == WITH_HOST_MEMORY and cuda:
+        return "the malloc setting is hilt's on CPU only"
+    return None
+
+
+def flash_attention() -> bool:
+    """Whether flash-attention's varlen kernels can run here (CUDA and the flash_attn package)."""
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def build_model(work: Path, shape: str, layers: int | None) -> str:
+    """A model directory of ``shape`` with random weights and the tiny tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from hilt.training.tiny_model import TinyModelSpec, build_tiny_model, build_tokenizer
+
+    if shape == "tiny" and layers is None:
+        return str(build_tiny_model(work / "model", TinyModelSpec(layers=4, hidden=256, heads=8, intermediate=688)))
+    tokenizer = build_tokenizer(TinyModelSpec(max_positions=8192))
+    config = LlamaConfig(**{**SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})},
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if shape == "8b" else torch.float32)
+    model.save_pretrained(work / "model")
+    tokenizer.save_pretrained(work / "model")
+    return str(work / "model")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 SCHEDULE = {"learning_rate": 1e-4, "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "weight_decay": 0.0,
             "max_grad_norm": 1.0, "seed": 42}
@@ -120,20 +189,26 @@ def trl_trainer(mode: str, model: str, data: Path, batch: int, max_length: int):
     cuda = torch.cuda.is_available()
     records = [json.loads(line) for line in (data / "train" / "data.jsonl").read_text().splitlines()]
     tokenizer = AutoTokenizer.from_pretrained(model)
-    if mode == "trl-padding-free":
+    if mode.startswith("trl-padding-free"):
         # TRL does not truncate in padding-free mode without packing: give it the same
         # truncated sequences the other modes train on.
         records = [{"input_ids": list(tokenizer.apply_chat_template(r["messages"], return_dict=True)["input_ids"])
                     [:max_length]} for r in records]
+    base, _, option = mode.partition("+")
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, num_train_epochs=1, max_steps=-1,
-        max_length=None if mode == "trl-padding-free" else max_length, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+        max_length=None if base == "trl-padding-free" else max_length, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
         gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=1_000_000,
-        data_seed=SCHEDULE["seed"], include_num_input_tokens_seen="non_padding", **SCHEDULE, **TRL_MODES[mode],
+        data_seed=SCHEDULE["seed"], include_num_input_tokens_seen="non_padding", **SCHEDULE, **TRL_MODES[base],
+        use_liger_kernel=option == "liger",
     )
     dtype = torch.bfloat16 if args.bf16 else torch.float32
+    # The batch as one row (padding-free, BFD packing) is what flash-attention's varlen kernels
+    # are for; elsewhere, and without flash_attn, sdpa (transformers masks packed sequences).
+    one_row = base in ("trl-padding-free", "trl-packing-bfd")
+    attention = "flash_attention_2" if one_row and flash_attention() else "sdpa"
     trainer = SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model, dtype=dtype), args=args,
+        model=AutoModelForCausalLM.from_pretrained(model, dtype=dtype, attn_implementation=attention), args=args,
         train_dataset=Dataset.from_list(records), processing_class=tokenizer,
         peft_config=LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                target_modules=LORA["target_modules"], task_type="CAUSAL_LM"),
@@ -150,7 +225,8 @@ def trl_trainer(mode: str, model: str, data: Path, batch: int, max_length: int):
 # Where a step's time goes, by the self time of the ops the profiler records.
 CATEGORIES = (
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
-    ("attention", ("aten::scaled_dot_product", "aten::_scaled_dot_product", "aten::_flash_attention")),
+    ("attention", ("aten::scaled_dot_product", "aten::_scaled_dot_product", "aten::_flash_attention",
+                   "aten::_efficient_attention", "flash_attn::")),
     ("gather/scatter", ("aten::index", "aten::_index_put", "aten::masked", "aten::cat", "aten::stack")),
 )  # name prefixes: "aten::addmm" covers addmm_, "aten::index" index_select/_copy/_put
 
@@ -166,19 +242,24 @@ def _addmm_flops(event) -> int:
 
 def profile_worker(trainer, steps: int) -> dict:
     """Train ``steps`` steps under torch.profiler: time shares by op category, matmul FLOPs."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = torch.cuda.is_available()
+    # On a GPU the time that counts is the kernels' (device time), attributed to the ops that launched them.
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    timing = "self_device_time_total" if cuda else "self_cpu_time_total"
     trainer.args.max_steps = steps
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
+    with profile(activities=activities, with_flops=True, record_shapes=True) as prof:
         trainer.train()
     events = prof.key_averages(group_by_input_shape=True)
-    total = sum(e.self_cpu_time_total for e in events)
+    total = sum(getattr(e, timing) for e in events)
     shares: dict[str, float] = {name: 0.0 for name, _ in CATEGORIES}
     shares["elementwise and other"] = 0.0
     flops = 0
     for e in events:
         category = next((name for name, prefixes in CATEGORIES if e.key.startswith(prefixes)), "elementwise and other")
-        shares[category] += e.self_cpu_time_total
+        shares[category] += getattr(e, timing)
         if category == "matmul":
             flops += e.flops or _addmm_flops(e)
     seconds = total / 1e6
@@ -201,7 +282,7 @@ def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int, p
             from hilt.training.host_memory import keep_freed_memory
 
             assert keep_freed_memory(), "malloc settings did not apply (not glibc, or MALLOC_*_THRESHOLD_/GLIBC_TUNABLES/LD_PRELOAD set)"
-        trainer, real, total, per_row = trl_trainer(mode.split("+")[0], model, data, batch, max_length)
+        trainer, real, total, per_row = trl_trainer(mode, model, data, batch, max_length)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if profile_steps:
         return {"mode": mode, **profile_worker(trainer, profile_steps)}
@@ -225,10 +306,12 @@ def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int, p
         "device": torch.cuda.get_device_name() if cuda else "cpu",
     }
     if cuda:
-        params = sum(p.numel() for p in trainer.model.parameters())
+        # N without the input embeddings: a lookup, not a matmul (the LM head counts).
+        params = (sum(p.numel() for p in trainer.model.parameters())
+                  - trainer.model.get_input_embeddings().weight.numel())
         peak = next((v for k, v in PEAK_FLOPS.items() if k in result["device"]), None)
         if peak:
-            result["mfu"] = 6 * params * result["tokens_per_second"] / peak
+            result["mfu"] = 6 * params * result["tokens_per_second"] / peak  # PaLM's 6N, no attention term
     return result
 
 
@@ -250,12 +333,15 @@ def matmul_floor(summary_rows: dict, profiles: dict) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model dir (default: a tiny Llama 4x256 built here)")
+    parser.add_argument("--model", help="model dir (default: one of --shape built here)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
+                        help="model built when no --model: tiny (Llama 4x256, CPU) or 8b (Llama-3-8B layers, GPU)")
+    parser.add_argument("--layers", type=int, help="number of layers of --shape (8b: 32; fewer fit a short run)")
     parser.add_argument("--records", type=int, default=800, help="conversations in the epoch (800)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all modes (3)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--modes", help="comma-separated subset of " + ",".join(MODES) + " (default: all that run here)")
     parser.add_argument("--profile-steps", type=int, default=6,
                         help="after the timed rounds, profile this many steps of each mode (0: skip)")
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "train.json"))
@@ -268,16 +354,20 @@ def main() -> int:
         print("RESULT " + json.dumps(result))
         return 0
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = sorted(set(modes) - set(MODES))
-    if unknown:
-        parser.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    if args.modes is None:
+        modes = [m for m in MODES if not unavailable(m)]
+        print("modes not run here: " + ("; ".join(f"{m} ({unavailable(m)})" for m in MODES if unavailable(m))
+                                         or "none"), flush=True)
+    else:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        unknown = sorted(set(modes) - set(MODES))
+        if unknown:
+            parser.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+        for mode in modes:
+            if unavailable(mode):
+                parser.error(f"--modes {mode}: {unavailable(mode)}; leave it out")
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    model = args.model
-    if model is None:
-        from hilt.training.tiny_model import TinyModelSpec, build_tiny_model
-
-        model = str(build_tiny_model(work / "model", TinyModelSpec(layers=4, hidden=256, heads=8, intermediate=688)))
+    model = args.model or build_model(work, args.shape, args.layers)
     data = work / "data"
     (data / "train").mkdir(parents=True)
     (data / "train" / "data.jsonl").write_text(
@@ -324,8 +414,9 @@ def main() -> int:
             "tokens_per_second_runs": [round(r["tokens_per_second"], 1) for r in mine],
             **{k: mine[-1][k] for k in ("real_tokens", "padding_fraction", "steps", "conversations_per_row",
                                         "minor_page_faults_per_step", "peak_memory_mb", "train_loss", "device")},
+            **({"mfu": statistics.median(r["mfu"] for r in mine)} if all("mfu" in r for r in mine) else {}),
         }
-    trl = {m: v for m, v in summary_rows.items() if m in TRL_MODES}
+    trl = {m: v for m, v in summary_rows.items() if is_trl_mode(m)}
     best = max(trl, key=lambda m: trl[m]["tokens_per_second"]) if trl else None
     ratio = (summary_rows["hilt"]["tokens_per_second"] / trl[best]["tokens_per_second"]
              if best and "hilt" in summary_rows else None)
@@ -334,7 +425,7 @@ def main() -> int:
     per_round = []
     for round_index in range(1, args.rounds + 1):
         mine = {r["mode"]: r["tokens_per_second"] for r in runs if r["round"] == round_index}
-        peers = [v for m, v in mine.items() if m in TRL_MODES]
+        peers = [v for m, v in mine.items() if is_trl_mode(m)]
         if "hilt" in mine and peers:
             per_round.append(round(mine["hilt"] / max(peers), 3))
     same_memory = (summary_rows["hilt"]["tokens_per_second"] / summary_rows[WITH_HOST_MEMORY]["tokens_per_second"]
@@ -348,16 +439,20 @@ def main() -> int:
                "config": {"records": args.records, "batch": args.batch, "max_length": args.max_length,
                           "rounds": args.rounds, "lora": LORA, "schedule": SCHEDULE,
                           "trainable_parameters": trainable.pop(),
-                          "model": args.model or "tiny llama 4x256 (built)", "cpus": os.cpu_count()}}
+                          "model": args.model or f"{args.shape} llama (built, random weights)",
+                          "shape": None if args.model else {**SHAPES[args.shape],
+                                                            **({"num_hidden_layers": args.layers} if args.layers else {})},
+                          "flash_attention_varlen": flash_attention(), "cpus": os.cpu_count()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
 
     print(f"\n{'mode':<32} {'tok/s':>8} {'padding':>8} {'steps':>6} {'conv/row':>8} {'faults/step':>11} "
-          f"{'peak MB':>8} {'loss':>7}")
+          f"{'peak MB':>8} {'loss':>7} {'MFU':>6}")
     for mode, r in summary_rows.items():
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
         print(f"{mode:<32} {r['tokens_per_second']:>8.0f} {r['padding_fraction']:>8.1%} {r['steps']:>6} "
               f"{r['conversations_per_row']:>8.2f} {r['minor_page_faults_per_step']:>11} {r['peak_memory_mb']:>8.0f} "
-              f"{r['train_loss']:>7.3f}")
+              f"{r['train_loss']:>7.3f} {mfu:>6}")
     floor = summary["matmul_floor"]
     if floor:
         print(f"\n{'mode':<32} {'matmul':>7} {'attention':>9} {'gather':>7} {'rest':>6} "

@@ -40,3 +40,17 @@ def test_bench_train_compares_like_with_like(tmp_path):
         floor = result["matmul_floor"][mode]
         assert floor["tokens_per_second_if_only_matmuls"] > 0 and floor["share_of_that_reached"] > 0
     assert "hilt / best TRL" in proc.stdout
+
+
+def test_bench_train_refuses_a_mode_this_machine_cannot_run(tmp_path):
+    """Liger's kernels are TRL's GPU option: on a CPU machine asking for them is a one-line error."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine may run Liger's modes")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--modes", "trl-group-by-length+liger,hilt",
+         "--out", str(tmp_path / "train.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--modes trl-group-by-length+liger: Liger's kernels need CUDA" in proc.stderr
+    assert not (tmp_path / "train.json").exists()
