@@ -43,8 +43,10 @@ def applies(trainer, inputs: dict, vocab_size: int) -> bool:
     if parallelism is not None and getattr(parallelism, "sp_enabled", False):
         return False
     if (trainer.compute_loss_func is not None or trainer.label_smoother is not None
-            or trainer.args.loss_type != "nll" or trainer.aux_loss_enabled):
+            or getattr(trainer.args, "loss_type", None) != "nll" or getattr(trainer, "aux_loss_enabled", True)):
         return False
+    if not all(hasattr(trainer, name) for name in ("_metrics", "_total_train_tokens", "_tp_size")):
+        return False  # the metric bookkeeping of another TRL version: its own compute_loss keeps it
     return int((labels[:, 1:] != -100).sum()) * vocab_size <= MAX_LOGITS
 
 
