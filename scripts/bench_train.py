@@ -65,11 +65,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_gpu import PEAK_FLOPS  # peak dense bf16 FLOP/s per GPU, for MFU
+from bench_gpu import SHAPES as GPU_SHAPES
 
 WORDS = ("please order book laptop desk office floor meeting client summary advisor account policy "
          "request approve manager review portfolio risk travel expense report thank you the a to and").split()
-# Peak dense bf16 FLOP/s per GPU, for MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}
 TRL_MODES = {
     "trl-padded": {},
     "trl-group-by-length": {"train_sampling_strategy": "group_by_length"},
@@ -88,8 +90,7 @@ MODES = (*TRL_MODES, *LIGER_MODES, WITH_HOST_MEMORY, "hilt")
 SHAPES = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                  num_key_value_heads=4, vocab_size=512),
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
+    "8b": GPU_SHAPES["8b"],  # the model scripts/bench_gpu trains
 }
 
 

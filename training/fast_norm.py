@@ -47,9 +47,16 @@ class RMSNormFunction(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
-def _fingerprint(function) -> tuple:
-    code = function.__code__
-    return code.co_code, code.co_consts, code.co_names
+def code_fingerprint(function) -> tuple | None:
+    """What a function computes: its bytecode, constants (not its docstring) and names; None
+    for a callable without Python code. Also used by ``hilt.training.fast_rope``."""
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return None
+    constants = code.co_consts
+    if function.__doc__ is not None and constants and constants[0] == function.__doc__:
+        constants = constants[1:]
+    return code.co_code, constants, code.co_names
 
 
 def _known_forms() -> dict[tuple, float]:
@@ -57,13 +64,13 @@ def _known_forms() -> dict[tuple, float]:
     from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    return {(_fingerprint(LlamaRMSNorm.forward), None): 0.0,
-            (_fingerprint(GemmaRMSNorm.forward), _fingerprint(GemmaRMSNorm._norm)): 1.0}
+    return {(code_fingerprint(LlamaRMSNorm.forward), None): 0.0,
+            (code_fingerprint(GemmaRMSNorm.forward), code_fingerprint(GemmaRMSNorm._norm)): 1.0}
 
 
 def _form(cls, forms: dict[tuple, float]) -> float | None:
     norm = getattr(cls, "_norm", None)
-    key = (_fingerprint(cls.forward), _fingerprint(norm) if callable(norm) else None)
+    key = (code_fingerprint(cls.forward), code_fingerprint(norm) if callable(norm) else None)
     return forms.get(key)
 
 

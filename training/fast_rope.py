@@ -66,13 +66,6 @@ def _fused(original):
     return apply_rotary_pos_emb
 
 
-def _fingerprint(function) -> tuple | None:
-    code = getattr(function, "__code__", None)
-    if code is None:
-        return None
-    return code.co_code, tuple(c for c in code.co_consts if c != function.__doc__), code.co_names
-
-
 def install(model) -> list[str]:
     """Replace Llama's rotary code in the modeling modules ``model``'s attention classes use.
 
@@ -81,7 +74,9 @@ def install(model) -> list[str]:
     """
     from transformers.models.llama import modeling_llama
 
-    known = (_fingerprint(modeling_llama.apply_rotary_pos_emb), _fingerprint(modeling_llama.rotate_half))
+    from hilt.training.fast_norm import code_fingerprint
+
+    known = (code_fingerprint(modeling_llama.apply_rotary_pos_emb), code_fingerprint(modeling_llama.rotate_half))
     fused = set()
     for module in model.modules():
         modeling = sys.modules.get(type(module).__module__)
@@ -91,7 +86,7 @@ def install(model) -> list[str]:
             continue
         if hasattr(apply, "hilt_original"):
             fused.add(modeling.__name__)
-        elif (_fingerprint(apply), _fingerprint(rotate)) == known:
+        elif (code_fingerprint(apply), code_fingerprint(rotate)) == known:
             modeling.apply_rotary_pos_emb = _fused(apply)
             fused.add(modeling.__name__)
     return sorted(fused)

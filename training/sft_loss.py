@@ -25,6 +25,8 @@ plain next-token likelihood (a ``compute_loss_func``, label smoothing, another
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Counted positions x vocabulary above which TRL's chunked head runs instead (its memory
@@ -98,22 +100,17 @@ def compute_loss(trainer, model, inputs: dict, num_items_in_batch=None):
     return loss
 
 
-_TRAINER = None
-
-
+@functools.cache
 def trainer_class():
-    """TRL's SFTTrainer with :func:`compute_loss` wherever :func:`applies`."""
-    global _TRAINER
-    if _TRAINER is None:
-        from trl import SFTTrainer
+    """TRL's SFTTrainer with :func:`compute_loss` wherever :func:`applies` (one class per process)."""
+    from trl import SFTTrainer
 
-        class HiltSFTTrainer(SFTTrainer):
-            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-                weight = self.model.get_output_embeddings().weight
-                vocab = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 partitions hold none of it
-                if return_outputs or not applies(self, inputs, vocab):
-                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                return compute_loss(self, model, inputs, num_items_in_batch)
+    class HiltSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weight = self.model.get_output_embeddings().weight
+            vocab = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 partitions hold none of it
+            if return_outputs or not applies(self, inputs, vocab):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return compute_loss(self, model, inputs, num_items_in_batch)
 
-        _TRAINER = HiltSFTTrainer
-    return _TRAINER
+    return HiltSFTTrainer
