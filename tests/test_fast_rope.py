@@ -13,12 +13,23 @@ from transformers import AutoModelForCausalLM
 ARCHITECTURES = ("llama", "qwen3", "mistral", "gemma2")
 
 
-@pytest.fixture()
-def restore_rotary(monkeypatch):
-    """install() rebinds a modeling module's function: put every original back afterwards."""
+def _unpatch_rotary():
     for name, module in list(sys.modules.items()):
-        if name.startswith("transformers.models.") and hasattr(module, "apply_rotary_pos_emb"):
-            monkeypatch.setattr(module, "apply_rotary_pos_emb", module.apply_rotary_pos_emb)
+        if not name.startswith("transformers.models."):
+            continue
+        function = getattr(module, "apply_rotary_pos_emb", None)
+        if hasattr(function, "hilt_original"):
+            module.apply_rotary_pos_emb = function.hilt_original
+
+
+@pytest.fixture()
+def restore_rotary():
+    """install() rebinds a modeling module's function for the whole process: every test here
+    starts from transformers' own code (another test may have trained in this process) and
+    leaves it so, in modules imported during the test too."""
+    _unpatch_rotary()
+    yield
+    _unpatch_rotary()
 
 
 def _count_fused_calls(monkeypatch) -> list:
@@ -69,6 +80,9 @@ def test_fused_rotary_keeps_the_original_where_it_does_not_apply(tiny_model_dir,
     generate = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
     before = llama.generate(ids, **generate)
     assert install(llama) == [type(llama).__module__]
+    # Llama's own function is replaced now; another family with the same code is still found.
+    qwen3 = AutoModelForCausalLM.from_pretrained(build_architecture("qwen3", tiny_model_dir, tmp_path / "qwen3"))
+    assert install(qwen3) == [type(qwen3).__module__]
     calls = _count_fused_calls(monkeypatch)
     assert torch.equal(llama.generate(ids, **generate), before) and calls  # one token at a time, with a cache
     calls.clear()

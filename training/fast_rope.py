@@ -76,7 +76,9 @@ def install(model) -> list[str]:
 
     from hilt.training.fast_norm import code_fingerprint
 
-    known = (code_fingerprint(modeling_llama.apply_rotary_pos_emb), code_fingerprint(modeling_llama.rotate_half))
+    reference = modeling_llama.apply_rotary_pos_emb
+    reference = getattr(reference, "hilt_original", reference)  # Llama's own may be replaced already
+    known = (code_fingerprint(reference), code_fingerprint(modeling_llama.rotate_half))
     fused = set()
     for module in model.modules():
         modeling = sys.modules.get(type(module).__module__)
