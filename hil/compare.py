@@ -28,6 +28,7 @@ from typing import Any
 
 from hilt.core.errors import UserError
 from hilt.core.layout import MANIFEST_FILE
+from hilt.training.artifacts import upsert_section
 
 MAPPING_VERSION = 1
 SECTION = "human-side-by-side"
@@ -188,20 +189,6 @@ def summary_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def upsert_section(path: Path, body: str, key: str = SECTION) -> None:
-    """Put ``body`` between ``<!-- hilt:key -->`` markers in a Markdown file (replace or append)."""
-    start, end = f"<!-- hilt:{key} -->", f"<!-- /hilt:{key} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}\n"
-    text = path.read_text() if path.is_file() else ""
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1].lstrip("\n")
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block
-    path.write_text(text)
-
-
 def read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"--mapping {path}: no such file; `hilt label compare` writes it (see its --out)")
@@ -282,9 +269,9 @@ def report_compare(client, project: int, mapping_file: Path, eval_dir: Path | No
         (candidate / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         written.append(candidate / MANIFEST_FILE)
     if (candidate / "README.md").is_file():
-        upsert_section(candidate / "README.md", section)
+        upsert_section(candidate / "README.md", section, SECTION)
         written.append(candidate / "README.md")
     if listing is not None:
-        upsert_section(listing, section)
+        upsert_section(listing, section, SECTION)
         written.append(listing)
     return report, section, written

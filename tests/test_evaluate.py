@@ -14,7 +14,8 @@ import pytest
 
 from conftest import run_hilt
 from hilt.core.errors import UserError
-from hilt.labeling.compare import blind_pairs, compare_report, upsert_section, wilson_interval, winner_of
+from hilt.labeling.compare import blind_pairs, compare_report, wilson_interval, winner_of
+from hilt.training.artifacts import upsert_section
 from hilt.training.evaluate import exact_match, parse_gate, rouge_l
 
 # ---------------------------------------------------------------- text metrics and gates
@@ -171,8 +172,8 @@ def test_report_ties_agreement_and_wrong_mapping():
 def test_upsert_section_replaces_in_place(tmp_path):
     card = tmp_path / "README.md"
     card.write_text("# Model\n\nintro\n")
-    upsert_section(card, "## Human\n\none")
-    upsert_section(card, "## Human\n\ntwo")
+    upsert_section(card, "## Human\n\none", "human")
+    upsert_section(card, "## Human\n\ntwo", "human")
     text = card.read_text()
     assert text.count("## Human") == 1 and "two" in text and "one" not in text and text.startswith("# Model")
 
@@ -199,14 +200,33 @@ def test_evaluate_tuned_vs_base_with_gates(hilt_exe, lora_run, warm_base_dir, da
     assert sum(s["candidate"] == s["reference"] for s in samples) / 32 == pytest.approx(cand["exact_match"])
     assert (tmp_path / "pass" / "metrics.png").stat().st_size > 5000
     assert "| exact_match |" in (tmp_path / "pass" / "report.md").read_text()
+    # Both models on the general set too (did it forget?): in eval.json, the report, the model card.
+    general = report["general"]
+    assert general["records"] == 50 and len(general["samples"]) == 50
+    for name in ("candidate", "baseline"):
+        scores = general["models"][name]
+        assert scores["general_loss"] > 0 and 0 <= scores["general_accuracy"] <= 1
+        assert set(scores["by_category"]) == {"facts", "arithmetic", "instructions", "formats"}
+    assert general["deltas"]["general_loss"] == pytest.approx(
+        general["models"]["candidate"]["general_loss"] - general["models"]["baseline"]["general_loss"], abs=1e-5)
+    assert "## General skills (did it forget?)" in (tmp_path / "pass" / "report.md").read_text()
+    assert "## General skills (did it forget?)" in (model / "README.md").read_text()
+    assert json.loads((model / "hilt.json").read_text())["general"]["sha256"] == general["sha256"]
+    assert "general (50 prompts outside the task" in result.stdout
+
+    own = tmp_path / "general.jsonl"
+    own.write_text(json.dumps({"prompt": "upper: abcd", "reference": "ABCD", "accept": ["(?-i:ABCD)"]}) + "\n"
+                   + json.dumps({"messages": [{"role": "user", "content": "upper: qrst"},
+                                              {"role": "assistant", "content": "QRST"}]}) + "\n")
 
     # The same models, a bar they do not clear: exit 1, the failing gate named.
     result = run_hilt(hilt_exe, *common, "--out", str(tmp_path / "fail"), "--gate", "exact_match>=+0.3",
-                      "--gate", "rougeL>=+1.5")
+                      "--gate", "rougeL>=+1.5", "--gate", "general_loss<=-5", "--general", str(own))
     assert result.returncode == 1
     assert "gate rougeL>=+1.5" in result.stdout and "FAIL" in result.stdout
     failed = json.loads((tmp_path / "fail" / "eval.json").read_text())
-    assert [g["passed"] for g in failed["gates"]] == [True, False] and failed["passed"] is False
+    assert [g["passed"] for g in failed["gates"]] == [True, False, False] and failed["passed"] is False
+    assert failed["general"]["records"] == 2 and failed["general"]["set"] == str(own)
 
     # What a SageMaker processing job receives of a training job: a folder holding model.tar.gz.
     from hilt.serving.package import build_model_tar
@@ -219,6 +239,14 @@ def test_evaluate_tuned_vs_base_with_gates(hilt_exe, lora_run, warm_base_dir, da
     archived = [json.loads(l) for l in (tmp_path / "archived" / "samples.jsonl").read_text().splitlines()]
     assert [s["candidate"] for s in archived] == [s["candidate"] for s in samples[:4]]
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["model.tar.gz"]
+
+    # --no-general: the task metrics only, and a general gate is then a user error.
+    result = run_hilt(hilt_exe, "evaluate", "--model", str(model), "--data", str(dataset_dir), "--out",
+                      str(tmp_path / "task-only"), "--max-new-tokens", "8", "--max-samples", "4", "--no-general")
+    assert result.returncode == 0 and "general" not in json.loads((tmp_path / "task-only" / "eval.json").read_text())
+    result = run_hilt(hilt_exe, "evaluate", "--model", str(model), "--data", str(dataset_dir), "--out",
+                      str(tmp_path / "y"), "--no-general", "--gate", "general_accuracy>=0.5")
+    assert result.returncode == 2 and "needs the general set" in result.stderr
 
     # A relative gate needs a baseline: a one-line user error, exit 2.
     result = run_hilt(hilt_exe, "evaluate", "--model", str(model), "--data", str(dataset_dir), "--out",

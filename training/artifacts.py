@@ -14,6 +14,7 @@ Layout written (what the serving container and ``from_pretrained`` read):
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -158,6 +159,20 @@ def _evaluation_section(evaluation: dict | None) -> str:
             f"| metric | value |\n| --- | --- |\n{rows}\n\n")
 
 
+def upsert_section(path: Path, body: str, key: str) -> None:
+    """Put ``body`` between ``<!-- hilt:key -->`` markers in a Markdown file (replace or append)."""
+    start, end = f"<!-- hilt:{key} -->", f"<!-- /hilt:{key} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}\n"
+    text = path.read_text() if path.is_file() else ""
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block
+    path.write_text(text)
+
+
 def write_model_card(job: Job, manifest: dict, out: Path) -> None:
     r, m = job.recipe, manifest["metrics"]
     adapter = r.peft.method != "full"
@@ -259,6 +274,13 @@ def _manifest(job: Job, history: list[dict]) -> dict:
         if channel in job.channels:
             # Training already validated every record; here they are only counted and hashed.
             dataset[channel] = dataset_fingerprint(job.channels[channel])
+    from hilt.training.general import REPLAY_FILE
+
+    replay = job.opt_ml.output_data_dir / REPLAY_FILE
+    if job.recipe.data.self_replay and replay.is_file():
+        lines = replay.read_bytes()
+        dataset["self_replay"] = {"records": lines.count(b"\n"), "sha256": hashlib.sha256(lines).hexdigest(),
+                                  "what": "the base model's own answers to hilt's general replay prompts"}
     return {
         "recipe": job.recipe.model_dump(mode="json"),
         "hyperparameters": shipped_hyperparameters(job.hyperparameters),

@@ -56,6 +56,22 @@ def check_first_loss(step: int, logs: dict) -> None:
                         "data.max_length, data.assistant_only_loss)")
 
 
+# A pretrained base of this size or more is not a toy: a tiny model's learning rate ruins it.
+PRETRAINED_PARAMETERS = 50_000_000
+ADAPTER_LR_CEILING = 2e-3
+
+
+def warn_learning_rate(learning_rate: float, frozen: int, adapter: bool) -> None:
+    """One warning line when an adapter's learning rate is one made for the tiny random model
+    (the quickstart's 5e-3) but the base is a real pretrained model: it learns the task by
+    forgetting what it knew."""
+    if adapter and frozen >= PRETRAINED_PARAMETERS and learning_rate >= ADAPTER_LR_CEILING:
+        print(f"[hilt] warning: train.learning_rate={learning_rate:g} is a tiny random model's setting; this base has "
+              f"{frozen / 1e6:.0f}M pretrained parameters, and LoRA on those wants 1e-4 to 5e-4 (the "
+              "smollm2-135m-sft-lora recipe uses 5e-4), or it forgets what it knew: set --set "
+              "train.learning_rate=5e-4", flush=True)
+
+
 class MetricsLogger(TrainerCallback):
     """Print train/eval metrics in the MetricDefinitions format, on the main process only."""
 
@@ -75,6 +91,7 @@ class MetricsLogger(TrainerCallback):
             total = sum(p.numel() for p in model.parameters())
             print(f"[hilt] trainable_parameters={trainable} of {total} "
                   f"gradient_checkpointing={'on' if checkpointing else 'off'}", flush=True)
+            warn_learning_rate(args.learning_rate, total - trainable, trainable < total)
         if state.is_world_process_zero and state.global_step:
             print(f"[hilt] resumed at step={state.global_step} of max_steps={state.max_steps}", flush=True)
 

@@ -10,6 +10,12 @@ For each model (the candidate and, optionally, a baseline) on the held-out recor
 - **rougeL**: ROUGE-L F1 (longest common subsequence over lower-cased word tokens), the
   usual metric for summaries.
 
+Beside the task, both models are scored on a general set (``hilt.training.general``: the
+project's own facts, arithmetic, instructions and formats, or ``--general FILE``):
+``general_loss`` and ``general_accuracy``, so a model that learned the task by forgetting
+everything else is seen (and gated: ``general_loss<=+0.15``). They go into eval.json
+(``general``), the report, and the candidate's model card and hilt.json.
+
 The recipe names which task metric is the headline (``eval.metric``); both are always
 reported. ``--gate "rougeL>=+0.05"`` compares against the baseline when the number is
 signed (candidate - baseline), against the value itself when it is not
@@ -35,6 +41,7 @@ from hilt.core.errors import UserError
 from hilt.core.layout import MANIFEST_FILE
 from hilt.training.data import check_record, iter_jsonl
 from hilt.training.formats import TEMPLATE_FILE
+from hilt.training.general import GENERAL_METRICS
 from hilt.training.recipe import TASK_METRICS
 
 EVAL_FILE = "eval.json"
@@ -42,6 +49,8 @@ SAMPLES_FILE = "samples.jsonl"
 REPORT_FILE = "report.md"
 PLOT_FILE = "metrics.png"
 METRICS = ("loss", "perplexity", *TASK_METRICS)
+GATE_METRICS = (*METRICS, *GENERAL_METRICS)
+CARD_SECTION = "general-skills"
 _GATE = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|>|<)\s*([+-]?)\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)\s*$")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -97,7 +106,7 @@ class Gate:
                 "threshold": self.threshold, "value": round(value, 6), "passed": bool(passed)}
 
 
-def parse_gate(text: str, metrics: tuple[str, ...] = METRICS) -> Gate:
+def parse_gate(text: str, metrics: tuple[str, ...] = GATE_METRICS) -> Gate:
     """Parse ``rougeL>=+0.05`` / ``exact_match>=0.6`` / ``loss<=-0.1`` (a metric of ``metrics``).
 
     Raises:
@@ -209,8 +218,13 @@ def heldout_loss(model, tokenizer, records: list[dict], max_length: int = 1024, 
 
 
 def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
-                max_length: int = 1024, label: str = "model") -> tuple[dict[str, float], list[str]]:
-    """Loss, perplexity, exact match and ROUGE-L of one model. Returns (metrics, answers)."""
+                max_length: int = 1024, label: str = "model",
+                general: list[dict] | None = None) -> tuple[dict[str, float], list[str]]:
+    """Loss, perplexity, exact match and ROUGE-L of one model. Returns (metrics, answers).
+
+    With ``general`` items, ``metrics["general"]`` holds their scores and ``answers`` continues
+    with the general answers after the task's.
+    """
     from hilt.training.generation import load_model
 
     model, tokenizer = load_model(model_dir)
@@ -226,6 +240,11 @@ def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
         "exact_match": round(sum(exact_match(a, r["reference"]) for a, r in zip(answers, records)) / n, 6),
         "rougeL": round(sum(rouge_l(a, r["reference"]) for a, r in zip(answers, records)) / n, 6),
     }
+    if general:
+        from hilt.training.general import score_general
+
+        metrics["general"], general_answers = score_general(model, tokenizer, general, max_new_tokens, label)
+        answers = answers + general_answers
     del model
     return metrics, answers
 
@@ -290,6 +309,8 @@ def write_report(result: dict, samples: list[dict], out: Path) -> None:
             row += f" | {result['deltas'][metric]:+.4f}"
         lines.append(row + " |")
     lines += ["", f"![metrics]({PLOT_FILE})", ""]
+    if "general" in result:
+        lines += _general_section(result["general"])
     if result["gates"]:
         lines += ["## Gates", "", "| gate | value | result |", "| --- | --- | --- |"]
         lines += [f"| `{g['gate']}` | {g['value']:+.4f} | {'pass' if g['passed'] else 'FAIL'} |" for g in result["gates"]]
@@ -303,10 +324,46 @@ def write_report(result: dict, samples: list[dict], out: Path) -> None:
     out.write_text("\n".join(lines))
 
 
+def _general_section(general: dict) -> list[str]:
+    models = general["models"]
+    names = list(models)
+    lines = ["## General skills (did it forget?)", "",
+             f"{general['records']} prompts of `{general['set']}` (facts, arithmetic, instructions, formats; "
+             f"sha256 `{general['sha256'][:16]}…`), outside the task: a model that learned the task by forgetting "
+             "shows it here.", "",
+             "| metric | " + " | ".join(names) + (" | change |" if "baseline" in models else ""),
+             "| --- |" + " --- |" * (len(names) + ("baseline" in models))]
+    for metric in GENERAL_METRICS:
+        row = f"| {metric} | " + " | ".join(f"{models[n][metric]:.4f}" for n in names)
+        if "baseline" in models:
+            row += f" | {general['deltas'][metric]:+.4f}"
+        lines.append(row + " |")
+    categories = sorted(models["candidate"]["by_category"])
+    for category in categories:
+        lines.append(f"| accuracy: {category} | " + " | ".join(f"{models[n]['by_category'][category]:.2f}" for n in names)
+                     + (" | |" if "baseline" in models else " |"))
+    changed = [s for s in general["samples"] if "baseline" in s and s["baseline_passed"] and not s["candidate_passed"]]
+    if changed:
+        lines += ["", "Answers the base got right and the tuned model got wrong:", "",
+                  "| prompt | baseline | candidate |", "| --- | --- | --- |"]
+        lines += [f"| {_cell(s['prompt'])} | {_cell(s['baseline'], 80)} | {_cell(s['candidate'], 80)} |"
+                  for s in changed[:8]]
+    return lines + [""]
+
+
+def general_card_section(general: dict) -> str:
+    """The model card's section on general skills (written into README.md by ``hilt evaluate``)."""
+    return "\n".join(_general_section(general))
+
+
 def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None = None,
              gates: list[str] | None = None, task_metric: str | None = None, max_new_tokens: int = 64,
-             max_samples: int | None = None) -> dict:
+             max_samples: int | None = None, general: Path | str | None = "bundled") -> dict:
     """Evaluate a model (and a baseline) on held-out records; write eval.json and the report.
+
+    Args:
+        general: the general set to score both models on as well: "bundled" (hilt's own),
+            a JSONL file, or None to skip it.
 
     Returns:
         The eval.json content; ``passed`` is False when a gate failed.
@@ -315,8 +372,12 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
         UserError: bad gate, relative gate without a baseline, missing model or data.
     """
     from hilt.core.outputs import claim_output_dir
+    from hilt.training.general import EVAL_SET, read_general_set
 
     parsed = [parse_gate(g) for g in gates or []]
+    if general is None and any(g.metric in GENERAL_METRICS for g in parsed):
+        bad = next(g.text for g in parsed if g.metric in GENERAL_METRICS)
+        raise UserError(f"--gate '{bad}' needs the general set; drop --no-general or the gate")
     claim_output_dir(out, "evaluation", "--out", recognise=lambda d: (d / EVAL_FILE).is_file(),
                      hint="the --out of an earlier `hilt evaluate`")
     if baseline_dir is None and any(g.relative for g in parsed):
@@ -326,14 +387,21 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
     records, path = read_eval_records(Path(data))
     if max_samples:
         records = records[:max_samples]
+    general_items, general_sha = (read_general_set(None if general == "bundled" else Path(general))
+                                  if general is not None else (None, None))
     metric = task_metric or task_metric_of(model_dir)
     models: dict[str, dict] = {}
     answers: dict[str, list[str]] = {}
+    general_scores: dict[str, dict] = {}
     for name, directory in (("baseline", baseline_dir), ("candidate", model_dir)):
         if directory is None:
             continue
-        print(f"[hilt] evaluating {name} {directory} on {len(records)} records", flush=True)
-        scores, answers[name] = score_model(Path(directory), records, max_new_tokens, label=name)
+        print(f"[hilt] evaluating {name} {directory} on {len(records)} records"
+              + (f" and {len(general_items)} general prompts" if general_items else ""), flush=True)
+        scores, answers[name] = score_model(Path(directory), records, max_new_tokens, label=name,
+                                            general=general_items)
+        if general_items:
+            general_scores[name] = scores.pop("general")
         models[name] = {"path": str(Path(directory).resolve()), "metrics": scores}
     models = {"candidate": models["candidate"], **({"baseline": models["baseline"]} if "baseline" in models else {})}
     result: dict[str, Any] = {
@@ -345,8 +413,25 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
     if "baseline" in models:
         c, b = models["candidate"]["metrics"], models["baseline"]["metrics"]
         result["deltas"] = {k: round(c[k] - b[k], 6) for k in METRICS}
-    result["gates"] = [g.check(models["candidate"]["metrics"],
-                               models.get("baseline", {}).get("metrics")) for g in parsed]
+    flat = {name: dict(models[name]["metrics"]) for name in models}
+    if general_items:
+        n = len(records)
+        general_models = {name: general_scores[name] for name in models}
+        result["general"] = {
+            "set": "hilt general set (bundled)" if general == "bundled" else str(general),
+            "records": len(general_items), "sha256": general_sha, "models": general_models,
+            "samples": [{"id": item["id"], "category": item["category"], "prompt": item["prompt"][-1]["content"],
+                         "reference": item["reference"],
+                         **{name: answers[name][n + i] for name in models},
+                         **{f"{name}_passed": _passes(answers[name][n + i], item) for name in models}}
+                        for i, item in enumerate(general_items)],
+        }
+        if "baseline" in models:
+            result["general"]["deltas"] = {k: round(general_models["candidate"][k] - general_models["baseline"][k], 6)
+                                           for k in GENERAL_METRICS}
+        for name in models:
+            flat[name].update({k: general_models[name][k] for k in GENERAL_METRICS})
+    result["gates"] = [g.check(flat["candidate"], flat.get("baseline")) for g in parsed]
     result["passed"] = all(g["passed"] for g in result["gates"])
     samples = [{"prompt": r["prompt"], "reference": r["reference"], "kind": r["kind"],
                 **{name: answers[name][i] for name in models}} for i, r in enumerate(records)]
@@ -359,4 +444,26 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
     (out / SAMPLES_FILE).write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
     plot_metrics(result, out / PLOT_FILE)
     write_report(result, samples, out / REPORT_FILE)
+    if general_items:
+        _write_general_to_model(Path(model_dir), result["general"])
     return result
+
+
+def _passes(answer: str, item: dict) -> bool:
+    from hilt.training.general import answer_passes
+
+    return answer_passes(answer, item)
+
+
+def _write_general_to_model(model_dir: Path, general: dict) -> None:
+    """The general scores into the candidate's hilt.json and model card (where hilt trained it)."""
+    from hilt.training.artifacts import upsert_section
+
+    manifest_file = model_dir / MANIFEST_FILE
+    if not manifest_file.is_file():
+        return
+    manifest = json.loads(manifest_file.read_text())
+    manifest["general"] = {k: v for k, v in general.items() if k != "samples"}
+    manifest_file.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if (model_dir / "README.md").is_file():
+        upsert_section(model_dir / "README.md", general_card_section(general), key=CARD_SECTION)

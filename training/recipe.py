@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import typing
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hilt.core.config import describe_error, read_yaml_mapping
 from hilt.core.errors import UserError
@@ -92,6 +92,11 @@ class DataSection(_Section):
     assistant_only_loss: bool = Field(
         True, description="SFT: train only on the assistant turns (content and end-of-turn token), found in the "
         "rendered conversation for any chat template; false = every token."
+    )
+    self_replay: float = Field(
+        0.0, ge=0.0, le=1.0, description="SFT: keep the base model's general skills by mixing its own greedy "
+        "answers to general prompts (hilt's replay set, never its evaluation set) into training, this many per "
+        "training record (0.25 = one per four); generated once per base model and cached. 0 = off."
     )
 
 
@@ -177,6 +182,13 @@ class Recipe(_Section):
     distributed: DistributedSection = Field(
         default_factory=DistributedSection, description="Multi-process and DeepSpeed."
     )
+
+    @model_validator(mode="after")
+    def _replay_is_sft(self) -> "Recipe":
+        if self.data.self_replay and self.method != "sft":
+            raise ValueError(f"data.self_replay mixes answers into SFT records; method {self.method} takes "
+                             "none: set data.self_replay=0")
+        return self
 
     def deepspeed_config_path(self) -> Path | None:
         """The resolved DeepSpeed config file, or None when not used."""

@@ -12,6 +12,25 @@ from hilt.training.job import Job
 from hilt.training.trained import TrainOutcome, make_trainer, train_and_save
 
 
+def with_self_replay(job: Job, train_ds):
+    """The training records plus the base model's own answers to general prompts (``data.self_replay``),
+    also written to output/data/self-replay.jsonl so hilt.json can say what was mixed in."""
+    import json
+
+    from datasets import Dataset
+
+    from hilt.training.general import REPLAY_FILE, replay_count, self_replay_records
+
+    count = replay_count(job.recipe.data.self_replay, len(train_ds))
+    records, origin = self_replay_records(job.model_path, count)
+    print(f"[hilt] self_replay={len(records)} base-model answers to general prompts ({origin}) mixed into "
+          f"{len(train_ds)} training records", flush=True)
+    out = job.opt_ml.output_data_dir / REPLAY_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return Dataset.from_list(train_ds.to_list() + records) if records else train_ds
+
+
 def build_sft_trainer(job: Job):
     """The SFTTrainer hilt runs for a job (also used by scripts/bench_train.py).
 
@@ -29,6 +48,8 @@ def build_sft_trainer(job: Job):
     # to learn is a user error before the first step.
     stopping.enter("data")
     train_ds = load_dataset(job.channels["train"], "sft")
+    if recipe.data.self_replay:
+        train_ds = with_self_replay(job, train_ds)
     eval_ds = load_dataset(job.channels["validation"], "sft", "validation") if "validation" in job.channels else None
     tokenizer = build.load_tokenizer(job)
 

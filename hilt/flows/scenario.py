@@ -40,8 +40,18 @@ def _example(rng: random.Random) -> tuple[str, str, str]:
     )
 
 
+# How many distinct prompts the kinds above can make: orders, bookings, resets, summaries.
+DISTINCT_PROMPTS = len(ITEMS) * len(NAMES) + len(ROOMS) * len(DAYS) + len(SYSTEMS) + len(CLIENTS) * len(TOPICS) * len(DAYS)
+
+
 def scenario_prompts(n: int, seed: int = 0) -> list[dict]:
-    """``n`` distinct prompts with reference answers, as ``{id, prompt, system, reference, kind}``."""
+    """``n`` distinct prompts with reference answers, as ``{id, prompt, system, reference, kind}``.
+
+    Raises:
+        ValueError: when ``n`` is more than the scenario can make (``DISTINCT_PROMPTS``).
+    """
+    if n > DISTINCT_PROMPTS:
+        raise ValueError(f"the scenario has {DISTINCT_PROMPTS} distinct prompts; asked for {n}")
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[dict] = []

@@ -1,0 +1,100 @@
+"""The general set (did fine-tuning make the model forget?) and self-replay's settings."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from hilt.core.errors import UserError
+from hilt.training.evaluate import parse_gate
+from hilt.training.general import answer_passes, read_general_set, replay_count, replay_prompts
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def test_bundled_set_is_whole_and_disjoint_from_the_replay_prompts():
+    items, sha = read_general_set()
+    assert len(items) == 50 and len({i["id"] for i in items}) == 50 and len(sha) == 64
+    assert {i["category"] for i in items} == {"facts", "arithmetic", "instructions", "formats"}
+    for item in items:  # the reference answer is a correct answer
+        assert answer_passes(item["reference"], item), item["id"]
+    replay = replay_prompts()
+    assert len(replay) == 120
+    evaluated = {_words(i["prompt"][-1]["content"]) for i in items}
+    assert not evaluated & {_words(r["prompt"]) for r in replay}  # replay never trains on the evaluation set
+
+
+def test_answers_are_checked_by_the_items_patterns_or_rouge():
+    items, _ = read_general_set()
+    multiply = next(i for i in items if "7 times 8" in i["prompt"][-1]["content"])
+    assert answer_passes("7 times 8 is 56.", multiply)
+    assert not answer_passes('{"team": "Statistics", "priority": "low"}', multiply)
+    assert not answer_passes("It is 560.", multiply)
+    free = {"prompt": [], "reference": "The sky is blue on a clear day.", "accept": []}
+    assert answer_passes("On a clear day the sky is blue.", free) and not answer_passes("Paris.", free)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", "not JSON"),
+    (json.dumps({"prompt": "Hi?"}), "'reference' must be"),
+    (json.dumps({"prompt": 3, "reference": "x"}), "'prompt' must be"),
+    (json.dumps({"prompt": "Hi?", "reference": "Hello.", "accept": ["("]}), "not a valid regex"),
+    (json.dumps({"messages": [{"role": "user", "content": "Hi?"}]}), "must end with the assistant"),
+])
+def test_a_bad_general_file_names_the_line(tmp_path, line, message):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"prompt": "What is 1 plus 1?", "reference": "2"}) + "\n" + line + "\n")
+    with pytest.raises(UserError, match=re.escape(f"{path}:2") + ".*" + re.escape(message)):
+        read_general_set(path)
+
+
+def test_own_general_file_in_either_shape(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"prompt": "What is 1 plus 1?", "reference": "2", "accept": [r"\b2\b"]}) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "Say hi."},
+                                               {"role": "assistant", "content": "Hi!"}], "category": "chat"}) + "\n")
+    items, _ = read_general_set(path)
+    assert [i["category"] for i in items] == ["general", "chat"] and items[1]["reference"] == "Hi!"
+    path.write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_general_set(path)
+
+
+def test_general_gates_parse_and_replay_counts():
+    gate = parse_gate("general_loss<=+0.15")
+    assert gate.metric == "general_loss" and gate.relative and gate.check({"general_loss": 1.2}, {"general_loss": 1.1})["passed"]
+    assert not gate.check({"general_loss": 1.3}, {"general_loss": 1.1})["passed"]
+    assert replay_count(0.0, 100) == 0 and replay_count(0.25, 100) == 25 and replay_count(0.01, 10) == 1
+    assert replay_count(1.0, 10_000) == 120  # the pool's size at most
+
+
+def test_self_replay_is_an_sft_setting():
+    from hilt.training.recipe import load_recipe
+
+    with pytest.raises(UserError, match="data.self_replay"):
+        load_recipe("smollm2-135m-dpo-lora", {"data.self_replay": "0.25"})
+    assert load_recipe("smollm2-135m-sft-lora", {"data.self_replay": "0.25"}).data.self_replay == 0.25
+    with pytest.raises(UserError, match="self_replay"):
+        load_recipe("smollm2-135m-sft-lora", {"data.self_replay": "2"})
+
+
+def test_a_tiny_models_learning_rate_on_a_real_model_is_warned_about(capsys):
+    from hilt.training.callbacks import warn_learning_rate
+
+    warn_learning_rate(5e-3, 134_515_008, adapter=True)
+    assert "train.learning_rate=0.005 is a tiny random model's setting" in capsys.readouterr().out
+    for args in ((5e-4, 134_515_008, True), (5e-3, 120_000, True), (5e-3, 134_515_008, False)):
+        warn_learning_rate(*args)
+        assert capsys.readouterr().out == ""
+
+
+def test_the_scenario_says_how_many_prompts_it_has():
+    from hilt.flows.scenario import DISTINCT_PROMPTS, scenario_prompts
+
+    assert len({p["prompt"] for p in scenario_prompts(DISTINCT_PROMPTS)}) == DISTINCT_PROMPTS
+    with pytest.raises(ValueError, match=f"has {DISTINCT_PROMPTS} distinct prompts"):
+        scenario_prompts(DISTINCT_PROMPTS + 1)  # it used to loop forever
