@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import run_hilt
 
@@ -89,3 +90,17 @@ def test_gguf_reader_sees_what_the_writer_wrote(tmp_path):
     header = read_gguf_header(write_gguf(tmp_path / "m.gguf", "qwen2"), "m.gguf")
     assert header["architecture"] == "qwen2" and header["tensors"] == 1
     assert header["file_type"] == "ALL_F32" and header["tensor_types"] == {"F32": 1}
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    from hilt.core.errors import UserError
+    from hilt.training import model_import
+
+    def full_disk(*args, **kwargs):  # what safetensors raises when the device fills up mid-write
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(model_import, "convert", full_disk)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="no space left on the device"):
+        model_import.import_gguf(write_gguf(tmp_path / "m.gguf"), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]  # no --out, no staging folder

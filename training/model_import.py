@@ -21,6 +21,7 @@ is built beside ``--out`` and renamed into place, so nothing half-written is eve
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -130,7 +131,7 @@ def read_gguf_header(path: Path, shown: str) -> dict:
         file_type_name = str(file_type)
     return {"architecture": field("general.architecture"), "name": field("general.name"),
             "file_type": file_type_name, "tensor_types": dict(sorted(tensor_types.items())),
-            "tensors": len(reader.tensors)}
+            "tensors": len(reader.tensors), "elements": sum(int(t.n_elements) for t in reader.tensors)}
 
 
 def supported_architectures() -> list[str]:
@@ -231,6 +232,12 @@ def import_gguf(src: Path | str, out: Path | str, dtype: str = "float32") -> dic
         if header["architecture"] not in supported:
             raise UserError(f"{shown}: architecture '{header['architecture']}' cannot be loaded from GGUF by "
                             f"transformers (it reads {', '.join(supported)}); convert the original weights instead")
+        # The de-quantized weights need room: say so now, not after a minute of work.
+        needed = header["elements"] * (4 if dtype == "float32" else 2)
+        free = shutil.disk_usage(staging).free
+        if free < needed * 1.05:
+            raise UserError(f"--out {out}: the imported weights need about {needed / 1e6:.0f} MB and the device has "
+                            f"{free / 1e6:.0f} MB free; free some space or choose another --out (nothing was changed)")
         model_dir = staging / "model"
         print(f"[hilt] importing {shown} ({header['architecture']}, {header['file_type']}, {size / 1e6:.0f} MB): "
               "de-quantizing, rebuilding and checking the saved model", flush=True)
@@ -238,6 +245,10 @@ def import_gguf(src: Path | str, out: Path | str, dtype: str = "float32") -> dic
             facts = convert(gguf_path.parent, gguf_path.name, model_dir, dtype)
         except OSError as err:
             raise as_user_error(err, out) or err
+        except Exception as err:  # safetensors reports a full disk as its own error type
+            if "os error 28" in str(err) or "No space left" in str(err):
+                raise UserError(os_error_message(OSError(errno.ENOSPC, "No space left on device"), out)) from None
+            raise
         record = {
             "source": {"path": src.name, **({"member": member} if member else {}), "sha256": sha256, "bytes": size},
             "architecture": header["architecture"], "name": header["name"],
