@@ -98,3 +98,20 @@ def test_the_scenario_says_how_many_prompts_it_has():
     assert len({p["prompt"] for p in scenario_prompts(DISTINCT_PROMPTS)}) == DISTINCT_PROMPTS
     with pytest.raises(ValueError, match=f"has {DISTINCT_PROMPTS} distinct prompts"):
         scenario_prompts(DISTINCT_PROMPTS + 1)  # it used to loop forever
+
+
+def test_sagemaker_gates_read_general_metrics_where_eval_json_holds_them():
+    from hilt.flows.sagemaker_pipeline import gate_json_path
+
+    eval_json = {"deltas": {"loss": -1.0}, "models": {"candidate": {"metrics": {"rougeL": 0.9}}},
+                 "general": {"deltas": {"general_loss": 0.1}, "models": {"candidate": {"general_accuracy": 0.5}}}}
+
+    def read(path: str):
+        value = eval_json
+        for key in path.split("."):
+            value = value[key]
+        return value
+
+    for text, expected in (("general_loss<=+0.15", 0.1), ("general_accuracy>=0.4", 0.5), ("loss<=-0.1", -1.0),
+                           ("rougeL>=0.5", 0.9)):
+        assert read(gate_json_path(parse_gate(text))) == expected

@@ -100,6 +100,7 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
             without a base model to compare against.
     """
     from hilt.training.evaluate import parse_gate
+    from hilt.training.general import GENERAL_METRICS
     from hilt.training.launch import join_key
     from hilt.training.recipe import load_recipe
 
@@ -125,6 +126,12 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
         raise UserError(f"recipe {recipe.name} names no base model and train.model is not set: pass --base-model "
                         "s3://…/models/NAME/ (the `model` channel)")
     gates = [parse_gate(g) for g in p.evaluate.gates]
+    if isinstance(p.evaluate.general, str):
+        raise UserError(f"evaluate.general {p.evaluate.general}: a SageMaker Pipeline's evaluation uses hilt's own "
+                        "general set (in the image); set evaluate.general to true or false")
+    if p.evaluate.general is False and any(g.metric in GENERAL_METRICS for g in gates):
+        bad = next(g.text for g in gates if g.metric in GENERAL_METRICS)
+        raise UserError(f"evaluate.gates '{bad}' needs the general set; set evaluate.general: true or drop the gate")
     if not (baseline or model) and any(g.relative for g in gates):
         bad = next(g.text for g in gates if g.relative)
         raise UserError(f"evaluate.gates '{bad}' compares against the base model, which the pipeline only has "
@@ -135,6 +142,16 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
                         "(train/, validation/) and pass its s3://bucket/prefix")
     return {"sm": sm, "s3_root": s3_root, "model": model, "baseline": baseline, "recipe": recipe, "gates": gates,
             "dataset": data}
+
+
+def gate_json_path(gate) -> str:
+    """Where eval.json holds the value a gate reads: the change against the baseline (signed gates)
+    or the candidate's value; general-set metrics sit under ``general``."""
+    from hilt.training.general import GENERAL_METRICS
+
+    if gate.metric in GENERAL_METRICS:
+        return f"general.deltas.{gate.metric}" if gate.relative else f"general.models.candidate.{gate.metric}"
+    return f"deltas.{gate.metric}" if gate.relative else f"models.candidate.metrics.{gate.metric}"
 
 
 def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = None, region: str | None = None):
@@ -228,6 +245,8 @@ def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = No
             command += ["--metric", p.evaluate.metric]
         if p.evaluate.max_samples:
             command += ["--max-samples", str(p.evaluate.max_samples)]
+        if p.evaluate.general is False:
+            command += ["--no-general"]
         # No --gate here: the gates are the ConditionStep's, so a model that misses one ends in
         # GateFailed with its eval.json kept, rather than in a failed processing job.
         processor = Processor(role=sm.role, image_uri=sm.image, instance_count=1, instance_type=eval_type,
@@ -262,7 +281,7 @@ def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = No
         if s["gates"]:
             checks = []
             for gate in s["gates"]:
-                path = f"deltas.{gate.metric}" if gate.relative else f"models.candidate.metrics.{gate.metric}"
+                path = gate_json_path(gate)
                 value = JsonGet(step_name=evaluate.name, property_file=report, json_path=path)
                 checks.append(getattr(conditions, _GATE_CONDITIONS[gate.op])(left=value, right=gate.threshold))
             failed = FailStep(STEP_NAMES["failed"], error_message=Join(on=" ", values=[
