@@ -39,7 +39,7 @@ def test_answers_are_checked_by_the_items_patterns_or_rouge():
 
 
 @pytest.mark.parametrize("line, message", [
-    ("not json", "not JSON"),
+    ("not json", "not valid JSON"),
     (json.dumps({"prompt": "Hi?"}), "'reference' must be"),
     (json.dumps({"prompt": 3, "reference": "x"}), "'prompt' must be"),
     (json.dumps({"prompt": "Hi?", "reference": "Hello.", "accept": ["("]}), "not a valid regex"),
@@ -62,6 +62,8 @@ def test_own_general_file_in_either_shape(tmp_path):
     path.write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(UserError, match="not UTF-8"):
         read_general_set(path)
+    with pytest.raises(UserError, match="no such file"):
+        read_general_set(tmp_path / "missing.jsonl")
 
 
 def test_general_gates_parse_and_replay_counts():

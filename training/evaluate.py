@@ -301,14 +301,8 @@ def write_report(result: dict, samples: list[dict], out: Path) -> None:
     lines = [f"# Evaluation: {models['candidate']['path']}", "",
              f"{result['data']['records']} held-out records from `{result['data']['path']}` "
              f"(sha256 `{result['data']['sha256'][:16]}…`). Task metric: **{result['task_metric']}**.", "",
-             "| metric | " + " | ".join(names) + (" | change |" if "baseline" in models else ""),
-             "| --- |" + " --- |" * (len(names) + ("baseline" in models))]
-    for metric in METRICS:
-        row = f"| {metric} | " + " | ".join(f"{models[n]['metrics'][metric]:.4f}" for n in names)
-        if "baseline" in models:
-            row += f" | {result['deltas'][metric]:+.4f}"
-        lines.append(row + " |")
-    lines += ["", f"![metrics]({PLOT_FILE})", ""]
+             *_metric_table({n: models[n]["metrics"] for n in names}, METRICS, result.get("deltas")),
+             "", f"![metrics]({PLOT_FILE})", ""]
     if "general" in result:
         lines += _general_section(result["general"])
     if result["gates"]:
@@ -324,20 +318,24 @@ def write_report(result: dict, samples: list[dict], out: Path) -> None:
     out.write_text("\n".join(lines))
 
 
+def _metric_table(values: dict[str, dict], metrics: tuple[str, ...], deltas: dict | None) -> list[str]:
+    """A Markdown table: one row per metric, one column per model, and the change when there is a baseline."""
+    names = list(values)
+    lines = ["| metric | " + " | ".join(names) + (" | change |" if deltas else ""),
+             "| --- |" + " --- |" * (len(names) + bool(deltas))]
+    for metric in metrics:
+        row = f"| {metric} | " + " | ".join(f"{values[n][metric]:.4f}" for n in names)
+        lines.append(row + (f" | {deltas[metric]:+.4f} |" if deltas else " |"))
+    return lines
+
+
 def _general_section(general: dict) -> list[str]:
     models = general["models"]
     names = list(models)
     lines = ["## General skills (did it forget?)", "",
              f"{general['records']} prompts of `{general['set']}` (facts, arithmetic, instructions, formats; "
              f"sha256 `{general['sha256'][:16]}…`), outside the task: a model that learned the task by forgetting "
-             "shows it here.", "",
-             "| metric | " + " | ".join(names) + (" | change |" if "baseline" in models else ""),
-             "| --- |" + " --- |" * (len(names) + ("baseline" in models))]
-    for metric in GENERAL_METRICS:
-        row = f"| {metric} | " + " | ".join(f"{models[n][metric]:.4f}" for n in names)
-        if "baseline" in models:
-            row += f" | {general['deltas'][metric]:+.4f}"
-        lines.append(row + " |")
+             "shows it here.", "", *_metric_table(models, GENERAL_METRICS, general.get("deltas"))]
     categories = sorted(models["candidate"]["by_category"])
     for category in categories:
         lines.append(f"| accuracy: {category} | " + " | ".join(f"{models[n]['by_category'][category]:.2f}" for n in names)

@@ -79,18 +79,12 @@ def _general_item(record: object, where: str) -> dict:
 
 
 def read_jsonl_objects(path: Path, flag: str) -> list[tuple[object, str]]:
-    """(record, "file:line") for each non-empty line, or one line naming the bad line."""
-    from hilt.core.outputs import read_text_file
+    """(record, "file:line") for each non-empty line, or one line naming the file or the bad line."""
+    from hilt.training.data import iter_jsonl
 
-    out = []
-    for number, line in enumerate(read_text_file(path, flag).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append((json.loads(line), f"{path}:{number}"))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{flag} {path}:{number}: not JSON ({err.msg}); one JSON object per line") from None
-    return out
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: {'a folder' if path.is_dir() else 'no such file'}; pass a JSON Lines file")
+    return list(iter_jsonl([path]))
 
 
 def read_general_set(path: Path | None = None) -> tuple[list[dict], str]:
