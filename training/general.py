@@ -1,8 +1,8 @@
 """General skills: did fine-tuning make the model forget what it knew, and self-replay to keep it.
 
 A few dozen LoRA steps on one narrow task can make a small model answer everything in the
-task's shape (after 30 steps on ticket routing, SmolLM2-135M answered "What is 7 times 8?"
-with a JSON routing decision). LLaMA-Factory and axolotl point users at MMLU / lm-eval for
+task's shape (after 30 steps on a ticket router that answers in JSON, SmolLM2-135M opened its
+general answers with a JSON quote and answered "How many days are in a week?" with "Monday"). LLaMA-Factory and axolotl point users at MMLU / lm-eval for
 this; those need hub data an offline user does not have. hilt ships its own small set
 instead (``general/eval.jsonl``: facts, arithmetic, instructions and formats, each with a
 reference answer and the patterns a correct answer matches), and ``hilt evaluate`` scores
