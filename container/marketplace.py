@@ -257,6 +257,14 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
         scores = ", ".join(f"{k} {v:.4f}" for k, v in evaluation["metrics"].items())
         extra += [f"Held-out scoring after training ({evaluation['records']} records, greedy answers): {scores}; "
                   f"headline metric {evaluation['task_metric']}.", ""]
+    general = manifest.get("general")
+    if general:  # written by `hilt evaluate`: what fine-tuning did to skills outside the task
+        g, d = general["models"]["candidate"], general.get("deltas") or {}
+        change = (f" (against the base model: loss {d['general_loss']:+.3f}, accuracy {d['general_accuracy']:+.2f})"
+                  if d else "")
+        extra += [f"General skills outside the task ({general['records']} prompts of facts, arithmetic, instructions "
+                  f"and formats): general_loss {g['general_loss']:.3f}, general_accuracy "
+                  f"{g['general_accuracy']:.2f}{change}.", ""]
     if manifest.get("human_side_by_side"):
         from hilt.labeling.compare import SECTION, summary_markdown
 

@@ -117,3 +117,16 @@ def test_sagemaker_gates_read_general_metrics_where_eval_json_holds_them():
     for text, expected in (("general_loss<=+0.15", 0.1), ("general_accuracy>=0.4", 0.5), ("loss<=-0.1", -1.0),
                            ("rougeL>=0.5", 0.9)):
         assert read(gate_json_path(parse_gate(text))) == expected
+
+
+def test_the_listing_quotes_the_general_scores(tmp_path):
+    from hilt.serving.marketplace import write_listing
+
+    model = tmp_path / "model"
+    model.mkdir()
+    general = {"records": 50, "models": {"candidate": {"general_loss": 1.25, "general_accuracy": 0.58}},
+               "deltas": {"general_loss": 0.132, "general_accuracy": 0.08}}
+    (model / "hilt.json").write_text(json.dumps({"recipe": {"name": "r"}, "general": general}))
+    text = write_listing(model, tmp_path / "LISTING.md", None, "output_tokens").read_text()
+    assert ("general_loss 1.250, general_accuracy 0.58 (against the base model: loss +0.132, accuracy +0.08)"
+            in text)
