@@ -175,7 +175,9 @@ def summary_markdown(report: dict) -> str:
     lines = [
         "## Human side-by-side evaluation",
         "",
-        f"Annotators compared this model's answers with the baseline's (`{report['baseline']['path']}`) "
+        # The card and listing ship: the baseline by name and weights hash, never the seller's local path.
+        f"Annotators compared this model's answers with the baseline's "
+        f"(`{report['baseline'].get('version') or Path(report['baseline']['path']).name}`) "
         f"on {report['pairs']} prompts, blinded and in random order, in Label Studio project {report['project']}.",
         "",
         f"- Candidate win rate over decided pairs: {rate}; {report['wins']} wins, {report['losses']} losses.",

@@ -226,7 +226,9 @@ def test_evaluate_tuned_vs_base_with_gates(hilt_exe, lora_run, warm_base_dir, da
     assert "gate rougeL>=+1.5" in result.stdout and "FAIL" in result.stdout
     failed = json.loads((tmp_path / "fail" / "eval.json").read_text())
     assert [g["passed"] for g in failed["gates"]] == [True, False, False] and failed["passed"] is False
-    assert failed["general"]["records"] == 2 and failed["general"]["set"] == str(own)
+    assert failed["general"]["records"] == 2 and failed["general"]["set"] == own.name
+    assert failed["general"]["path"] == str(own) and str(tmp_path) not in (model / "README.md").read_text()
+    assert "path" not in json.loads((model / "hilt.json").read_text())["general"]
 
     # What a SageMaker processing job receives of a training job: a folder holding model.tar.gz.
     from hilt.serving.package import build_model_tar

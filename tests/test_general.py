@@ -130,3 +130,14 @@ def test_the_listing_quotes_the_general_scores(tmp_path):
     text = write_listing(model, tmp_path / "LISTING.md", None, "output_tokens").read_text()
     assert ("general_loss 1.250, general_accuracy 0.58 (against the base model: loss +0.132, accuracy +0.08)"
             in text)
+
+
+def test_the_side_by_side_section_names_the_baseline_not_the_sellers_path():
+    from hilt.labeling.compare import summary_markdown
+
+    report = {"win_rate": 0.8, "win_rate_ci95": [0.5, 0.95], "pairs": 10, "project": 3, "wins": 8, "losses": 2,
+              "ties": {"total": 0, "split_votes": 0, "identical_answers": 0}, "unjudged_pairs": 0,
+              "judgements": 20, "annotators": ["a", "b"], "percent_agreement": 1.0,
+              "baseline": {"path": "/home/seller/work/.hilt-demo/base-model", "version": "base-model@0123456789ab"}}
+    text = summary_markdown(report)
+    assert "base-model@0123456789ab" in text and "/home/seller" not in text

@@ -416,7 +416,9 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
         n = len(records)
         general_models = {name: general_scores[name] for name in models}
         result["general"] = {
-            "set": "hilt general set (bundled)" if general == "bundled" else str(general),
+            # The card and hilt.json ship with the model: a file's name there, its path only in eval.json.
+            "set": "hilt general set (bundled)" if general == "bundled" else Path(general).name,
+            **({} if general == "bundled" else {"path": str(general)}),
             "records": len(general_items), "sha256": general_sha, "models": general_models,
             "samples": [{"id": item["id"], "category": item["category"], "prompt": item["prompt"][-1]["content"],
                          "reference": item["reference"],
@@ -461,7 +463,7 @@ def _write_general_to_model(model_dir: Path, general: dict) -> None:
     if not manifest_file.is_file():
         return
     manifest = json.loads(manifest_file.read_text())
-    manifest["general"] = {k: v for k, v in general.items() if k != "samples"}
+    manifest["general"] = {k: v for k, v in general.items() if k not in ("samples", "path")}
     manifest_file.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if (model_dir / "README.md").is_file():
         upsert_section(model_dir / "README.md", general_card_section(general), key=CARD_SECTION)
