@@ -141,3 +141,19 @@ def test_the_side_by_side_section_names_the_baseline_not_the_sellers_path():
               "baseline": {"path": "/home/seller/work/.hilt-demo/base-model", "version": "base-model@0123456789ab"}}
     text = summary_markdown(report)
     assert "base-model@0123456789ab" in text and "/home/seller" not in text
+
+
+def test_an_empty_validation_split_is_a_job_without_held_out_evaluation(opt_ml, capsys):
+    """`hilt export` leaving no held-out record writes an empty validation/data.jsonl (issue 33 item 10)."""
+    from hilt.training.job import read_channels
+
+    for channel, text in (("train", '{"messages": []}\n'), ("validation", "\n")):
+        opt_ml.channel_dir(channel).mkdir(parents=True)
+        (opt_ml.channel_dir(channel) / "data.jsonl").write_text(text)
+    assert set(read_channels(opt_ml)) == {"train"}
+    assert "holds no records: training without held-out evaluation" in capsys.readouterr().out
+    (opt_ml.channel_dir("validation") / "data.jsonl").write_text('{"messages": []}\n')
+    assert set(read_channels(opt_ml)) == {"train", "validation"}
+    (opt_ml.channel_dir("validation") / "data.jsonl").unlink()
+    (opt_ml.channel_dir("validation") / "notes.csv").write_text("a,b\n")  # not records: still refused later
+    assert set(read_channels(opt_ml)) == {"train", "validation"}

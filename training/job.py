@@ -183,7 +183,18 @@ def read_channels(opt_ml: OptML) -> dict[str, Path]:
             f"no 'train' channel: {opt_ml.channel_dir('train')} is missing; pass --data DIR "
             "(a dataset from `hilt export`) or give the training job a train channel"
         )
+    # An export whose split left no held-out record writes an empty validation/data.jsonl: the
+    # two commands must compose, so that is a job without held-out evaluation, not an error.
+    if "validation" in on_disk and _holds_no_records(on_disk["validation"]):
+        print(f"[hilt] the validation channel ({on_disk.pop('validation')}) holds no records: training without "
+              "held-out evaluation", flush=True)
     return on_disk
+
+
+def _holds_no_records(channel: Path) -> bool:
+    """A channel folder with no files, or only record files with nothing but blank lines in them."""
+    files = [p for p in channel.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    return all(p.suffix in (".jsonl", ".json") and not p.read_bytes().strip() for p in files)
 
 
 def detect_gpus() -> int:
