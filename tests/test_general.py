@@ -157,3 +157,15 @@ def test_an_empty_validation_split_is_a_job_without_held_out_evaluation(opt_ml, 
     (opt_ml.channel_dir("validation") / "data.jsonl").unlink()
     (opt_ml.channel_dir("validation") / "notes.csv").write_text("a,b\n")  # not records: still refused later
     assert set(read_channels(opt_ml)) == {"train", "validation"}
+
+
+def test_a_pair_whose_answers_are_the_same_is_refused_before_training():
+    """DPO on chosen == rejected trains at log 2 with zero gradient (issue 33 item 12)."""
+    from hilt.training.data import check_record
+
+    prompt = [{"role": "user", "content": "Hi?"}]
+    same = {"prompt": prompt, "chosen": [{"role": "assistant", "content": "Hello."}],
+            "rejected": [{"role": "assistant", "content": "Hello."}]}
+    with pytest.raises(UserError, match="data.jsonl:3: 'chosen' and 'rejected' are the same answer"):
+        check_record(same, "dpo", "data.jsonl:3")
+    assert check_record({**same, "rejected": [{"role": "assistant", "content": "Go away."}]}, "dpo", "x")

@@ -67,6 +67,9 @@ def _check_preference(record: dict, where: str) -> dict:
             hint = " (this looks like an SFT record: use an sft recipe)" if "messages" in record else ""
             raise UserError(f"{where}: preference record has no '{key}'{hint}")
         _check_messages(record[key], where, key)
+    if record["chosen"] == record["rejected"]:  # DPO's loss is log 2 with zero gradient: nothing to learn
+        raise UserError(f"{where}: 'chosen' and 'rejected' are the same answer, so the pair teaches nothing; "
+                        "drop the record or give it the answer that lost")
     return {k: record[k] for k in ("prompt", "chosen", "rejected")}
 
 
