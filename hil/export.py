@@ -15,6 +15,8 @@ Records use TRL's conversational formats:
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 import statistics
 from collections import Counter, defaultdict
@@ -47,6 +49,7 @@ INCOMPLETE_RANKING = "incomplete_ranking"
 INVALID_RANKING = "invalid_ranking"
 TIED_RANKING = "tied_ranking"
 NOT_CORRECTED = "not_corrected"
+INVALID_RATING = "invalid_rating"
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<!\w)(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]?\d{3,4}(?!\w)")
@@ -359,12 +362,30 @@ def _export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub:
 
 
 def rating_of(results: list[dict], control: str | None = None) -> int | None:
-    """The star rating of a Rating result (of ``control``, if named)."""
+    """The star rating of a Rating result (of ``control``, if named), when it is a whole number."""
+    value = raw_rating(results, control)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def raw_rating(results: list[dict], control: str | None = None) -> object:
+    """What a Rating result (of ``control``, if named) holds, as exported; None when there is none."""
     for r in results:
         if r.get("type") == "rating" and (control is None or r.get("from_name") == control):
             value = (r.get("value") or {}).get("rating")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and value.is_integer():
                 return int(value)
+            return value
+    return None
+
+
+def rating_problem(value: object, max_rating: int) -> str | None:
+    """Why an exported rating cannot be used (not a number, not whole, outside 1..max), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"rating {json.dumps(value)[:40]} is not a number"
+    if isinstance(value, float):  # whole floats arrive as ints from raw_rating
+        return f"rating {value} is not a whole number of stars" if math.isfinite(value) else f"rating {value}"
+    if not 1 <= value <= max_rating:
+        return f"rating {value} is outside 1-{max_rating}"
     return None
 
 
@@ -393,9 +414,12 @@ def _export_rate(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scrub
             results = _usable_results(task, annotation, spec, prompt, missing, out)
             if results is None:
                 continue
-            rating = rating_of(results, spec.rating_control)
+            rating = raw_rating(results, spec.rating_control)
             if rating is None:
                 out.rejects.append(_reject(task, annotation, NO_SELECTION, "no Rating"))
+                continue
+            if problem := rating_problem(rating, spec.max_rating):
+                out.rejects.append(_reject(task, annotation, INVALID_RATING, problem))
                 continue
             corrected = _answer_note(results, spec, spec.correction_control)
             if "\x00" in answer + corrected:
@@ -584,11 +608,14 @@ def _export_review(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scr
             results = _usable_results(task, annotation, spec, prompt, missing, out)
             if results is None:
                 continue
-            rating = rating_of(results, spec.rating_control)
+            rating = raw_rating(results, spec.rating_control)
             verdict = _choice(results, spec.verdict_control)
             corrected = _answer_note(results, spec, spec.correction_control)
             if rating is None:
                 out.rejects.append(_reject(task, annotation, NO_SELECTION, "no Rating"))
+                continue
+            if problem := rating_problem(rating, spec.max_rating):
+                out.rejects.append(_reject(task, annotation, INVALID_RATING, problem))
                 continue
             if not corrected or _same_text(corrected, answer):
                 detail = f"rating {rating}" + (f", marked {verdict!r} but not edited" if verdict == "Needs correction"

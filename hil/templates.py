@@ -92,6 +92,7 @@ class LabelingSpec:
     answer_key: str = "answer"  # rate: data key of the graded answer
     answer_object: str = "answer"  # rate: name of the Text object showing it
     rating_control: str | None = None  # rate: Rating name; None = any Rating
+    max_rating: int = 5  # rate, review: the Rating's maxRating (Label Studio's default is 5)
     critique_control: str | None = "critique"  # rate: optional TextArea on the answer
     correction_control: str | None = "corrected"  # rate: optional TextArea on the answer
     ranker_control: str | None = None  # rank: Ranker name; None = any Ranker
@@ -147,6 +148,9 @@ def parse_label_config(xml: str, where: str = "label config") -> LabelingSpec:
         return [el.get("name") for el in controls if el.tag == "TextArea" and el.get("toName") == target]
 
     rating = next((el for el in controls if el.tag == "Rating"), None)
+    if rating is not None:
+        stars = str(rating.get("maxRating") or "5").strip()
+        common["max_rating"] = int(stars) if stars.isdigit() and int(stars) >= 1 else 5
     if rating is not None and prompt_object is not None and rating.get("toName") in objects \
             and rating.get("toName") != prompt_object:
         # rate: a Rating on the answer's Text; TextAreas on it are the critique, then the correction.

@@ -513,3 +513,33 @@ def test_versions_of_one_folder_hold_one_record_kind(tmp_path):
                                         "preference records"):
         export_to_dataset(pairs, PREF, ExportOptions(), {"type": "file"}, root, since_last=True)
     assert sorted(p.name for p in root.iterdir()) == ["v0001", "v0002"]
+
+
+def test_ratings_that_are_not_whole_stars_within_the_scale_are_rejected_with_the_reason():
+    """6 of 5 was a desirable KTO record, 3.5 became 3, NaN was a traceback (issue 33 item 11)."""
+    from hilt.labeling.export import ExportOptions, export_annotations
+    from hilt.labeling.templates import parse_label_config, template_xml
+
+    def graded(aid, stars):
+        return {"id": aid, "completed_by": 1, "result": [
+            {"from_name": "rating", "to_name": "answer", "type": "rating", "value": {"rating": stars}}]}
+
+    spec = parse_label_config(template_xml("rate"))
+    assert spec.max_rating == 5
+    stars = [5, 4.0, 6, 0, 3.5, float("nan"), float("inf"), "4", True, None]
+    tasks = [{"id": i, "data": {"prompt": f"q{i}", "answer": "a"}, "annotations": [graded(10 + i, s)]}
+             for i, s in enumerate(stars)]
+    result = export_annotations(tasks, spec, ExportOptions(validation_fraction=0.0))
+    assert sorted(r["meta"]["ratings"][0] for r in result.records["train"]) == [4, 5]
+    details = {r["annotation_id"]: (r["reason"], r.get("detail", "")) for r in result.rejects}
+    assert details[12] == ("invalid_rating", "rating 6 is outside 1-5")
+    assert details[13] == ("invalid_rating", "rating 0 is outside 1-5")
+    assert details[14] == ("invalid_rating", "rating 3.5 is not a whole number of stars")
+    assert details[15][0] == details[16][0] == details[17][0] == details[18][0] == "invalid_rating"
+    assert details[19][0] == "no_selection"
+    c = result.counts
+    assert c["annotations"] == 10 == c["annotations_in_records"] + c["rejects"]["total"]
+    # A Rating with maxRating="10" takes 6 as a rating.
+    ten = parse_label_config(template_xml("rate").replace('maxRating="5"', 'maxRating="10"'))
+    result = export_annotations(tasks[2:3], ten, ExportOptions(validation_fraction=0.0))
+    assert ten.max_rating == 10 and result.records["train"][0]["meta"]["ratings"] == [6]
