@@ -194,6 +194,10 @@ def create_app(model_dir=None, metering_unit: str | None = None):
         else:
             offers = [content_type]
         media = accepted(request.headers.get("accept"), offers)
+        if media is None and stream and accepted(request.headers.get("accept"), [JSON]):
+            # The OpenAI SDK streams with Accept: application/json; OpenAI-compatible servers answer
+            # with the stream all the same.
+            media = offers[0]
         if media is None:
             return error(406, f"cannot answer with Accept {request.headers.get('accept')!r}; "
                               f"this request is answered as {' or '.join(offers)}")

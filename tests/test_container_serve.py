@@ -328,6 +328,12 @@ def test_accept_header_is_honoured(server):
     assert call("application/json;q=0")[0] == 406
     status, _ = call("text/event-stream", {"inputs": "hi", "parameters": {"max_new_tokens": 2}, "stream": True})
     assert status == 200
+    # The official OpenAI SDK streams with Accept: application/json: answered as a stream (issue 33 item 9).
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True}
+    assert call("application/json", chat) == (200, "text/event-stream; charset=utf-8")
+    assert call("application/json", {"inputs": "hi", "parameters": {"max_new_tokens": 2}, "stream": True})[1] \
+        .startswith("application/jsonlines")
+    assert call("text/csv", chat)[0] == 406
 
 
 def test_execution_parameters(server):
