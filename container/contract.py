@@ -244,7 +244,8 @@ def _parse_chat(payload: dict) -> Invocation:
     if isinstance(payload["messages"], str):
         raise RequestError('"messages" must be a non-empty list of {"role", "content"} messages')
     messages = _messages(payload["messages"], "messages")
-    if payload.get("n", 1) != 1:
+    n = payload.get("n", 1)
+    if n != 1 or isinstance(n, bool):  # true == 1 in Python; it is not a count
         raise RequestError("n must be 1: one answer per request (send the request again for another)")
     params: dict[str, Any] = {}
     for ours, theirs in (("max_new_tokens", "max_completion_tokens"), ("max_new_tokens", "max_tokens"),

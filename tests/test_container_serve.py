@@ -303,7 +303,7 @@ def test_chat_completions_schema(server):
     assert chunks[-2]["choices"][0]["finish_reason"] == chat["choices"][0]["finish_reason"]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == chat["usage"]
 
-    for body, message in (({"messages": messages, "n": 2}, "n must be 1"),
+    for body, message in (({"messages": messages, "n": 2}, "n must be 1"), ({"messages": messages, "n": True}, "n must be 1"),
                           ({"messages": messages, "max_tokens": 0}, "max_tokens must be"),
                           ({"messages": messages, "tools": []}, "unknown key(s) ['tools']")):
         status, _, answer = post(server["url"], body)
