@@ -215,9 +215,10 @@ def parse_capture_line(line: str, where: str) -> CapturedEvent:
                          str(out.get("observedContentType", "")), _decoded(out, where) if out else "", where)
 
 
-def capture_files(source: str) -> Iterator[tuple[str, bytes]]:
+def capture_files(source: str) -> Iterator[tuple[str, bytes | None]]:
     """(name, bytes) of every ``*.jsonl`` capture file under a folder or an ``s3://bucket/prefix``,
-    in path order (which is time order in SageMaker's layout).
+    in path order (which is time order in SageMaker's layout); bytes None for a path named so that
+    is not a readable regular file (a FIFO, a folder, a broken link).
 
     Raises:
         UserError: a folder that does not exist, an S3 location that cannot be listed.
@@ -226,6 +227,8 @@ def capture_files(source: str) -> Iterator[tuple[str, bytes]]:
         from hilt.core.aws import clients, split_s3_uri
 
         bucket, prefix = split_s3_uri(source)
+        # A prefix names a folder: s3://b/cap must not also read s3://b/capother/.
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         client = clients()[0]
         keys = []
         try:
@@ -238,17 +241,30 @@ def capture_files(source: str) -> Iterator[tuple[str, bytes]]:
             yield f"s3://{bucket}/{key}", client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return
     root = Path(source)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--capture {source} is a file, not a folder; pass the capture destination (the folder "
+                        "serve writes to, or s3://...)")
     if not root.is_dir():
         raise UserError(f"--capture {source}: no such folder; pass the capture destination (a folder or s3://...)")
     for path in sorted(p for p in root.rglob("*.jsonl") if not p.name.startswith(".")):
-        yield str(path), path.read_bytes()
+        # Only regular files: a FIFO would block the read forever, a folder or a broken link cannot be read.
+        if not path.is_file():
+            yield str(path), None
+            continue
+        try:
+            yield str(path), path.read_bytes()
+        except OSError:
+            yield str(path), None
 
 
 def read_capture(source: str) -> tuple[list[CapturedEvent], dict[str, int]]:
     """Every captured event under ``source``, and counts of what could not be read."""
     events: list[CapturedEvent] = []
-    counts = {"files": 0, "lines": 0, "unreadable_lines": 0}
+    counts = {"files": 0, "lines": 0, "unreadable_lines": 0, "unreadable_files": 0}
     for name, raw in capture_files(source):
+        if raw is None:
+            counts["unreadable_files"] += 1
+            continue
         counts["files"] += 1
         for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
             if not line.strip():

@@ -79,11 +79,13 @@ def test_captures_from_s3_other_encodings_and_containers(hilt_exe, tmp_path, mot
     s3.put_object(Bucket="captures", Key="monitor/ep/AllTraffic/2023/11/14/22/13-20-000-x.jsonl",
                   Body="\n".join(lines).encode())
     s3.put_object(Bucket="captures", Key="monitor/ep/AllTraffic/notes.txt", Body=b"not a capture")
+    # Another endpoint's prefix that starts with the same letters is not this capture (issue 33 item 13).
+    s3.put_object(Bucket="captures", Key="monitorother/ep/AllTraffic/2023/11/14/22/x.jsonl", Body=lines[0].encode())
     result = run(hilt_exe, "--capture", "s3://captures/monitor", "--baseline", str(baseline), "--out",
                  str(tmp_path / "r"), "--gate", "empty_rate<=0.05", env=moto_server["env"])
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert report["counts"] == {"files": 1, "lines": 13, "unreadable_lines": 1, "events": 12,
+    assert report["counts"] == {"files": 1, "lines": 13, "unreadable_lines": 1, "unreadable_files": 0, "events": 12,
                                 "events_not_understood": 0, "exchanges": 16}
     since = run(hilt_exe, "--capture", "s3://captures/monitor", "--baseline", str(baseline), "--out",
                 str(tmp_path / "r-since"), "--since", "2030-01-01", env=moto_server["env"])
@@ -142,3 +144,23 @@ def test_review_selection_takes_every_flagged_exchange_and_samples_each_day():
     assert scrubbed == {"emails": 1, "phones": 0}
     assert "[EMAIL]" in next(r for r in rows if r["event_id"] == "e102")["messages"][-1]["content"]
     assert rows[0]["flags"] == "flagged: empty" and rows[-1]["flags"].startswith("picked at random")
+
+
+def test_paths_named_jsonl_that_are_not_files_are_skipped_and_counted(hilt_exe, tmp_path):
+    """A FIFO named *.jsonl blocked the report forever; a folder or broken link so named was a traceback;
+    --capture FILE said 'no such folder' (issue 33 items 7 and 13, and the tracebacks' list)."""
+    import os
+
+    baseline = write_baseline(tmp_path / "data")
+    folder = capture(tmp_path / "cap", steady_traffic(80))
+    os.mkfifo(folder / "blocked.jsonl")
+    (folder / "a-folder.jsonl").mkdir()
+    (folder / "broken.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    result = run(hilt_exe, "--capture", str(folder), "--baseline", str(baseline), "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = json.loads((tmp_path / "r" / "report.json").read_text())["counts"]
+    assert counts["unreadable_files"] == 3 and counts["exchanges"] == 80
+    assert "3 *.jsonl paths that are not readable files, skipped" in result.stdout
+    a_file = next(p for p in sorted(folder.rglob("*.jsonl")) if p.is_file() and not p.is_symlink())
+    result = run(hilt_exe, "--capture", str(a_file), "--baseline", str(baseline), "--out", str(tmp_path / "r2"))
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr

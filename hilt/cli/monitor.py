@@ -27,7 +27,9 @@ def _cmd_monitor_report(args: argparse.Namespace) -> int:
                             since=_since(args.since))
     c = result["counts"]
     print(f"{c['exchanges']} exchanges from {c['events']} captured invocations ({c['files']} files, "
-          f"{c['unreadable_lines']} unreadable lines, {c['events_not_understood']} not understood) vs "
+          f"{c['unreadable_lines']} unreadable lines, {c['events_not_understood']} not understood"
+          + (f", {c['unreadable_files']} *.jsonl paths that are not readable files, skipped" if c.get("unreadable_files")
+             else "") + ") vs "
           f"{result['baseline']['records']} training records")
     for gate in result["gates"]:
         print(f"gate {gate['gate']}: {gate['value']:.4f} -> {'pass' if gate['passed'] else 'FAIL'}")
