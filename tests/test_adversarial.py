@@ -642,3 +642,64 @@ def test_an_answer_edited_in_label_studio_reaches_the_next_version(hilt_exe, stu
         (ids[1], f"Room {tasks[1]} is booked for 10:00.")]
     again = run_hilt(hilt_exe, *args, env=studio["env"])
     assert again.returncode == 0 and "nothing new" in again.stdout
+
+
+# ------------------------------------------------------------------ single-file outputs hilt did not write
+
+
+def test_request_outputs_never_replace_a_file_hilt_did_not_write(capsys, tmp_path):
+    """`package request --out base/train/data.jsonl` replaced training data (issue 33 item 5)."""
+    data = tmp_path / "train" / "data.jsonl"
+    data.parent.mkdir()
+    data.write_text('{"messages": []}\n')
+    args = ["package", "request", "model-package", "--name", "hilt-assistant", "--image",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:1", "--role",
+            "arn:aws:iam::123456789012:role/SageMaker", "--model-data-url", "s3://b/model.tar.gz",
+            "--validation-input", "s3://b/in.jsonl", "--validation-output", "s3://b/out"]
+    code, _, err = hilt(capsys, *args, "--out", str(data))
+    assert code == 2 and "already exists and is not a CreateModelPackage or CreateAlgorithm request" in one_line_error(err)
+    assert data.read_text() == '{"messages": []}\n'
+    code, _, err = hilt(capsys, *args, "--out", str(tmp_path))
+    assert code == 2 and "is a folder" in one_line_error(err)
+    # Its own earlier request is replaced, as before.
+    own = tmp_path / "request.json"
+    assert hilt(capsys, *args, "--out", str(own))[0] == 0
+    assert hilt(capsys, *args, "--out", str(own))[0] == 0 and json.loads(own.read_text())["ModelPackageName"]
+
+
+def test_sagemaker_pipeline_export_never_replaces_a_file_it_did_not_write(tmp_path):
+    from hilt.flows.sagemaker_pipeline import export
+
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}\n')
+    with pytest.raises(UserError, match="already exists and is not a SageMaker Pipeline definition"):
+        export(tmp_path / "missing-pipeline.yaml", notes)
+    assert notes.read_text() == '{"mine": true}\n'
+
+
+def test_monitor_and_pipeline_folders_are_recognised_by_content_not_by_a_file_name(tmp_path):
+    from hilt.flows.monitor import is_monitor_report_dir
+    from hilt.flows.pipeline import is_pipeline_workdir
+
+    folder = tmp_path / "mine"
+    (folder / "steps").mkdir(parents=True)
+    (folder / "report.json").write_text('{"quarter": "Q3"}')
+    (folder / "last-run.json").write_text("[]")
+    assert not is_monitor_report_dir(folder) and not is_pipeline_workdir(folder)
+    (folder / "report.json").write_text('{"capture": "c", "counts": {}, "gates": []}')
+    (folder / "last-run.json").write_text('{"pipeline": "p", "steps": []}')
+    assert is_monitor_report_dir(folder) and is_pipeline_workdir(folder)
+
+
+def test_monitor_report_leaves_a_folder_with_someone_elses_report_json_alone(hilt_exe, tmp_path):
+    from traffic import capture, steady_traffic, write_baseline
+
+    folder = tmp_path / "quarterly"
+    folder.mkdir()
+    (folder / "report.json").write_text('{"quarter": "Q3"}')
+    cap = capture(tmp_path / "cap", steady_traffic(10))
+    result = run_hilt(hilt_exe, "monitor", "report", "--capture", str(cap), "--baseline",
+                      str(write_baseline(tmp_path / "data")), "--out", str(folder))
+    assert result.returncode == 2 and "already holds files hilt did not write" in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["report.json"]
+    assert (folder / "report.json").read_text() == '{"quarter": "Q3"}'

@@ -58,9 +58,21 @@ def _validate_algorithm(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def _own_request_file(out: str, flag: str = "--out") -> None:
+    """Refuse an --out that exists and is not a SageMaker request hilt wrote (a Model Package or an Algorithm)."""
+    from hilt.core.outputs import check_output_file, json_with_keys
+
+    check_output_file(Path(out), flag, json_with_keys("ModelPackageName", "InferenceSpecification"),
+                      json_with_keys("ModelPackageGroupName", "InferenceSpecification"),
+                      json_with_keys("AlgorithmName", "TrainingSpecification"),
+                      what="a CreateModelPackage or CreateAlgorithm request hilt wrote")
+
+
 def _cmd_request(args: argparse.Namespace) -> int:
     from hilt.core.aws import operation_of, validate_request
     from hilt.serving.marketplace import algorithm_request, model_package_request
+
+    _own_request_file(args.out)
 
     if args.kind == "model-package":
         request = model_package_request(args.name, args.image, args.model_data_url, args.role,
@@ -114,8 +126,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
     """A trained model as a version of a model package group (written; with --submit, registered)."""
     from hilt.core.aws import clients, ensure_model_package_group, split_s3_uri, validate_request
     from hilt.core.outputs import write_atomic
+    from hilt.core.outputs import check_output_file, json_with_keys
     from hilt.serving.registry import register_request
 
+    _own_request_file(args.out)
+    quality_file = Path(args.out).with_name(Path(args.out).stem + ".model-quality.json")
+    check_output_file(quality_file, "--out's quality file", json_with_keys("generated_by", "training"),
+                      what="a model-quality document hilt wrote")
     request, quality = register_request(
         args.group, Path(args.model_dir), args.image, args.model_data_url, metrics_uri=args.metrics_uri,
         eval_dir=Path(args.eval_dir) if args.eval_dir else None, approval=args.approval,
@@ -153,6 +170,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     from hilt.core.outputs import write_atomic
     from hilt.serving.registry import find_version, promote_request
 
+    _own_request_file(args.out)
     _, sagemaker = clients(args.endpoint_url, args.region)
     try:
         described = find_version(sagemaker, args.version)

@@ -141,6 +141,41 @@ def replace_dir(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
+def json_with_keys(*keys: str) -> Callable[[bytes], bool]:
+    """A recogniser for ``check_output_file``: a JSON object holding every one of ``keys``."""
+
+    def recognise(raw: bytes) -> bool:
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return False
+        return isinstance(data, dict) and all(key in data for key in keys)
+
+    return recognise
+
+
+def check_output_file(path: Path, flag: str, *recognisers: Callable[[bytes], bool], what: str = "") -> None:
+    """Refuse to overwrite an existing file unless one of ``recognisers`` says hilt wrote it (the same
+    kind of output: a request, a pipeline definition); a folder at ``path`` is refused too.
+
+    Raises:
+        UserError: naming the flag, the file and the fix; nothing is changed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; pass a file path (nothing was changed)")
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(64 << 20)
+    except OSError as err:
+        raise UserError(os_error_message(err, path, "read")) from None
+    if not any(recognise(raw) for recognise in recognisers):
+        raise UserError(f"{flag} {path} already exists and is not {what or 'a file this command wrote'}; pass a new "
+                        "path, or move that file away yourself (nothing was changed)")
+
+
 def write_atomic(path: Path, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` through a temporary file beside it (never half a file).
 

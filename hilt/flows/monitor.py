@@ -333,6 +333,15 @@ def write_markdown(result: dict, out: Path) -> None:
     (out / REPORT_MD).write_text("\n".join(lines) + "\n")
 
 
+def is_monitor_report_dir(folder: Path) -> bool:
+    """An earlier report's folder, known by what only a monitor report holds (not by a file name any
+    folder may have)."""
+    from hilt.core.outputs import json_with_keys
+
+    report = folder / REPORT_JSON
+    return report.is_file() and json_with_keys("capture", "counts", "gates")(report.read_bytes())
+
+
 def monitor_report(capture: str, baseline_dir: Path, out: Path, gates: list[str] | None = None,
                    since: dt.datetime | None = None) -> dict:
     """Compare captured traffic with the training set; write report.json, report.md and plots.
@@ -356,7 +365,7 @@ def monitor_report(capture: str, baseline_dir: Path, out: Path, gates: list[str]
         raise UserError(f"--capture {capture}: {counts['events']} captured invocations"
                         f"{' since ' + since.isoformat() if since else ''}, none with a request and an answer "
                         "hilt can read; point it at a data capture destination")
-    claim_output_dir(out, "monitor-report", "--out", recognise=lambda d: (d / REPORT_JSON).is_file(),
+    claim_output_dir(out, "monitor-report", "--out", recognise=is_monitor_report_dir,
                      hint="the --out of an earlier `hilt monitor report`")
     result: dict[str, Any] = {"capture": capture, "since": since.isoformat() if since else None, "counts": counts,
                               "baseline": {"path": str(baseline_dir), "records": len(baseline)}}

@@ -34,7 +34,7 @@ from hilt.labeling.templates import TEMPLATE_NAMES
 from hilt.core.aws import APPROVAL_STATUSES
 from hilt.core.errors import UserError
 from hilt.core.config import describe_error, read_yaml_mapping
-from hilt.core.outputs import claim_output_dir
+from hilt.core.outputs import claim_output_dir, json_with_keys
 from hilt.serving.contract import HARDWARE, METERING_UNITS
 from hilt.training.recipe import TASK_METRICS
 from hilt.training.provenance import model_fingerprint
@@ -511,12 +511,19 @@ def run_pipeline(path: Path) -> int:
     return run_steps(pipeline, base, STEPS, where=str(path))
 
 
+def is_pipeline_workdir(folder: Path) -> bool:
+    """An earlier run's workdir, known by its run record, not by any folder that has a steps/ (the
+    marker covers a first run stopped before it wrote last-run.json)."""
+    run_file = folder / RUN_FILE
+    return run_file.is_file() and json_with_keys("pipeline", "steps")(run_file.read_bytes())
+
+
 def run_steps(p: Pipeline, base: Path, steps: tuple[Step, ...] = STEPS, where: str = "pipeline") -> int:
     """Export, then walk ``steps``: each is reused when its inputs' hash has a finished folder,
     else run; a step that refuses ends the run with exit code 1."""
     workdir = (base / p.workdir).resolve()
     claim_output_dir(workdir, "pipeline", f"{where}: workdir", hint="the workdir of an earlier `hilt pipeline run`",
-                     recognise=lambda d: (d / RUN_FILE).is_file() or (d / "steps").is_dir())
+                     recognise=is_pipeline_workdir)
     run = Run(p, base, workdir)
     runner = Runner(workdir)
     started = time.perf_counter()

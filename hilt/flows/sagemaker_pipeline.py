@@ -440,6 +440,10 @@ def export(path: Path, out: Path, *, dataset: str | None = None, base_model: str
     from hilt.core.outputs import write_atomic
     from hilt.flows.pipeline import load_pipeline
 
+    from hilt.core.outputs import check_output_file, json_with_keys
+
+    check_output_file(Path(out), "--sagemaker", json_with_keys("Version", "Parameters", "Steps"),
+                      what="a SageMaker Pipeline definition hilt wrote")
     p, _ = load_pipeline(path)
     if params and not do_start:
         raise UserError("--param sets an execution's values: add --start (the definition keeps the YAML's defaults)")
