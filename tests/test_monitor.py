@@ -164,3 +164,19 @@ def test_paths_named_jsonl_that_are_not_files_are_skipped_and_counted(hilt_exe, 
     a_file = next(p for p in sorted(folder.rglob("*.jsonl")) if p.is_file() and not p.is_symlink())
     result = run(hilt_exe, "--capture", str(a_file), "--baseline", str(baseline), "--out", str(tmp_path / "r2"))
     assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+
+
+def test_exchanges_the_review_template_cannot_show_are_skipped_not_fatal():
+    """One exchange with a tool turn or an empty turn, which serve accepted, refused the whole capture
+    (issue 33 item 8): it is skipped and counted."""
+    from hilt.flows.monitor import Exchange, reviewable_exchange
+
+    def Seen(prompt):  # noqa: N802
+        return Exchange(prompt=prompt, answer="an answer")
+
+    user = {"role": "user", "content": "Order a laptop."}
+    assert reviewable_exchange(Seen([{"role": "system", "content": "Be brief."}, user]))
+    assert not reviewable_exchange(Seen([{"role": "tool", "content": "42"}, user]))
+    assert not reviewable_exchange(Seen([{"role": "assistant", "content": "  "}, user]))
+    assert not reviewable_exchange(Seen([user, {"role": "assistant", "content": "Done."}]))
+    assert not reviewable_exchange(Seen([]))

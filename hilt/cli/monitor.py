@@ -15,6 +15,9 @@ def _cmd_monitor_review(args: argparse.Namespace) -> int:
                                  Path(args.baseline) if args.baseline else None, _since(args.since))
     print(f"project {made['project']} ({args.project_title}): {made['tasks']} of {made['exchanges']} captured "
           f"exchanges ({made['flagged']} flagged), PII scrubbed {made['pii_scrubbed'] or 'none found'} -> {made['url']}")
+    if made["not_reviewable"]:
+        print(f"skipped {made['not_reviewable']} exchanges the review template cannot show (a tool or empty turn, "
+              "or not ending with the user's turn)")
     print(f"then: hilt export --project {made['project']} --out DATA_DIR --since-last")
     print(made["project"])
     return 0

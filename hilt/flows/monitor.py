@@ -430,6 +430,18 @@ def review_rows(selected: list[tuple[Exchange, list[str]]]) -> tuple[list[dict],
     return rows, dict(scrub.counts)
 
 
+def reviewable_exchange(exchange) -> bool:
+    """Whether the review template can show an exchange: text turns of system/user/assistant ending with
+    the user's. ``serve`` also answers others (a ``tool`` turn, an empty one): those are skipped and
+    counted, not a reason to refuse the whole capture."""
+    from hilt.labeling.importing import CHAT_ROLES
+
+    prompt = exchange.prompt
+    return bool(prompt) and prompt[-1].get("role") == "user" and all(
+        isinstance(m, dict) and m.get("role") in CHAT_ROLES and isinstance(m.get("content"), str)
+        and m["content"].strip() for m in prompt)
+
+
 def create_review_project(capture: str, title: str, per_day: int, max_tasks: int, seed: int = 0,
                           baseline_dir: Path | None = None, since: dt.datetime | None = None, client=None) -> dict:
     """Sample captured exchanges into a Label Studio review project (the ``review`` template), on
@@ -443,7 +455,7 @@ def create_review_project(capture: str, title: str, per_day: int, max_tasks: int
     from hilt.labeling.templates import parse_label_config, template_xml
 
     live, counts = read_traffic(capture, since)
-    reviewable = [e for e in live if e.prompt and e.prompt[-1].get("role") == "user"]
+    reviewable = [e for e in live if reviewable_exchange(e)]
     if not reviewable:
         raise UserError(f"--capture {capture}: {counts['events']} captured invocations, no exchange to review "
                         "(a conversation ending with the user's turn and the model's answer)")
@@ -457,4 +469,5 @@ def create_review_project(capture: str, title: str, per_day: int, max_tasks: int
     project = client.create_project(title, config, description=f"created by hilt monitor review from {capture}")
     client.import_tasks(project, tasks)
     return {"project": project, "url": f"{client.url}/projects/{project}", "tasks": len(tasks),
-            "flagged": sum(1 for _, why in selected if why), "exchanges": len(live), "pii_scrubbed": scrubbed}
+            "flagged": sum(1 for _, why in selected if why), "exchanges": len(live), "pii_scrubbed": scrubbed,
+            "not_reviewable": len(live) - len(reviewable)}
