@@ -209,8 +209,10 @@ def parse_capture_line(line: str, where: str) -> CapturedEvent:
         raise ValueError(f"{where}: no captureData")
     inp, out = data.get("endpointInput") or {}, data.get("endpointOutput") or {}
     meta = record.get("eventMetadata") or {}
-    when = dt.datetime.strptime(str(meta.get("inferenceTime")).replace(".000", "")[:20], "%Y-%m-%dT%H:%M:%SZ")
-    return CapturedEvent(str(meta.get("eventId")), when.replace(tzinfo=dt.timezone.utc),
+    # ISO 8601 with or without milliseconds (SageMaker writes both) or an offset; naive times are UTC.
+    when = dt.datetime.fromisoformat(str(meta.get("inferenceTime")))
+    when = when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+    return CapturedEvent(str(meta.get("eventId")), when,
                          str(inp.get("observedContentType", "")), _decoded(inp, where) if inp else "",
                          str(out.get("observedContentType", "")), _decoded(out, where) if out else "", where)
 

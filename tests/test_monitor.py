@@ -180,3 +180,22 @@ def test_exchanges_the_review_template_cannot_show_are_skipped_not_fatal():
     assert not reviewable_exchange(Seen([{"role": "assistant", "content": "  "}, user]))
     assert not reviewable_exchange(Seen([user, {"role": "assistant", "content": "Done."}]))
     assert not reviewable_exchange(Seen([]))
+
+
+def test_inference_times_with_milliseconds_or_an_offset_are_read():
+    """SageMaker's inferenceTime with milliseconds made the event unreadable (issue 33 item 13)."""
+    import datetime as dt
+
+    from hilt.serving.capture import parse_capture_line
+
+    record = capture_record(b'{"inputs": "hi"}', "application/json", b'{"generated_text": "hello"}',
+                            "application/json", 1.7e9)
+    expected = dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.timezone.utc)
+    for stamp in ("2023-11-14T22:13:20.123Z", "2023-11-14T23:13:20.123+01:00", "2023-11-14T22:13:20.123"):
+        record["eventMetadata"]["inferenceTime"] = stamp
+        assert parse_capture_line(json.dumps(record), "x:1").time == expected
+    record["eventMetadata"]["inferenceTime"] = "2023-11-14T22:13:20Z"
+    assert parse_capture_line(json.dumps(record), "x:1").time == expected.replace(microsecond=0)
+    record["eventMetadata"]["inferenceTime"] = "yesterday"
+    with pytest.raises(ValueError):
+        parse_capture_line(json.dumps(record), "x:1")
