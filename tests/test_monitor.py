@@ -199,3 +199,15 @@ def test_inference_times_with_milliseconds_or_an_offset_are_read():
     record["eventMetadata"]["inferenceTime"] = "yesterday"
     with pytest.raises(ValueError):
         parse_capture_line(json.dumps(record), "x:1")
+
+
+def test_the_baseline_of_a_kto_dataset_holds_only_its_desirable_answers(tmp_path):
+    """Undesirable KTO completions were part of the drift baseline (issue 33 item 13, last part)."""
+    from hilt.flows.monitor import read_baseline
+
+    (tmp_path / "train").mkdir()
+    records = [{"prompt": [{"role": "user", "content": f"q{i}"}],
+                "completion": [{"role": "assistant", "content": f"{'good' if i % 2 else 'bad'} {i}"}],
+                "label": bool(i % 2)} for i in range(6)]
+    (tmp_path / "train" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert sorted(e.answer for e in read_baseline(tmp_path)) == ["good 1", "good 3", "good 5"]

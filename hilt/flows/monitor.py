@@ -191,6 +191,8 @@ def read_baseline(dataset: Path) -> list[Exchange]:
                 last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
                 if last is not None:
                     out.append(Exchange(messages[:last], str(messages[last].get("content") or "")))
+            elif converted.get("label") is False:
+                continue  # an undesirable KTO completion is not what the model was trained to say
             else:
                 answer = converted.get("chosen") or converted.get("completion") or []
                 text = answer[-1].get("content", "") if isinstance(answer, list) and answer else str(answer)
