@@ -461,6 +461,14 @@ def rank_answers(task: dict, spec: LabelingSpec) -> dict[str, str]:
             and item["body"].strip()}
 
 
+def repeated_answer_ids(task: dict, spec: LabelingSpec) -> list[str]:
+    """The List item ids of a rank task that appear more than once (``rank_answers`` would keep the last)."""
+    items = (task.get("data") or {}).get(spec.answers_key)
+    ids = [str(item["id"]) for item in items or [] if isinstance(item, dict) and item.get("id") is not None] \
+        if isinstance(items, list) else []
+    return sorted(i for i, n in Counter(ids).items() if n > 1)
+
+
 def ranking_of(results: list[dict], spec: LabelingSpec, ids: list[str]) -> tuple[dict[str, float] | None, str, str]:
     """The rank of each answer id in a Ranker result (1 = best; answers in one Bucket share the mean
     of their places), or None with the reject reason and its detail.
@@ -530,6 +538,10 @@ def _export_rank(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scrub
         texts = rank_answers(task, spec)
         sources = (task.get("data") or {}).get("answer_sources") or {}
         missing = None if len(texts) >= 2 else f"task data needs 2 or more answers in '{spec.answers_key}'"
+        repeated = repeated_answer_ids(task, spec)
+        if repeated:  # which text a ranked id means is then a guess: the task is rejected, not half-read
+            missing = (f"answer id(s) {', '.join(repeated)} appear more than once in '{spec.answers_key}'; give "
+                       "each List item its own id")
         rankings: list[tuple[dict, dict[str, float], str | None]] = []
         for annotation in sorted_annotations(task):
             results = _usable_results(task, annotation, spec, prompt, missing, out)

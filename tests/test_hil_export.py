@@ -446,6 +446,15 @@ def test_rank_identical_and_duplicate_pairs():
     assert len(pairs(result)) == 3 and reasons(result) == ["duplicate"]
 
 
+def test_rank_task_whose_answer_ids_repeat_is_rejected_not_half_read():
+    """Two List items with one id silently kept the last text (issue 33 item 12, second half)."""
+    repeated = [ITEMS[0], ITEMS[1], {**ITEMS[2], "id": ITEMS[1]["id"]}, ITEMS[3]]
+    result = export_annotations([rank_task(1, [rank_annotation(1, ["2", "1", "3", "4"])], repeated)], RANK,
+                                ExportOptions())
+    assert not pairs(result) and reasons(result) == ["missing_answers"]
+    assert f"answer id(s) {ITEMS[1]['id']} appear more than once" in result.rejects[0]["detail"]
+
+
 def test_rank_from_a_file_needs_its_template(hilt_exe, tmp_path):
     export = write_export(tmp_path / "ranked.json", [rank_task(1, [rank_annotation(1, ["2", "1", "3", "4"])])])
     wrong = run(hilt_exe, "export", "--from-file", str(export), "--template", "preference", "--out", str(tmp_path / "x"))
