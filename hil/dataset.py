@@ -210,7 +210,17 @@ def check_same_record_kind(root: Path, template: str) -> None:
                             "its own folder")
 
 
-def exported_annotations(root: Path) -> dict[int, str | None]:
+def source_identity(source: dict | None) -> str:
+    """Whose annotation ids a version's records carry: a project (on a server), or a file (by name: a
+    re-exported file of the same name is the same source, edited). Ids are a source's own: project 3's
+    annotation 2 is not an edit of a file's annotation 2."""
+    source = source if isinstance(source, dict) else {}
+    if source.get("type") == "file":
+        return json.dumps(["file", source.get("name")])
+    return json.dumps([source.get("type"), source.get("project_id"), source.get("url")])
+
+
+def exported_annotations(root: Path, source: dict | None = None) -> dict[int, str | None]:
     """Annotations the versions under ``root`` cover: id -> ``updated_at`` when exported.
 
     An annotation edited in Label Studio after its export has a newer ``updated_at`` and
@@ -220,6 +230,8 @@ def exported_annotations(root: Path) -> dict[int, str | None]:
     seen: dict[int, str | None] = {}
     for manifest_file in sorted(root.glob("v[0-9][0-9][0-9][0-9]/manifest.json")):
         manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        if source is not None and source_identity(manifest.get("source")) != source_identity(source):
+            continue
         versions = manifest.get("annotation_versions")
         if versions is None:
             seen.update({int(i): None for i in manifest.get("annotation_ids", [])})
@@ -228,9 +240,9 @@ def exported_annotations(root: Path) -> dict[int, str | None]:
     return seen
 
 
-def exported_annotation_ids(root: Path) -> set[int]:
-    """Annotation ids covered by the versions already under ``root``."""
-    return set(exported_annotations(root))
+def exported_annotation_ids(root: Path, source: dict | None = None) -> set[int]:
+    """Annotation ids covered by the versions already under ``root`` (of ``source`` only, when given)."""
+    return set(exported_annotations(root, source))
 
 
 def next_version_dir(root: Path) -> Path:
@@ -354,7 +366,7 @@ def export_to_dataset(tasks: list[dict], spec, options: ExportOptions, source: d
     if since_last:
         check_versions_root(out)  # (a single dataset's folder is checked where it is written)
         check_same_record_kind(out, spec.kind)
-    skip = exported_annotations(out) if since_last else {}
+    skip = exported_annotations(out, source) if since_last else {}
     result = export_annotations(tasks, spec, options, skip_annotation_ids=skip)
     if since_last and result.counts["annotations"] == 0:
         return None, None

@@ -250,6 +250,36 @@ def test_an_edited_annotation_is_exported_again_and_supersedes_its_old_record(tm
     assert summary["superseded"] == [{"version": "v0001", "split": "train", "annotation_ids": [2]}]
 
 
+def test_annotation_ids_supersede_only_within_their_own_source(tmp_path):
+    """A review project's corrections (annotation ids 2 and 4) were dropped as 'superseded' by a file
+    source's re-export that has annotations 2 and 4 of its own (issue 33 item 4)."""
+    from hilt.flows.pipeline import _merge_versions
+    from hilt.labeling.dataset import export_to_dataset
+    from hilt.labeling.export import ExportOptions
+
+    opts = ExportOptions(validation_fraction=0.0)
+    root = tmp_path / "datasets"
+    from_file = {"type": "file", "name": "export.json", "sha256": "a"}
+    review = {"type": "project", "project_id": 7, "url": "http://127.0.0.1:8080"}
+    export_to_dataset([task(i, [sft_annotation(i, f"file {i}")]) for i in range(1, 6)], SFT, opts, from_file, root,
+                      since_last=True)
+    # The review project's annotations have ids the file's have too: not already exported, not edits.
+    v2, manifest = export_to_dataset([task(i, [sft_annotation(i, f"correction {i}")]) for i in (2, 4)], SFT, opts,
+                                     review, root, since_last=True)
+    assert v2.name == "v0002" and manifest["counts"]["annotations"] == 2
+    # The same file exported again (edited: a new sha256, annotation 3 changed) is the same source.
+    edited = sft_annotation(3, "file 3, edited")
+    edited["updated_at"] = "2026-02-01T00:00:00Z"
+    tasks = [task(i, [sft_annotation(i, f"file {i}")]) for i in range(1, 6)]
+    tasks[2]["annotations"] = [edited]
+    v3, _ = export_to_dataset(tasks, SFT, opts, {**from_file, "sha256": "b"}, root, since_last=True)
+    summary = _merge_versions(root, ["v0001", "v0002", "v0003"], tmp_path / "merged")
+    answers = sorted(json.loads(line)["messages"][-1]["content"]
+                     for line in (tmp_path / "merged" / "train" / "data.jsonl").read_text().splitlines())
+    assert answers == ["correction 2", "correction 4", "file 1", "file 2", "file 3, edited", "file 4", "file 5"]
+    assert summary["superseded"] == [{"version": "v0001", "split": "train", "annotation_ids": [3]}]
+
+
 # ------------------------------------------------------------------ recipes and records
 
 

@@ -228,12 +228,17 @@ def _merge_versions(datasets: Path, versions: list[str], folder: Path) -> dict:
     version; the earlier record made from it is superseded (dropped here and listed in the
     manifest), so the merged data holds the edited text, and nothing twice.
     """
-    # Annotations every later version covers, per version (newest first, so each set is built once).
+    # Annotations every later version of the same source covers, per version (newest first, so each set
+    # is built once).
+    from hilt.labeling.dataset import source_identity
+
     later: dict[str, set[int]] = {}
-    seen: set[int] = set()
+    seen: dict[str, set[int]] = {}
     for version in reversed(versions):
-        later[version] = set(seen)
-        seen |= set(json.loads((datasets / version / "manifest.json").read_text()).get("annotation_ids", []))
+        manifest = json.loads((datasets / version / "manifest.json").read_text())
+        source = source_identity(manifest.get("source"))  # ids are a source's own
+        later[version] = set(seen.get(source, set()))
+        seen.setdefault(source, set()).update(manifest.get("annotation_ids", []))
     counts, superseded = {}, []
     digest = hashlib.sha256()
     for split in ("train", "validation"):

@@ -125,7 +125,8 @@ def make_handler(inbox: Inbox, secret: str, project: int | None):
 def _unexported(client, project: int, datasets: Path) -> int:
     from hilt.labeling.dataset import exported_annotation_ids
 
-    return max(0, client.annotation_count(project) - len(exported_annotation_ids(datasets)))
+    source = {"type": "project", "project_id": project, "url": client.url}  # as hilt export records it
+    return max(0, client.annotation_count(project) - len(exported_annotation_ids(datasets, source)))
 
 
 def watch(pipeline_file: Path, secret: str | None, port: int = 0, min_annotations: int | None = None,
