@@ -169,3 +169,15 @@ def test_a_pair_whose_answers_are_the_same_is_refused_before_training():
     with pytest.raises(UserError, match="data.jsonl:3: 'chosen' and 'rejected' are the same answer"):
         check_record(same, "dpo", "data.jsonl:3")
     assert check_record({**same, "rejected": [{"role": "assistant", "content": "Go away."}]}, "dpo", "x")
+
+
+def test_a_model_package_group_is_a_name_or_its_arn_never_an_arn_as_a_name():
+    """An ARN given as --group created a group named by the ARN (issue 33, cosmetic)."""
+    from hilt.core.aws import model_package_group_name
+
+    assert model_package_group_name("hilt-assistant") == "hilt-assistant"
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model-package-group/hilt-assistant"
+    assert model_package_group_name(arn) == "hilt-assistant"
+    for bad in ("-starts-with-hyphen", "has space", "a" * 64, "arn:aws:sagemaker:us-east-1:1:model-package-group/x"):
+        with pytest.raises(UserError, match="a model package group name is 1-63"):
+            model_package_group_name(bad)

@@ -124,11 +124,12 @@ def _cmd_listing(args: argparse.Namespace) -> int:
 
 def _cmd_register(args: argparse.Namespace) -> int:
     """A trained model as a version of a model package group (written; with --submit, registered)."""
-    from hilt.core.aws import clients, ensure_model_package_group, split_s3_uri, validate_request
-    from hilt.core.outputs import write_atomic
-    from hilt.core.outputs import check_output_file, json_with_keys
+    from hilt.core.aws import (clients, ensure_model_package_group, model_package_group_name, split_s3_uri,
+                               validate_request)
+    from hilt.core.outputs import check_output_file, json_with_keys, write_atomic
     from hilt.serving.registry import register_request
 
+    group = model_package_group_name(args.group)
     _own_request_file(args.out)
     quality_file = Path(args.out).with_name(Path(args.out).stem + ".model-quality.json")
     check_output_file(quality_file, "--out's quality file", json_with_keys("generated_by", "training"),
@@ -153,7 +154,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         if args.metrics_uri:
             bucket, key = split_s3_uri(args.metrics_uri)
             s3.put_object(Bucket=bucket, Key=key, Body=metrics_file.read_bytes(), ContentType="application/json")
-        ensure_model_package_group(sagemaker, args.group, f"{args.group}: models fine-tuned with hilt")
+        ensure_model_package_group(sagemaker, group, f"{group}: models fine-tuned with hilt")
         arn = sagemaker.create_model_package(**request)["ModelPackageArn"]
         described = sagemaker.describe_model_package(ModelPackageName=arn)
     except (BotoCoreError, ClientError) as err:

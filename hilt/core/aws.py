@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,25 @@ def clients(endpoint_url: str | None = None, region: str | None = None):
                         "configure credentials (AWS_PROFILE or AWS_ACCESS_KEY_ID) to submit it")
     kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
     return session.client("s3", **kwargs), session.client(SERVICE, **kwargs)
+
+
+_GROUP_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker's ModelPackageGroupName pattern
+_GROUP_ARN = re.compile(r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:model-package-group/(.+)$")
+
+
+def model_package_group_name(value: str, flag: str = "--group") -> str:
+    """The group's name from a name or its ARN, checked against SageMaker's pattern (botocore checks no
+    patterns offline: an ARN passed as a name created a group called by the ARN).
+
+    Raises:
+        UserError: not a valid group name or ARN.
+    """
+    match = _GROUP_ARN.match(value)
+    name = match.group(1) if match else value
+    if not _GROUP_NAME.match(name):
+        raise UserError(f"{flag} {value!r}: a model package group name is 1-63 letters, digits and hyphens "
+                        "(not starting or ending with a hyphen), or that group's ARN")
+    return name
 
 
 def ensure_model_package_group(sagemaker, group: str, description: str) -> bool:

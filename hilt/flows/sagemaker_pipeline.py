@@ -376,8 +376,9 @@ def upsert(request: dict, group: str, *, endpoint_url: str | None = None, region
     """
     from botocore.exceptions import ClientError
 
-    from hilt.core.aws import clients, ensure_model_package_group, validate_request
+    from hilt.core.aws import clients, ensure_model_package_group, model_package_group_name, validate_request
 
+    group = model_package_group_name(group, "registry.group")
     _, sm = clients(endpoint_url, region)
     ensure_model_package_group(sm, group, f"hilt pipeline {request['PipelineName']}: models it registered")
     try:
