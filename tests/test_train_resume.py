@@ -151,3 +151,27 @@ def test_sigterm_in_every_phase_stops_and_leaves_what_there_is(hilt_exe, warm_ba
     assert not list(model.rglob("*.tmp"))  # nothing half-written
     if phase == "train":
         assert partial["global_step"] >= 1 and latest_checkpoint(out / "checkpoints") is not None
+
+
+def test_sigterm_while_the_finished_model_is_written_exits_143_with_it_whole(hilt_exe, warm_base_dir, data, tmp_path):
+    """The write phase finishes its files, then the job reports the stop: 143, as for every other phase
+    (it exited 0; issue 33, cosmetic)."""
+    out = tmp_path / "job"
+    proc = subprocess.Popen(
+        [str(hilt_exe), "train", "quickstart-tiny-sft", "--model", str(warm_base_dir), "--data", str(data),
+         "--output", str(out), "--set", "train.max_steps=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HILT_FAILPOINT": "write"})
+    log = []
+    for line in proc.stdout:
+        log.append(line)
+        if "failpoint: holding in write" in line:
+            break
+    else:
+        raise AssertionError(f"never reached write: {''.join(log)[-3000:]}")
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, ("".join(log) + rest)[-3000:]
+    assert "finished first and is complete" in rest
+    manifest = json.loads((out / "model" / "hilt.json").read_text())
+    assert "partial" not in manifest and manifest["metrics"]["global_step"] == 2
+    assert (out / "model" / "README.md").is_file() and (out / "model" / "loss_curve.png").is_file()

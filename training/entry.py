@@ -168,6 +168,10 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
             manifest = finish_model_dir(job)
             print(f"[hilt] model written to {opt_ml.model_dir} (steps={manifest['metrics'].get('global_step')})")
             _log_to_mlflow(job, manifest)
+            if stopping.requested():  # SIGTERM while the last files were written: they are whole, the job stopped
+                print("[hilt] stopped by SIGTERM while writing the model; it was finished first and is complete",
+                      flush=True)
+                return EXIT_STOPPED
         return rc
     except (UserError, OSError) as err:
         if isinstance(err, OSError):
