@@ -43,7 +43,14 @@ def model_quality(manifest: dict, eval_dir: Path | None = None) -> dict:
         eval_file = Path(eval_dir) / "eval.json"
         if not eval_file.is_file():
             raise UserError(f"--eval-dir {eval_dir}: no eval.json; pass the --out of `hilt evaluate`")
-        evaluation = json.loads(eval_file.read_text())
+        try:
+            evaluation = json.loads(eval_file.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise UserError(f"--eval-dir {eval_file}: not readable JSON ({type(err).__name__}); run `hilt evaluate` "
+                            "again") from None
+        if not isinstance(evaluation, dict):
+            raise UserError(f"--eval-dir {eval_file}: holds a {type(evaluation).__name__}, not what `hilt evaluate` "
+                            "writes; run it again")
         quality["evaluation"] = {k: evaluation.get(k) for k in ("data", "task_metric", "models", "deltas", "gates",
                                                                 "passed")}
     sbs = manifest.get("human_side_by_side") or {}
@@ -94,6 +101,10 @@ def register_request(group: str, model_dir: Path, image: str, model_data_url: st
     if approval not in APPROVAL_STATUSES:
         raise UserError(f"--approval {approval}: use one of {', '.join(APPROVAL_STATUSES)}")
     manifest = read_manifest(model_dir)
+    for key in ("recipe", "metrics", "dataset", "evaluation", "human_side_by_side", "general"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise UserError(f"{model_dir}/hilt.json: '{key}' is a {type(manifest[key]).__name__}, not the object "
+                            "training writes; take the job's model/ again")
     quality = model_quality(manifest, eval_dir)
     request: dict[str, Any] = {
         "ModelPackageGroupName": group,

@@ -733,3 +733,36 @@ def test_monitor_report_leaves_a_folder_with_someone_elses_report_json_alone(hil
     assert result.returncode == 2 and "already holds files hilt did not write" in result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["report.json"]
     assert (folder / "report.json").read_text() == '{"quarter": "Q3"}'
+
+
+@pytest.mark.parametrize("manifest, message", [
+    (b'{"recipe": {"name": "r"', "not readable JSON"),
+    (b"", "not readable JSON"),
+    (b"\xff\xfe{}", "not readable JSON"),
+    (b"[1, 2]", "holds a list"),
+    (b'{"metrics": [1, 2]}', "'metrics' is a list"),
+])
+def test_register_with_a_broken_hilt_json_is_one_line(capsys, tiny_model_dir, tmp_path, manifest, message):
+    """Each of these was a traceback in `package register` (issue 33, tracebacks)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "hilt.json").write_bytes(manifest)
+    args = ["package", "register", "--group", "hilt-assistant", "--model-dir", str(model), "--image",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:1", "--model-data-url", "s3://b/model.tar.gz",
+            "--out", str(tmp_path / "register.json")]
+    code, _, err = hilt(capsys, *args)
+    assert code == 2 and message in one_line_error(err)
+    assert not (tmp_path / "register.json").exists()
+
+
+@pytest.mark.parametrize("evaluation, message", [(b"[]", "holds a list"), (b"{", "not readable JSON")])
+def test_register_with_a_broken_eval_json_is_one_line(capsys, tiny_model_dir, tmp_path, evaluation, message):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "eval.json").write_bytes(evaluation)
+    args = ["package", "register", "--group", "hilt-assistant", "--model-dir", str(tiny_model_dir), "--image",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:1", "--model-data-url", "s3://b/model.tar.gz",
+            "--eval-dir", str(tmp_path / "eval"), "--out", str(tmp_path / "register.json")]
+    code, _, err = hilt(capsys, *args)
+    assert code == 2 and message in one_line_error(err)

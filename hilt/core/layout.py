@@ -20,9 +20,23 @@ def is_model_dir(path: Path) -> bool:
 
 
 def read_manifest(model_dir: Path | str) -> dict:
-    """A model directory's ``hilt.json`` (empty when hilt did not train it)."""
+    """A model directory's ``hilt.json`` (empty when hilt did not train it).
+
+    Raises:
+        UserError: a hilt.json that is not a JSON object (truncated, empty, not UTF-8, a list...).
+    """
     path = Path(model_dir) / MANIFEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise UserError(f"{path}: not readable JSON ({type(err).__name__}); training writes it: take the job's "
+                        "model/ again, or remove the file") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: holds a {type(manifest).__name__}, not the object training writes; take the "
+                        "job's model/ again, or remove the file")
+    return manifest
 
 
 def require_model_dir(path: Path | str, flag: str = "", hint: str = "pass a save_pretrained model directory") -> Path:
