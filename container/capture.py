@@ -274,6 +274,6 @@ def read_capture(source: str) -> tuple[list[CapturedEvent], dict[str, int]]:
             counts["lines"] += 1
             try:
                 events.append(parse_capture_line(line, f"{name}:{number}"))
-            except (ValueError, TypeError, AttributeError, KeyError):
+            except (ValueError, TypeError, AttributeError, KeyError, RecursionError):  # RecursionError: deep JSON
                 counts["unreadable_lines"] += 1
     return events, counts

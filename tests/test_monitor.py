@@ -211,3 +211,26 @@ def test_the_baseline_of_a_kto_dataset_holds_only_its_desirable_answers(tmp_path
                 "label": bool(i % 2)} for i in range(6)]
     (tmp_path / "train" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert sorted(e.answer for e in read_baseline(tmp_path)) == ["good 1", "good 3", "good 5"]
+
+
+def test_hostile_captured_lines_are_counted_not_tracebacks(hilt_exe, tmp_path):
+    """200k-deep JSON, a streamed frame {"choices": 5} and a message without a role were tracebacks in
+    monitor report and review (issue 33, tracebacks)."""
+    from hilt.flows.monitor import read_traffic
+
+    baseline = write_baseline(tmp_path / "data")
+    folder = capture(tmp_path / "cap", steady_traffic(80))
+    hostile = [
+        "[" * 200_000 + "]" * 200_000,
+        json.dumps(capture_record(json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode(),
+                                  "application/json", b'data: {"choices": 5}\n\ndata: [DONE]\n\n', "text/event-stream",
+                                  1.7e9)),
+        json.dumps(capture_record(json.dumps({"messages": [{"content": "hi"}]}).encode(), "application/json",
+                                  json.dumps({"choices": [{"message": {"role": "assistant", "content": "x"}}]}).encode(),
+                                  "application/json", 1.7e9)),
+    ]
+    (folder / "hostile.jsonl").write_text("\n".join(hostile) + "\n")
+    exchanges, counts = read_traffic(str(folder))
+    assert len(exchanges) == 80 and counts["unreadable_lines"] == 1 and counts["events_not_understood"] == 2
+    result = run(hilt_exe, "--capture", str(folder), "--baseline", str(baseline), "--out", str(tmp_path / "r"))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]

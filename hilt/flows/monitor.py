@@ -67,7 +67,10 @@ def _request_messages(body: Any) -> list[dict] | None:
     if not isinstance(body, dict):
         return None
     if isinstance(body.get("messages"), list):
-        return [m for m in body["messages"] if isinstance(m, dict) and isinstance(m.get("content"), str)]
+        # A message without a role cannot be shown or compared: the request is not read (counted as such).
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in body["messages"]):
+            return None
+        return [m for m in body["messages"] if isinstance(m.get("content"), str)]
     for key in ("inputs", "prompt", "text_inputs"):
         if isinstance(body.get(key), str):
             return [{"role": "user", "content": body[key]}]
@@ -104,7 +107,7 @@ def _streamed_answer(text: str) -> tuple[str, str | None] | None:
             continue
         try:
             frame = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return None
         if not isinstance(frame, dict):
             continue
@@ -112,7 +115,8 @@ def _streamed_answer(text: str) -> tuple[str, str | None] | None:
             return frame["generated_text"], frame.get("finish_reason") or reason
         if isinstance(frame.get("token"), dict) and isinstance(frame["token"].get("text"), str):
             parts.append(frame["token"]["text"])
-        for choice in frame.get("choices") or []:
+        choices = frame.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if isinstance(delta, dict) and isinstance(delta.get("content"), str):
                 parts.append(delta["content"])
@@ -126,7 +130,7 @@ def _json_values(text: str, content_type: str) -> list[Any] | None:
         if "jsonlines" in content_type or "ndjson" in content_type:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         return [json.loads(text)]
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
 
 
