@@ -180,12 +180,16 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             where = ("SAGEMAKER_MAX_PAYLOAD_IN_MB" if batch["batch"] else "SageMaker's 6 MB real-time limit")
             return error(413, f"payload of {size} bytes is over {where} ({limit} bytes)")
         body = b"".join(chunks)
+        # One wall-clock budget for the whole invocation, parsing and tokenizing included.
+        deadline = time.monotonic() + budget
         captured = capture is not None and capture.sampled()
         content_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
         if content_type not in (JSON, JSONLINES):
             return error(415, f"content type {content_type!r} not supported; use {JSON} or {JSONLINES}")
+        # Parsing and rendering/tokenizing run in a worker thread: a 6 MB body must not hold the event
+        # loop, or /ping (which SageMaker gives 2 s) waits behind it.
         try:
-            requests = parse_body(body, content_type)
+            requests = await asyncio.to_thread(parse_body, body, content_type)
         except RequestError as err:
             return error(400, str(err))
         stream = requests[0][1].stream
@@ -201,16 +205,21 @@ def create_app(model_dir=None, metering_unit: str | None = None):
         if media is None:
             return error(406, f"cannot answer with Accept {request.headers.get('accept')!r}; "
                               f"this request is answered as {' or '.join(offers)}")
-        prepared = []
-        for number, invocation in requests:
-            try:
-                prepared.append(runner.prepare(invocation.messages, invocation.kwargs))
-            except RequestError as err:
-                return error(400, (f"line {number}: " if content_type == JSONLINES else "") + str(err))
+        def prepare_all() -> list | str:
+            prepared = []
+            for number, invocation in requests:
+                try:
+                    prepared.append(runner.prepare(invocation.messages, invocation.kwargs))
+                except RequestError as err:
+                    return (f"line {number}: " if content_type == JSONLINES else "") + str(err)
+            return prepared
+
+        prepared = await asyncio.to_thread(prepare_all)
+        if isinstance(prepared, str):
+            return error(400, prepared)
         if state["slots"] is None:
             state["slots"] = asyncio.Semaphore(max_in_flight)
-        # One wall-clock budget for the whole invocation; the client leaving cancels the work.
-        deadline = time.monotonic() + budget
+        # The client leaving cancels the work.
         cancelled = threading.Event()
         if stream:
             ids, kwargs = prepared[0]

@@ -459,3 +459,31 @@ def test_data_capture_settings_are_checked(tmp_path, monkeypatch):
     capture = DataCapture.from_env()
     assert capture.percent == 100 and capture.root == tmp_path / "c" / "hilt-serve" / "AllTraffic"
     capture.close()
+
+
+def test_ping_answers_while_large_requests_are_prepared(server):
+    """Request preparation (parsing, the chat template, tokenizing a body near 6 MB) ran on the event loop:
+    /ping waited 5-14 s behind it, and SageMaker gives /ping 2 s (issue 33 item 6)."""
+    import concurrent.futures
+
+    words = ("please order a laptop for the new analyst " * 120_000)[:5_000_000]
+    body = {"inputs": words, "parameters": {"max_new_tokens": 1, "truncate": 50}}
+
+    def big():
+        return post(server["url"], body, timeout=120)[0]
+
+    def ping():
+        started = time.monotonic()
+        with urllib.request.urlopen(f"{server['url']}/ping", timeout=10) as response:
+            assert response.status == 200
+        return time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        bigs = [pool.submit(big) for _ in range(4)]
+        time.sleep(0.5)  # the bodies are being read and prepared
+        waits = []
+        while not all(f.done() for f in bigs):
+            waits.append(ping())
+            time.sleep(0.2)
+        assert [f.result() for f in bigs] == [200] * 4
+    assert waits and max(waits) < 2.0, waits  # SageMaker's /ping timeout
