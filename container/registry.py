@@ -20,7 +20,7 @@ from hilt.serving.marketplace import INSTANCE_TYPES, _inference_specification, m
 from hilt import __version__
 from hilt.core.aws import APPROVAL_STATUSES
 from hilt.core.errors import UserError
-from hilt.core.layout import read_manifest, require_model_dir
+from hilt.core.layout import read_json_object, read_manifest, require_model_dir
 
 # CustomerMetadataProperties keys and values: letters, digits, spaces and _ . : / = + - @ only.
 _NOT_ALLOWED = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)
@@ -43,14 +43,7 @@ def model_quality(manifest: dict, eval_dir: Path | None = None) -> dict:
         eval_file = Path(eval_dir) / "eval.json"
         if not eval_file.is_file():
             raise UserError(f"--eval-dir {eval_dir}: no eval.json; pass the --out of `hilt evaluate`")
-        try:
-            evaluation = json.loads(eval_file.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as err:
-            raise UserError(f"--eval-dir {eval_file}: not readable JSON ({type(err).__name__}); run `hilt evaluate` "
-                            "again") from None
-        if not isinstance(evaluation, dict):
-            raise UserError(f"--eval-dir {eval_file}: holds a {type(evaluation).__name__}, not what `hilt evaluate` "
-                            "writes; run it again")
+        evaluation = read_json_object(eval_file, "run `hilt evaluate` again", "--eval-dir")
         quality["evaluation"] = {k: evaluation.get(k) for k in ("data", "task_metric", "models", "deltas", "gates",
                                                                 "passed")}
     sbs = manifest.get("human_side_by_side") or {}

@@ -28,15 +28,23 @@ def read_manifest(model_dir: Path | str) -> dict:
     path = Path(model_dir) / MANIFEST_FILE
     if not path.is_file():
         return {}
+    return read_json_object(path, "training writes it: take the job's model/ again, or remove the file")
+
+
+def read_json_object(path: Path, fix: str, flag: str = "") -> dict:
+    """A JSON object hilt wrote (hilt.json, eval.json), or one line naming the file, what is wrong and ``fix``.
+
+    Raises:
+        UserError: not UTF-8, not JSON (truncated, empty, nested too deep), or not an object.
+    """
+    shown = f"{flag} {path}" if flag else str(path)
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise UserError(f"{path}: not readable JSON ({type(err).__name__}); training writes it: take the job's "
-                        "model/ again, or remove the file") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path}: holds a {type(manifest).__name__}, not the object training writes; take the "
-                        "job's model/ again, or remove the file")
-    return manifest
+        raise UserError(f"{shown}: not readable JSON ({type(err).__name__}); {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{shown}: holds a {type(data).__name__}, not a JSON object; {fix}")
+    return data
 
 
 def require_model_dir(path: Path | str, flag: str = "", hint: str = "pass a save_pretrained model directory") -> Path:
