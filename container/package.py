@@ -9,7 +9,6 @@ Extraction uses tarfile's ``data`` filter: no absolute paths, no ``..``, no link
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tarfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from hilt.core.errors import UserError
 from hilt.core.layout import require_model_dir
-from hilt.core.outputs import os_error_message
+from hilt.core.outputs import file_sha256, os_error_message
 
 PACKAGE_MANIFEST = "hilt-package.json"
 FIXED_MTIME = 0
@@ -26,13 +25,6 @@ FIXED_MTIME = 0
 # bf16 is ~140 GB): checked against the members' sizes before a byte is written.
 DEFAULT_MAX_UNPACKED_BYTES = 256 * 1024**3
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _tar_info(name: str, size: int, mode: int = 0o644) -> tarfile.TarInfo:
@@ -65,7 +57,7 @@ def build_model_tar(model_dir: Path, out: Path) -> dict:
         if path.is_symlink():
             raise UserError(f"{path}: symbolic links cannot be packaged; copy the file in instead")
     manifest = {"format": "hilt-package/1",
-                "files": {str(p.relative_to(model_dir)): _file_sha256(p) for p in files},
+                "files": {str(p.relative_to(model_dir)): file_sha256(p) for p in files},
                 "bytes": {str(p.relative_to(model_dir)): p.stat().st_size for p in files}}
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     try:
@@ -80,7 +72,7 @@ def build_model_tar(model_dir: Path, out: Path) -> dict:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise UserError(os_error_message(err, out)) from None
-    return {**manifest, "archive_sha256": _file_sha256(out), "archive": str(out)}
+    return {**manifest, "archive_sha256": file_sha256(out), "archive": str(out)}
 
 
 def _read_manifest(tar: tarfile.TarFile, archive: Path) -> dict:
@@ -151,6 +143,6 @@ def extract_model_tar(archive: Path, dest: Path, require_manifest: bool = True,
         return {"files": {}, "verified": False}
     for rel, digest in manifest["files"].items():
         path = dest / rel
-        if not path.is_file() or _file_sha256(path) != digest:
+        if not path.is_file() or file_sha256(path) != digest:
             raise UserError(f"{archive}: {rel} does not match its sha256 in {PACKAGE_MANIFEST}; the archive is corrupt")
     return {**manifest, "verified": True}

@@ -29,8 +29,8 @@ import zipfile
 from pathlib import Path
 
 from hilt.core.errors import UserError
-from hilt.core.outputs import (as_user_error, check_output_dir, make_staging_dir, mark, os_error_message,
-                               replace_dir, umask_mode)
+from hilt.core.outputs import (as_user_error, check_output_dir, file_sha256, make_staging_dir, mark,
+                               os_error_message, replace_dir, umask_mode)
 
 IMPORT_FILE = "hilt-import.json"
 GGUF_MAGIC = b"GGUF"
@@ -79,15 +79,6 @@ def _extract(archive: Path, member: str, into: Path) -> tuple[Path, str, int]:
             sink.write(block)
             size += len(block)
     return target, digest.hexdigest(), size
-
-
-def file_sha256(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 def read_gguf_header(path: Path, shown: str) -> dict:
@@ -219,7 +210,7 @@ def import_gguf(src: Path | str, out: Path | str, dtype: str = "float32") -> dic
                 gguf_path, sha256, size = _extract(file, member, staging)
             else:
                 gguf_path = file
-                sha256, size = file_sha256(file)
+                sha256, size = file_sha256(file), file.stat().st_size
         except OSError as err:
             raise as_user_error(err, staging) or UserError(os_error_message(err, shown, "read")) from None
         previous = out / IMPORT_FILE

@@ -15,6 +15,7 @@ user errors that name the path.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -199,6 +200,15 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
             pass
         raise UserError(os_error_message(err, path)) from None
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (model weights do not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_text_file(path: Path, flag: str) -> str:
