@@ -310,7 +310,8 @@ def _drop_training_args(model_dir: Path) -> None:
         stray.unlink()
 
 
-def _write_manifest(model_dir: Path, manifest: dict) -> None:
+def write_manifest(model_dir: Path, manifest: dict) -> None:
+    """hilt.json, written beside and renamed into place."""
     tmp = model_dir / f".{MANIFEST_FILE}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(model_dir / MANIFEST_FILE)
@@ -330,7 +331,7 @@ def finish_model_dir(job: Job) -> dict:
     if evaluation is not None:
         manifest["evaluation"] = evaluation
     with stopping.protected("write"):
-        _write_manifest(model_dir, manifest)
+        write_manifest(model_dir, manifest)
         plot_loss(history, model_dir / PLOT_FILE)
         write_model_card(job, manifest, model_dir / CARD_FILE)
     return manifest
@@ -366,7 +367,7 @@ def finish_partial_model_dir(job: Job, phase: str) -> dict:
             "resume": "run the job again with the same checkpoint location to continue from the last checkpoint",
         }
         model_dir.mkdir(parents=True, exist_ok=True)
-        _write_manifest(model_dir, manifest)
+        write_manifest(model_dir, manifest)
         if history:
             plot_loss(history, model_dir / PLOT_FILE)
         left = ("adapter + merged weights" if merged else "adapter") if adapter else "weights"

@@ -222,8 +222,8 @@ def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
                 general: list[dict] | None = None) -> tuple[dict[str, float], list[str]]:
     """Loss, perplexity, exact match and ROUGE-L of one model. Returns (metrics, answers).
 
-    With ``general`` items, ``metrics["general"]`` holds their scores and ``answers`` continues
-    with the general answers after the task's.
+    With ``general`` items, ``metrics["general"]`` holds what ``score_general`` returns for them:
+    (scores, answers, passed).
     """
     from hilt.training.generation import load_model
 
@@ -243,8 +243,7 @@ def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
     if general:
         from hilt.training.general import score_general
 
-        metrics["general"], general_answers = score_general(model, tokenizer, general, max_new_tokens, label)
-        answers = answers + general_answers
+        metrics["general"] = score_general(model, tokenizer, general, max_new_tokens, label)
     del model
     return metrics, answers
 
@@ -390,7 +389,7 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
     metric = task_metric or task_metric_of(model_dir)
     models: dict[str, dict] = {}
     answers: dict[str, list[str]] = {}
-    general_scores: dict[str, dict] = {}
+    general_scores: dict[str, tuple[dict, list[str], list[bool]]] = {}  # model -> (scores, answers, passed)
     for name, directory in (("baseline", baseline_dir), ("candidate", model_dir)):
         if directory is None:
             continue
@@ -413,8 +412,7 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
         result["deltas"] = {k: round(c[k] - b[k], 6) for k in METRICS}
     flat = {name: dict(models[name]["metrics"]) for name in models}
     if general_items:
-        n = len(records)
-        general_models = {name: general_scores[name] for name in models}
+        general_models = {name: general_scores[name][0] for name in models}
         result["general"] = {
             # The card and hilt.json ship with the model: a file's name there, its path only in eval.json.
             "set": "hilt general set (bundled)" if general == "bundled" else Path(general).name,
@@ -422,8 +420,8 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
             "records": len(general_items), "sha256": general_sha, "models": general_models,
             "samples": [{"id": item["id"], "category": item["category"], "prompt": item["prompt"][-1]["content"],
                          "reference": item["reference"],
-                         **{name: answers[name][n + i] for name in models},
-                         **{f"{name}_passed": _passes(answers[name][n + i], item) for name in models}}
+                         **{name: general_scores[name][1][i] for name in models},
+                         **{f"{name}_passed": general_scores[name][2][i] for name in models}}
                         for i, item in enumerate(general_items)],
         }
         if "baseline" in models:
@@ -449,21 +447,15 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
     return result
 
 
-def _passes(answer: str, item: dict) -> bool:
-    from hilt.training.general import answer_passes
-
-    return answer_passes(answer, item)
-
-
 def _write_general_to_model(model_dir: Path, general: dict) -> None:
     """The general scores into the candidate's hilt.json and model card (where hilt trained it)."""
-    from hilt.training.artifacts import upsert_section
+    from hilt.core.layout import read_manifest
+    from hilt.training.artifacts import upsert_section, write_manifest
 
-    manifest_file = model_dir / MANIFEST_FILE
-    if not manifest_file.is_file():
+    manifest = read_manifest(model_dir)
+    if not manifest:
         return
-    manifest = json.loads(manifest_file.read_text())
     manifest["general"] = {k: v for k, v in general.items() if k not in ("samples", "path")}
-    manifest_file.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_manifest(model_dir, manifest)
     if (model_dir / "README.md").is_file():
         upsert_section(model_dir / "README.md", general_card_section(general), key=CARD_SECTION)

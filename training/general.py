@@ -111,8 +111,13 @@ def answer_passes(answer: str, item: dict) -> bool:
     return rouge_l(answer, item["reference"]) >= ROUGE_PASS
 
 
-def score_general(model, tokenizer, items: list[dict], max_new_tokens: int, label: str) -> tuple[dict, list[str]]:
-    """``general_loss`` and ``general_accuracy`` of a loaded model (plus per category). Returns (scores, answers)."""
+def score_general(model, tokenizer, items: list[dict], max_new_tokens: int,
+                  label: str) -> tuple[dict, list[str], list[bool]]:
+    """``general_loss`` and ``general_accuracy`` of a loaded model (plus per category).
+
+    Returns:
+        (scores, each item's answer, whether each answer passed).
+    """
     from hilt.training.evaluate import heldout_loss
     from hilt.training.generation import generate_answers
 
@@ -125,7 +130,7 @@ def score_general(model, tokenizer, items: list[dict], max_new_tokens: int, labe
         categories.setdefault(item["category"], []).append(ok)
     scores = {"general_loss": round(loss, 6), "general_accuracy": round(sum(passed) / len(items), 6),
               "by_category": {c: round(sum(v) / len(v), 6) for c, v in sorted(categories.items())}}
-    return scores, answers
+    return scores, answers, passed
 
 
 # ---------------------------------------------------------------- self-replay
@@ -171,9 +176,8 @@ def self_replay_records(base_dir: str, count: int, max_new_tokens: int = REPLAY_
     answers = generate_answers(model, tokenizer, conversations, max_new_tokens, desc="self-replay: base answers")
     del model
     # An answer cut off by the token cap would teach the adapter to stop mid-sentence: left out.
-    finished = [a for a in answers if a.strip() and len(tokenizer(a).input_ids) < max_new_tokens - 2]
-    records = [{"messages": [*c, {"role": "assistant", "content": a}]}
-               for c, a in zip(conversations, answers) if a in finished]
+    records = [{"messages": [*c, {"role": "assistant", "content": a}]} for c, a in zip(conversations, answers)
+               if a.strip() and len(tokenizer(a).input_ids) < max_new_tokens - 2]
     try:
         write_atomic(cache, json.dumps({"key": key, "prompts": len(prompts), "records": records}, ensure_ascii=False))
     except UserError as err:  # an unwritable cache costs a regeneration next time, not the run
