@@ -227,7 +227,7 @@ class Backend:
         if text.done:
             reason = "stop"
         elif any(e.is_set() for e in events):
-            reason = "cancelled"
+            reason = "shutdown" if self.shutdown.is_set() else "cancelled"
             print(f"[serve] generation cancelled after {len(text.tokens)} tokens "
                   f"({'shutting down' if self.shutdown.is_set() else 'client disconnected'})", flush=True)
         elif len(text.tokens) >= kwargs["max_new_tokens"]:

@@ -60,7 +60,7 @@ class Generation:
     text: str
     input_tokens: int
     output_tokens: int
-    finish_reason: str = "stop"  # stop | length | time_limit | cancelled
+    finish_reason: str = "stop"  # stop | length | time_limit | cancelled | shutdown
 
     def as_json(self) -> dict:
         return {"generated_text": self.text, "finish_reason": self.finish_reason,

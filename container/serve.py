@@ -156,7 +156,9 @@ def create_app(model_dir=None, metering_unit: str | None = None):
     @app.get("/ping")
     def ping():
         if state["runner"] is not None:
-            return Response(status_code=200)
+            # SageMaker reads only the status; the body says whether data capture is writing.
+            return Response(status_code=200) if capture is None else JSONResponse(
+                {"status": "healthy", "data_capture": capture.status()})
         return error(503 if state["error"] is None else 500, state["error"] or "model is loading")
 
     @app.get("/execution-parameters")
@@ -228,7 +230,7 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             chunks_out = _stream(runner, requests[0][1], ids, kwargs, deadline, cancelled, media, state["slots"])
             if captured:
                 chunks_out = _captured_stream(chunks_out, capture, body, content_type, media)
-            return StreamingResponse(chunks_out, media_type=media, headers=headers)
+            return _ClosingStream(chunks_out, media_type=media, headers=headers)
 
         async def one(ids, kwargs):
             async with state["slots"]:
@@ -246,6 +248,9 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             generations = await asyncio.gather(*(one(ids, kwargs) for ids, kwargs in prepared))
             if cancelled.is_set() and any(g.finish_reason == "cancelled" for g in generations):
                 return error(499, "client disconnected; generation cancelled")
+            if any(g.finish_reason == "shutdown" for g in generations):  # a cut answer is not billed
+                return error(503, "the server is shutting down (SIGTERM) and cut the answer short; send the "
+                                  "request again")
         finally:
             cancelled.set()
             watcher.cancel()
@@ -265,13 +270,29 @@ def create_app(model_dir=None, metering_unit: str | None = None):
     return app
 
 
+class _ClosingStream(StreamingResponse):
+    """A streamed answer whose chunks are closed when the response ends, however it ends: a client
+    that leaves mid-stream cancels the generation and gets its capture now, not at garbage collection."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
 async def _captured_stream(chunks, capture: DataCapture, body: bytes, content_type: str, media: str):
-    """The chunks of a streamed answer, captured as one response once the stream has ended."""
+    """The chunks of a streamed answer, captured as one response once the stream has ended, also when the
+    client left mid-stream (the metering header went out with the first chunk: what was billed is captured)."""
     sent = []
-    async for chunk in chunks:
-        sent.append(chunk)
-        yield chunk
-    capture.record(body, content_type, b"".join(c if isinstance(c, bytes) else c.encode("utf-8") for c in sent), media)
+    try:
+        async for chunk in chunks:
+            sent.append(chunk)
+            yield chunk
+    finally:
+        await chunks.aclose()
+        capture.record(body, content_type, b"".join(c if isinstance(c, bytes) else c.encode("utf-8") for c in sent),
+                       media)
 
 
 async def _stream(runner, invocation: Invocation, ids: list[int], kwargs: dict, deadline: float,
@@ -298,6 +319,10 @@ async def _stream(runner, invocation: Invocation, ids: list[int], kwargs: dict, 
             return [frame(chunk({"content": item}) if chat else {"token": {"text": item}})]
         if not chat:
             return [frame(invocation.answer(item))]
+        if item.finish_reason == "shutdown":  # say why it ended: "length" would blame the request
+            return [frame({"error": {"message": f"the server is shutting down (SIGTERM); the answer was cut after "
+                                                f"{item.output_tokens} tokens: send the request again",
+                                     "type": "server_shutdown", "code": 503}})]
         frames = [frame(chunk({}, chat_finish_reason(item.finish_reason)))]
         if invocation.include_usage:
             last = chunk({})
@@ -310,13 +335,15 @@ async def _stream(runner, invocation: Invocation, ids: list[int], kwargs: dict, 
             if chat:
                 yield frame(chunk({"role": "assistant", "content": ""}))
             pieces = runner.generate(ids, kwargs, deadline, cancelled, stream=True)
+            cut = False
             try:
                 async for item in pieces:
+                    cut = isinstance(item, Generation) and item.finish_reason == "shutdown"
                     for text in frames_of(item):
                         yield text
             finally:
                 await pieces.aclose()
-        if chat and media == EVENT_STREAM:
+        if chat and media == EVENT_STREAM and not cut:
             yield frame("[DONE]")
     except Exception as err:  # noqa: BLE001  (the status line is gone; say it in the stream)
         print(f"[serve] streamed generation failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)

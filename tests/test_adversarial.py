@@ -766,3 +766,250 @@ def test_register_with_a_broken_eval_json_is_one_line(capsys, tiny_model_dir, tm
             "--eval-dir", str(tmp_path / "eval"), "--out", str(tmp_path / "register.json")]
     code, _, err = hilt(capsys, *args)
     assert code == 2 and message in one_line_error(err)
+
+
+# ------------------------------------------------------------------ data capture under faults (issue 33 items 1-3)
+
+
+def _events(folder: Path) -> list:
+    from hilt.serving.capture import read_capture
+
+    return read_capture(str(folder))[0]
+
+
+def _until(predicate, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _body(i: int, size: int = 0) -> bytes:
+    return json.dumps({"inputs": f"request {i} " + "x" * size}).encode()
+
+
+def test_capture_writer_survives_write_errors_and_holds_events_until_the_disk_is_back(tmp_path, monkeypatch, capsys):
+    """One ENOSPC killed the writer thread for good: every later event lost, nothing logged (issue 33 item 1)."""
+    from hilt.serving import capture as capture_module
+
+    real_write, full = capture_module.os.write, threading.Event()
+
+    def write(fd, data):
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(capture_module.os, "write", write)
+    writer = capture_module.DataCapture(tmp_path / "cap", rotate_seconds=0.3)
+    for i in range(3):
+        writer.record(_body(i), "application/json", b'{"generated_text": "ok"}', "application/json")
+    _until(lambda: writer.status()["captured"] == 3)
+    full.set()
+    for i in range(3, 8):
+        writer.record(_body(i), "application/json", b'{"generated_text": "ok"}', "application/json")
+    _until(lambda: writer.status()["held"] == 5 and writer.status()["failing"])
+    assert "No space left on device" in writer.status()["failing"]
+    assert "data capture: cannot write under" in capsys.readouterr().err  # logged, once
+    full.clear()
+    _until(lambda: writer.status()["held"] == 0)
+    for i in range(8, 10):
+        writer.record(_body(i), "application/json", b'{"generated_text": "ok"}', "application/json")
+    writer.close()
+    assert writer.status() == {"captured": 10, "dropped": 0, "held": 0, "recovered": 0, "failing": None}
+    assert "writing again" in capsys.readouterr().err
+    assert sorted(json.loads(e.request)["inputs"] for e in _events(tmp_path / "cap")) == sorted(
+        f"request {i} " for i in range(10))
+
+
+def test_capture_keeps_the_lines_of_a_file_whose_folder_was_removed_while_serving(tmp_path):
+    """Removing the hour folder under an open capture file lost it at rename, then stopped the writer."""
+    import shutil
+
+    from hilt.serving.capture import DataCapture
+
+    writer = DataCapture(tmp_path / "cap", rotate_seconds=3600)
+    for i in range(3):
+        writer.record(_body(i), "application/json", b"{}", "application/json")
+    _until(lambda: list((tmp_path / "cap").rglob(".*.part")) and writer.status()["held"] == 0)
+    (hour,) = {p.parent for p in (tmp_path / "cap").rglob(".*.part")}
+    shutil.rmtree(hour)
+    for i in range(3, 5):
+        writer.record(_body(i), "application/json", b"{}", "application/json")
+    writer.close()
+    assert writer.status()["captured"] == 5 and writer.status()["dropped"] == 0
+    assert len(_events(tmp_path / "cap")) == 5 and not list((tmp_path / "cap").rglob(".*.part"))
+
+
+def test_capture_on_a_real_full_disk_resumes_when_space_returns(tmp_path):
+    """The issue's repro: a 64 KiB tmpfs fills; after it is grown, capture goes on and nothing is lost."""
+    from hilt.serving.capture import DataCapture
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        writer = DataCapture(mount / "cap", rotate_seconds=0.5)
+        for i in range(40):
+            writer.record(_body(i, 4500), "application/json", b'{"generated_text": "ok"}', "application/json")
+        _until(lambda: writer.status()["failing"] is not None)
+        assert "No space left on device" in writer.status()["failing"]
+        subprocess.run(["mount", "-o", "remount,size=10m", str(mount)], check=True)
+        for i in range(40, 60):
+            writer.record(_body(i, 4500), "application/json", b'{"generated_text": "ok"}', "application/json")
+        writer.close(timeout=120)
+        assert writer.status()["failing"] is None and writer.status()["dropped"] == 0
+        events = _events(mount / "cap")
+        assert sorted(int(json.loads(e.request)["inputs"].split()[1]) for e in events) == list(range(60))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_an_unwritable_capture_folder_is_refused_at_start(tmp_path, monkeypatch):
+    from hilt.serving.capture import DataCapture
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "hilt-serve").write_text("not a folder")  # the endpoint's folder cannot be made
+    monkeypatch.setenv("HILT_DATA_CAPTURE_DIR", str(blocked))
+    with pytest.raises(UserError, match=r"HILT_DATA_CAPTURE_DIR=.*: cannot write .*; choose a writable folder"):
+        DataCapture.from_env()
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    if os.geteuid() != 0:
+        readonly.chmod(0o500)
+    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+                        capture_output=True).returncode != 0:
+        return  # root without mount: permissions do not bind root
+    try:
+        monkeypatch.setenv("HILT_DATA_CAPTURE_DIR", str(readonly))
+        with pytest.raises(UserError, match="cannot write"):
+            DataCapture.from_env()
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(readonly)])
+
+
+KILLED_WRITER = """
+import os, signal, sys, time
+from hilt.serving.capture import DataCapture
+writer = DataCapture(sys.argv[1], rotate_seconds=3600)
+for i in range(10):
+    writer.record(('{"inputs": "request %d"}' % i).encode(), "application/json", b"{}", "application/json")
+while writer.status()["held"] or writer._queue.qsize():
+    time.sleep(0.05)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_capture_of_a_killed_server_is_readable_and_published_by_the_next(tmp_path):
+    """kill -9 hid up to a minute of capture in a .part file nothing read (issue 33 item 2)."""
+    import sys
+
+    from hilt.serving.capture import DataCapture, read_capture
+
+    cap = tmp_path / "cap"
+    result = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(cap)], capture_output=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    (part,) = cap.rglob(".*.jsonl.part")
+    with part.open("ab") as handle:  # killed in the middle of a line
+        handle.write(b'{"captureData": {"endpointInput": {"da')
+    events, counts = read_capture(str(cap))  # monitor report reads it before any restart
+    assert len(events) == 10 and counts["unreadable_lines"] == 0
+    writer = DataCapture(cap)  # the next server publishes it, cut after its last whole line
+    writer.close()
+    assert writer.status()["recovered"] == 10
+    assert not list(cap.rglob(".*.part")) and len(list(cap.rglob("*.jsonl"))) == 1
+    assert sorted(json.loads(e.request)["inputs"] for e in _events(cap)) == sorted(f"request {i}" for i in range(10))
+
+
+def test_capture_recovery_leaves_a_live_servers_file_alone(tmp_path):
+    from hilt.serving.capture import DataCapture
+
+    live = DataCapture(tmp_path / "cap", rotate_seconds=3600)
+    live.record(_body(1), "application/json", b"{}", "application/json")
+    _until(lambda: list((tmp_path / "cap").rglob(".*.part")) and live.status()["held"] == 0)
+    second = DataCapture(tmp_path / "cap")
+    second.close()
+    assert second.status()["recovered"] == 0 and list((tmp_path / "cap").rglob(".*.part"))
+    live.close()
+    assert len(_events(tmp_path / "cap")) == 1 and not list((tmp_path / "cap").rglob(".*.part"))
+
+
+@pytest.mark.slow
+def test_streams_whose_client_left_are_captured_and_a_shutdown_says_why_it_cut(long_model_dir, tmp_path):
+    """A dropped stream was billed (its metering header had gone out) but never captured (issue 33 item 3);
+    a stream cut by SIGTERM ended with finish_reason "length", blaming the request."""
+    import http.client
+    from urllib.parse import urlparse
+
+    cap = tmp_path / "cap"
+    proc, url = _serve(long_model_dir, tmp_path / "ml", HILT_DATA_CAPTURE_DIR=cap)
+    target = urlparse(url)
+
+    def open_stream(body: dict) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        connection.request("POST", "/invocations", body=json.dumps(body),
+                           headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+        return connection, connection.getresponse()
+
+    chat = {"messages": [{"role": "user", "content": "go"}], "max_tokens": 4000, "stream": True}
+    try:
+        for i in range(5):
+            connection, response = open_stream({**chat, "seed": i})
+            assert response.status == 200 and "inference.count" in response.getheader("X-Amzn-Inference-Metering")
+            for _ in range(4):
+                response.readline()
+            connection.sock.close()  # the client leaves mid-stream
+            connection.close()
+        with urllib.request.urlopen(f"{url}/ping", timeout=5) as answer:
+            assert json.loads(answer.read())["data_capture"]["failing"] is None
+        _until(lambda: len(_events(cap)) == 5, 30)  # readable while serving (the open file's whole lines)
+        connection, response = open_stream(chat)
+        response.readline()
+        proc.send_signal(signal.SIGTERM)
+        rest = response.read().decode()
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    frames = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
+    assert frames[-1]["error"]["type"] == "server_shutdown" and "[DONE]" not in rest
+    assert not any(c["finish_reason"] for f in frames[:-1] for c in f.get("choices", []))
+    events = _events(cap)
+    assert len(events) == 6 and all(e.response_type == "text/event-stream" for e in events)
+    assert all('"role": "assistant"' in e.response for e in events)
+
+
+# ------------------------------------------------------------------ training jobs: removed folders, named files
+
+
+def test_a_job_folder_removed_while_it_runs_is_not_made_again_for_its_failure(tiny_model_dir, tmp_path):
+    """A step folder removed mid-run got back a lone output/failure without the tree's marker, and every
+    rerun was refused until the folder was removed by hand (issue 33 item 7)."""
+    import shutil
+
+    from hilt.training.entry import prepare_local_tree, run_job
+
+    data = write_uppercase_dataset(tmp_path / "data", 8, 2)
+    job = tmp_path / "steps" / "train-0123" / "job"
+    opt_ml = prepare_local_tree(job, "quickstart-tiny-sft", data, tiny_model_dir, {"train.max_steps": "1"})
+    shutil.rmtree(tmp_path / "steps" / "train-0123")
+    assert run_job(opt_ml) == 2
+    assert not job.exists()  # nothing made again for the failure
+    again = prepare_local_tree(job, "quickstart-tiny-sft", data, tiny_model_dir, {"train.max_steps": "1"})
+    assert again.hyperparameters_file.is_file()
+
+
+def test_train_data_errors_name_the_file_given_to_data_not_the_jobs_link(capsys, tiny_model_dir, tmp_path):
+    """`hilt train` named OUTPUT/input/data/train/data.jsonl, a link the user never made (issue 33 item 10)."""
+    data = write_uppercase_dataset(tmp_path / "data", 8, 2)
+    with (data / "train" / "data.jsonl").open("a") as handle:
+        handle.write("{not json\n")
+    code, _, err = hilt(capsys, "train", "quickstart-tiny-sft", "--data", str(data), "--model", str(tiny_model_dir),
+                        "--output", str(tmp_path / "run"), "--set", "train.max_steps=1")
+    line = one_line_error(err)
+    assert code == 2 and f"{(data / 'train' / 'data.jsonl').resolve()}:9: not valid JSON" in line, err[-600:]
+    assert "input/data" not in line

@@ -17,11 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from hilt.core.errors import UserError
 
 ROLES = ("system", "user", "assistant")
+
+
+def shown(path: Path) -> Path:
+    """A path as the user named it: ``hilt train`` links the job's channels to ``--data``, and an error
+    about a record names the user's file, not the job's link to it (in a container, the same path)."""
+    return Path(os.path.realpath(path))
 
 
 def channel_files(channel: Path) -> list[Path]:
@@ -31,8 +38,8 @@ def channel_files(channel: Path) -> list[Path]:
     files = sorted(p for p in channel.rglob("*") if p.is_file() and (
         p.suffix == ".jsonl" or (p.suffix == ".json" and p.name != TEMPLATE_FILE)) and not p.name.startswith("."))
     if not files:
-        raise UserError(f"{channel}: no *.jsonl or *.json record files; a dataset channel holds data.jsonl from "
-                        "`hilt export` or records in a format `hilt inspect-data` lists")
+        raise UserError(f"{shown(channel)}: no *.jsonl or *.json record files; a dataset channel holds data.jsonl "
+                        "from `hilt export` or records in a format `hilt inspect-data` lists")
     return files
 
 
@@ -122,7 +129,7 @@ def iter_jsonl(files: list[Path]):
             for line_no, raw in enumerate(handle, 1):
                 if not raw.strip():
                     continue
-                where = f"{path}:{line_no}"
+                where = f"{shown(path)}:{line_no}"
                 try:
                     yield json.loads(raw.decode("utf-8")), where
                 except UnicodeDecodeError as err:
@@ -135,6 +142,7 @@ def iter_jsonl(files: list[Path]):
 
 
 def _iter_json_array(path: Path):
+    path = shown(path)
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as err:
@@ -185,7 +193,7 @@ def read_channel(channel: Path, kind: str) -> tuple[list[dict], list[dict]]:
             files.append({"file": str(path.relative_to(channel)), "format": reader.format.name,
                           "records": reader.records})
     if not records:
-        raise UserError(f"{channel}: the dataset is empty")
+        raise UserError(f"{shown(channel)}: the dataset is empty")
     return records, files
 
 

@@ -178,6 +178,9 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
             from hilt.core.outputs import as_user_error
 
             user_error = as_user_error(err, opt_ml.base)
+            if user_error is None and not opt_ml.base.is_dir():
+                user_error = UserError(f"{opt_ml.base}: the job's folder was removed while it ran; run again "
+                                       "(it starts over)")
             if user_error is None:
                 return _bug(opt_ml, err)
             err = user_error

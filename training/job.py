@@ -8,6 +8,7 @@ a model is loaded: a bad recipe key or a missing channel fails in the first seco
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -300,10 +301,14 @@ def write_failure(opt_ml: OptML, message: str) -> None:
     """Write the reason to /opt/ml/output/failure, which SageMaker shows as FailureReason.
 
     Never raises: when the output folder cannot be written (read-only, full disk) the
-    reason still reaches the log, which the caller prints.
+    reason still reaches the log, which the caller prints. A job tree removed while the job
+    ran is not made again for it: a lone ``output/failure`` in a folder without the tree's
+    marker made every rerun refuse the folder as someone else's.
     """
     try:
-        opt_ml.failure_file.parent.mkdir(parents=True, exist_ok=True)
+        if not opt_ml.base.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the job's folder was removed while it ran")
+        opt_ml.failure_file.parent.mkdir(exist_ok=True)
         opt_ml.failure_file.write_text(message.rstrip() + "\n")
     except OSError as err:
         print(f"hilt: warning: could not write {opt_ml.failure_file} ({err.strerror})", file=sys.stderr)
