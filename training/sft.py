@@ -107,7 +107,7 @@ def build_sft_trainer(job: Job):
         mode = ("padding-free (varlen)" if varlen else "off") if not rows else (
             "rows (length groups, one sequence at a time)" if attention == "hilt_segments"
             else "rows (per-row block-diagonal masks)")
-        loss = "counted positions (hilt)" if trainer.args.device.type == "cpu" else "fused head (TRL)"
+        loss = "tiled head on counted positions (hilt)" if trainer.args.device.type == "cpu" else "fused head (TRL)"
         print(f"[hilt] packing={mode} attention={attention} loss={loss} "
               f"train_rows={len(train_ds)}", flush=True)
     return trainer, tokenizer, stopper

@@ -1,4 +1,5 @@
-"""SFT's token loss on CPU, where TRL's Triton kernel does not run: only the positions that count.
+"""SFT's token loss on CPU, where TRL's Triton kernel does not run: only the positions that count,
+and the LM head a tile of rows at a time.
 
 TRL's SFTTrainer computes the loss through a fused LM head (``trl.trainer.utils
 .add_fused_lm_head``). On CUDA and XPU its Triton kernel scores only the positions whose
@@ -8,30 +9,56 @@ statistics with ~15 separate torch passes forward and again backward: on the ben
 4,096-token step (vocabulary 512) that is ~96 ms of a ~650 ms step, and 2.6 s for 2,048
 tokens at a 32,000-token vocabulary.
 
-Here the model's own forward projects only the positions whose next-token label counts
-(``logits_to_keep`` with a boolean ``[batch, seq]`` mask, which transformers' causal LMs
-take for packed training), so the family's own head code applies (Gemma's final logit
-soft-capping, a logit scale), and the loss is one ``log_softmax`` and a gather; entropy and
-top-1 accuracy, which TRL logs, come from the same log-probabilities without gradient.
-~17 ms for the benchmark's step, 0.95 s for the 32,000-token case. Same loss and gradients
-as TRL's head (tested per architecture).
+Here the model's own forward runs with ``logits_to_keep`` as a boolean ``[batch, seq]`` mask of the
+positions whose next-token label counts (transformers' causal LMs take it for packed training),
+so only those rows reach the LM head. A pre-hook on the head takes those rows and lets the head
+project just :data:`PROBE_ROWS` of them; :class:`TiledHeadLoss` scores all of them a tile of rows
+at a time (:data:`TILE_ELEMENTS` logits, 16 MiB), making the gradients in the same pass, so no
+``[tokens, vocabulary]`` tensor ever exists, forward or backward: at SmolLM2's vocabulary of
+49,152 one full float32 tile of 4,096 tokens was 805 MB, mapped and faulted in afresh each
+step. The probe rows check the tiled logits against the family's own head code every step;
+where they differ (a head that does more than a linear layer and Gemma 2's soft-capping, which
+is tiled too), the counted rows' logits are materialised through the model's own head instead,
+up to :data:`MAX_LOGITS` elements. Entropy and top-1 accuracy, which TRL logs, come from the
+same tiles. Same loss and gradients as TRL's head (tested per architecture).
 
-It materialises the counted positions' logits (twice: the logits and their
-log-probabilities). Above :data:`MAX_LOGITS` elements, and wherever TRL's loss differs from
-plain next-token likelihood (a ``compute_loss_func``, label smoothing, another
-``loss_type``, a MoE auxiliary loss, sequence parallelism) or returns outputs (evaluation's
-``prediction_step``), TRL's own ``compute_loss`` runs.
+Wherever TRL's loss differs from plain next-token likelihood (a ``compute_loss_func``, label
+smoothing, another ``loss_type``, a MoE auxiliary loss, sequence parallelism), returns outputs
+(evaluation's ``prediction_step``), or the head's weight is partitioned (DeepSpeed ZeRO-3), TRL's
+own ``compute_loss`` runs.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 
-# Counted positions x vocabulary above which TRL's chunked head runs instead (its memory
-# stays at one tile): 2**27 float32 logits are 512 MiB, and the log-probabilities as much.
+# Counted positions x vocabulary above which a head that cannot be tiled leaves the loss to TRL's
+# chunked head: 2**27 float32 logits are 512 MiB, and the log-probabilities as much.
 MAX_LOGITS = 2**27
+# Logits in one tile: 2**22 float32 are 16 MiB, under glibc's largest mmap threshold (32 MiB), so a
+# tile's memory comes back from the heap each time instead of being mapped and faulted in.
+TILE_ELEMENTS = 2**22
+# Rows the model's own head still projects each step, to check the tiled logits against.
+PROBE_ROWS = 2
+# Heads found to do more than (weight, bias, soft-cap): their logits are materialised.
+_UNTILED: weakref.WeakSet = weakref.WeakSet()
+
+
+class HeadNotTiled(Exception):
+    """The head cannot be tiled and its logits are over :data:`MAX_LOGITS`: TRL's loss runs."""
+
+
+def tiled_head(model) -> torch.nn.Linear | None:
+    """The model's output layer when :class:`TiledHeadLoss` can take its place, else None."""
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head in _UNTILED:  # a LoRA- or otherwise wrapped head: its own code
+        return None
+    if hasattr(head.weight, "ds_shape"):  # ZeRO-3: the weight is whole only inside the head's own forward
+        return None
+    return head
 
 
 def applies(trainer, inputs: dict, vocab_size: int) -> bool:
@@ -49,7 +76,107 @@ def applies(trainer, inputs: dict, vocab_size: int) -> bool:
         return False
     if not all(hasattr(trainer, name) for name in ("_metrics", "_total_train_tokens", "_tp_size")):
         return False  # the metric bookkeeping of another TRL version: its own compute_loss keeps it
+    if tiled_head(trainer.model) is not None:
+        return True
     return int((labels[:, 1:] != -100).sum()) * vocab_size <= MAX_LOGITS
+
+
+def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Float32 logits of ``hidden`` rows, and (soft-capped heads) the tanh the backward needs."""
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits += bias
+    logits = logits.float()
+    if not softcap:
+        return logits, None
+    squashed = torch.tanh(logits / softcap)
+    return squashed * softcap, squashed
+
+
+class TiledHeadLoss(torch.autograd.Function):
+    """Summed negative log-likelihood of ``targets`` under ``hidden @ weight.T + bias`` (soft-capped
+    when ``softcap``), a tile of rows at a time, with the entropy sum and top-1 hits TRL logs.
+
+    The gradients are made in the forward pass, tile by tile, while the tile's probabilities
+    are at hand (Liger's fused linear cross-entropy does the same on GPU): the backward only
+    scales them, so nothing is recomputed and no ``[rows, vocabulary]`` tensor ever exists.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, softcap):
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        tile = max(1, TILE_ELEMENTS // vocab)
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_bias = bias is not None and ctx.needs_input_grad[2]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32) if want_weight else None
+        grad_bias = torch.zeros(vocab, dtype=torch.float32) if want_bias else None
+        nll = torch.zeros((), dtype=torch.float64)
+        entropy = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.long)
+        for start in range(0, rows, tile):
+            h, t = hidden[start:start + tile], targets[start:start + tile]
+            logits, squashed = _head_logits(h, weight, bias, softcap)
+            correct += (logits.argmax(-1) == t).sum()
+            log_probs = logits.sub_(torch.logsumexp(logits, -1, keepdim=True))  # in place: one tile buffer
+            nll -= log_probs.gather(1, t.unsqueeze(1)).sum(dtype=torch.float64)
+            probs = log_probs.exp()
+            entropy -= torch.dot(probs.view(-1), log_probs.view(-1)).double()
+            if not (want_hidden or want_weight or want_bias):
+                continue
+            grad = probs  # d(-log p[target]) / d logits = softmax - one-hot
+            grad[torch.arange(len(t)), t] -= 1
+            if squashed is not None:  # through softcap * tanh(logits / softcap)
+                grad.mul_(1 - squashed * squashed)
+            if want_hidden:
+                grad_hidden[start:start + tile] = grad.to(weight.dtype) @ weight
+            if want_weight:
+                grad_weight.addmm_(grad.T, h.float())
+            if want_bias:
+                grad_bias += grad.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(entropy, correct)
+        return nll.float(), entropy.float(), correct
+
+    @staticmethod
+    def backward(ctx, grad_nll, _entropy, _correct):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        return (None if grad_hidden is None else grad_hidden * grad_nll.to(grad_hidden.dtype),
+                None if grad_weight is None else (grad_weight * grad_nll).to(weight_dtype),
+                None if grad_bias is None else (grad_bias * grad_nll).to(bias_dtype),
+                None, None)
+
+
+def _tiled(model, head: torch.nn.Linear, forward: dict, targets: torch.Tensor):
+    """(summed NLL, entropy sum, hits) by :class:`TiledHeadLoss`, or None where the probe rows show
+    the family's head computes other logits (the head is then remembered as untiled)."""
+    captured = {}
+
+    def take_rows(_module, args):
+        captured["hidden"] = args[0]
+        return (args[0][..., :PROBE_ROWS, :],)  # the head itself projects only the probe rows
+
+    handle = head.register_forward_pre_hook(take_rows)
+    try:
+        probe = model(**forward).logits
+    finally:
+        handle.remove()
+    hidden = captured["hidden"]
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if hidden.shape[0] == targets.numel():
+        with torch.no_grad():
+            ours, _ = _head_logits(hidden[:PROBE_ROWS], head.weight, head.bias, softcap)
+        theirs = probe.detach().reshape(-1, probe.shape[-1]).float()
+        if theirs.shape == ours.shape and torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3):
+            return TiledHeadLoss.apply(hidden, head.weight, head.bias, targets, softcap)
+    _UNTILED.add(head)
+    print(f"[hilt] loss=materialized logits: the {model.config.model_type} LM head computes more than a linear "
+          "layer, so its logits are not tiled", flush=True)
+    return None
 
 
 def next_token_loss(model, inputs: dict, num_items_in_batch=None):
@@ -58,18 +185,29 @@ def next_token_loss(model, inputs: dict, num_items_in_batch=None):
     Returns:
         (loss, counted, entropy_sum, correct): the loss divides by ``num_items_in_batch``
         when given (the Trainer's count over gradient accumulation), else by ``counted``.
+
+    Raises:
+        HeadNotTiled: the head cannot be tiled and its logits would be over :data:`MAX_LOGITS`.
     """
     labels = inputs["labels"]
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
     targets = labels[:, 1:][keep[:, :-1]]
+    counted = keep.sum()
+    denominator = torch.as_tensor(counted if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
     forward = {**{k: v for k, v in inputs.items() if k != "labels"}, "use_cache": False, "logits_to_keep": keep}
+    head = tiled_head(model)
+    if head is not None:
+        scored = _tiled(model, head, forward, targets)
+        if scored is not None:
+            nll, entropy_sum, correct = scored
+            return nll / denominator, counted, entropy_sum, correct
+    if int(counted) * model.get_output_embeddings().weight.shape[0] > MAX_LOGITS:
+        raise HeadNotTiled
     logits = model(**forward).logits  # [counted, vocab]
     log_probs = logits.float().log_softmax(-1)
     picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    counted = keep.sum()
-    denominator = counted if num_items_in_batch is None else num_items_in_batch
-    loss = -picked.sum() / torch.as_tensor(denominator).clamp(min=1)
+    loss = -picked.sum() / denominator
     with torch.no_grad():
         entropy_sum = -(log_probs.exp() * log_probs).sum()
         correct = (log_probs.argmax(-1) == targets).sum()
@@ -111,6 +249,9 @@ def trainer_class():
             vocab = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 partitions hold none of it
             if return_outputs or not applies(self, inputs, vocab):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return compute_loss(self, model, inputs, num_items_in_batch)
+            try:
+                return compute_loss(self, model, inputs, num_items_in_batch)
+            except HeadNotTiled:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     return HiltSFTTrainer
