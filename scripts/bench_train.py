@@ -158,15 +158,21 @@ def make_records(n: int, seed: int) -> list[dict]:
                           {"role": "assistant", "content": text(12, 300)}]} for _ in range(n)]
 
 
-def hilt_trainer(model: str, data: Path, batch: int, max_length: int):
+def hilt_trainer(model: str, data: Path, batch: int, max_length: int, micro_batch: int | None = None,
+                 checkpointing: bool = False):
     from hilt.training.entry import prepare_local_tree
     from hilt.training.job import read_job
     from hilt.training.sft import build_sft_trainer
 
-    overrides = {"train.epochs": "1", "train.max_steps": "-1", "train.per_device_batch_size": str(batch),
+    # --hilt-micro-batch: the same rows per optimizer step, a few at a time (gradient accumulation).
+    micro_batch = micro_batch or batch
+    if batch % micro_batch:
+        raise SystemExit(f"--hilt-micro-batch {micro_batch} must divide --batch {batch}")
+    overrides = {"train.epochs": "1", "train.max_steps": "-1", "train.per_device_batch_size": str(micro_batch),
+                 "train.gradient_accumulation_steps": str(batch // micro_batch),
                  "data.max_length": str(max_length), "data.assistant_only_loss": "false",
                  "train.logging_steps": "1000000", "train.checkpoint_steps": "1000000", "model.dtype": "auto",
-                 "model.gradient_checkpointing": "false", "train.learning_rate": str(SCHEDULE["learning_rate"]),
+                 "model.gradient_checkpointing": str(checkpointing).lower(), "train.learning_rate": str(SCHEDULE["learning_rate"]),
                  "train.lr_scheduler": SCHEDULE["lr_scheduler_type"], "train.warmup_ratio": str(SCHEDULE["warmup_steps"]),
                  "train.weight_decay": str(SCHEDULE["weight_decay"]), "train.max_grad_norm": str(SCHEDULE["max_grad_norm"]),
                  "train.seed": str(SCHEDULE["seed"]), "peft.r": str(LORA["r"]), "peft.alpha": str(LORA["alpha"]),
@@ -271,13 +277,16 @@ def profile_worker(trainer, steps: int) -> dict:
             "matmul_flops": flops, "real_tokens_seen": tokens}
 
 
-def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int, profile_steps: int = 0) -> dict:
+def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int, profile_steps: int = 0,
+               micro_batch: int | None = None) -> dict:
     import torch
+    from transformers import TrainerCallback
 
     cuda = torch.cuda.is_available()
     load_before = os.getloadavg()[0]
     if mode == "hilt":
-        trainer, real, total, per_row = hilt_trainer(model, data, batch, max_length)
+        trainer, real, total, per_row = hilt_trainer(model, data, batch, max_length, micro_batch,
+                                                     os.environ.get("HILT_BENCH_CHECKPOINTING") == "1")
     else:
         if mode == WITH_HOST_MEMORY:
             from hilt.training.host_memory import keep_freed_memory
@@ -289,17 +298,28 @@ def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int, p
         return {"mode": mode, **profile_worker(trainer, profile_steps)}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    after_first: list[int] = []
+
+    class FirstStep(TrainerCallback):  # faults after the first step: the steady state, not first touches
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                after_first.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+    trainer.add_callback(FirstStep())
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    faults_end = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    faults = faults_end - faults_before
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = {
         "mode": mode, "steps": trainer.state.global_step, "seconds": seconds, "real_tokens": real,
         "tokens_per_second": real / seconds, "padding_fraction": 1 - real / total if total else 0.0,
         "conversations_per_row": per_row, "trainable_parameters": trainable,
         "minor_page_faults_per_step": round(faults / max(trainer.state.global_step, 1)),
+        "minor_page_faults_per_step_after_first": (round((faults_end - after_first[0]) / (trainer.state.global_step - 1))
+                                                   if after_first and trainer.state.global_step > 1 else None),
         "train_loss": output.training_loss, "last_logged_loss": losses[-1] if losses else None,
         "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if cuda
                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -348,10 +368,15 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench_results" / "train.json"))
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--hilt-gradient-checkpointing", action="store_true",
+                        help="hilt with model.gradient_checkpointing on (what fitting memory that way costs)")
+    parser.add_argument("--hilt-micro-batch", type=int,
+                        help="hilt's rows per forward pass, accumulated to --batch rows per optimizer step")
     args = parser.parse_args()
 
     if args.worker:
-        result = run_worker(args.worker, args.model, Path(args.data), args.batch, args.max_length, args.profile_steps)
+        result = run_worker(args.worker, args.model, Path(args.data), args.batch, args.max_length, args.profile_steps,
+                            args.hilt_micro_batch)
         print("RESULT " + json.dumps(result))
         return 0
 
@@ -377,8 +402,10 @@ def main() -> int:
     def worker(mode: str, profile_steps: int = 0) -> dict | None:
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", mode, "--model", model, "--data", str(data),
-             "--batch", str(args.batch), "--max-length", str(args.max_length), "--profile-steps", str(profile_steps)],
-            capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+             "--batch", str(args.batch), "--max-length", str(args.max_length), "--profile-steps", str(profile_steps),
+             *(["--hilt-micro-batch", str(args.hilt_micro_batch)] if args.hilt_micro_batch else [])],
+            capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false",
+                                                 "HILT_BENCH_CHECKPOINTING": "1" if args.hilt_gradient_checkpointing else "0"},
         )
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -414,7 +441,8 @@ def main() -> int:
             "tokens_per_second": statistics.median(r["tokens_per_second"] for r in mine),
             "tokens_per_second_runs": [round(r["tokens_per_second"], 1) for r in mine],
             **{k: mine[-1][k] for k in ("real_tokens", "padding_fraction", "steps", "conversations_per_row",
-                                        "minor_page_faults_per_step", "peak_memory_mb", "train_loss", "device")},
+                                        "minor_page_faults_per_step", "minor_page_faults_per_step_after_first",
+                                        "peak_memory_mb", "train_loss", "device")},
             **({"mfu": statistics.median(r["mfu"] for r in mine)} if all("mfu" in r for r in mine) else {}),
         }
     trl = {m: v for m, v in summary_rows.items() if is_trl_mode(m)}
@@ -438,6 +466,8 @@ def main() -> int:
                "profiles": profiles, "matmul_floor": matmul_floor(summary_rows, profiles),
                "target": "hilt >= 1.3x the best TRL mode's real tokens/s",
                "config": {"records": args.records, "batch": args.batch, "max_length": args.max_length,
+                          "hilt_micro_batch": args.hilt_micro_batch,
+                          "hilt_gradient_checkpointing": args.hilt_gradient_checkpointing,
                           "rounds": args.rounds, "lora": LORA, "schedule": SCHEDULE,
                           "trainable_parameters": trainable.pop(),
                           "model": args.model or f"{args.shape} llama (built, random weights)",
@@ -448,12 +478,13 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
 
     print(f"\n{'mode':<32} {'tok/s':>8} {'padding':>8} {'steps':>6} {'conv/row':>8} {'faults/step':>11} "
-          f"{'peak MB':>8} {'loss':>7} {'MFU':>6}")
+          f"{'after 1st':>10} {'peak MB':>8} {'loss':>7} {'MFU':>6}")
     for mode, r in summary_rows.items():
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        steady = r.get("minor_page_faults_per_step_after_first")
         print(f"{mode:<32} {r['tokens_per_second']:>8.0f} {r['padding_fraction']:>8.1%} {r['steps']:>6} "
-              f"{r['conversations_per_row']:>8.2f} {r['minor_page_faults_per_step']:>11} {r['peak_memory_mb']:>8.0f} "
-              f"{r['train_loss']:>7.3f} {mfu:>6}")
+              f"{r['conversations_per_row']:>8.2f} {r['minor_page_faults_per_step']:>11} "
+              f"{'-' if steady is None else steady:>10} {r['peak_memory_mb']:>8.0f} {r['train_loss']:>7.3f} {mfu:>6}")
     floor = summary["matmul_floor"]
     if floor:
         print(f"\n{'mode':<32} {'matmul':>7} {'attention':>9} {'gather':>7} {'rest':>6} "
