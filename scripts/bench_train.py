@@ -410,6 +410,8 @@ def main() -> int:
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            print(f"{mode}: worker exited with {proc.returncode}"
+                  + (" (killed: out of memory?)" if proc.returncode == -9 else ""), file=sys.stderr)
             return None
         return json.loads(line.removeprefix("RESULT "))
 
@@ -424,11 +426,18 @@ def main() -> int:
             print(f"round {round_index + 1} {mode:<32} {result['tokens_per_second']:>8.0f} tok/s "
                   f"({result['seconds']:.1f} s, load {result['load_average'][0]:.2f})", flush=True)
 
+    # The rounds are kept before profiling: a profile costs memory (record_shapes) a mode may not have.
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).with_suffix(".runs.tmp").write_text(json.dumps(runs, indent=2) + "\n")
     profiles = {}
+    failed_profiles = []
     for mode in modes if args.profile_steps else ():
         profiles[mode] = worker(mode, args.profile_steps)
         if profiles[mode] is None:
-            return 1
+            failed_profiles.append(mode)
+            del profiles[mode]
+            print(f"profile {mode:<32} failed (see above); the other modes are profiled", flush=True)
+            continue
         shares = ", ".join(f"{k} {v:.0%}" for k, v in profiles[mode]["time_share"].items())
         print(f"profile {mode:<32} {shares}", flush=True)
 
@@ -463,7 +472,8 @@ def main() -> int:
                "hilt_over_best_trl_per_round": per_round,
                "hilt_over_best_trl_per_round_median": statistics.median(per_round) if per_round else None,
                "hilt_over_trl_group_by_length_with_host_memory": same_memory,
-               "profiles": profiles, "matmul_floor": matmul_floor(summary_rows, profiles),
+               "profiles": profiles, "profiles_failed": failed_profiles,
+               "matmul_floor": matmul_floor(summary_rows, profiles),
                "target": "hilt >= 1.3x the best TRL mode's real tokens/s",
                "config": {"records": args.records, "batch": args.batch, "max_length": args.max_length,
                           "hilt_micro_batch": args.hilt_micro_batch,
@@ -474,8 +484,8 @@ def main() -> int:
                           "shape": None if args.model else {**SHAPES[args.shape],
                                                             **({"num_hidden_layers": args.layers} if args.layers else {})},
                           "flash_attention_varlen": flash_attention(), "cpus": os.cpu_count()}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    Path(args.out).with_suffix(".runs.tmp").unlink(missing_ok=True)
 
     print(f"\n{'mode':<32} {'tok/s':>8} {'padding':>8} {'steps':>6} {'conv/row':>8} {'faults/step':>11} "
           f"{'after 1st':>10} {'peak MB':>8} {'loss':>7} {'MFU':>6}")
