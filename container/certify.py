@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -220,18 +219,31 @@ def lay_out_training_job(base: Path, job: dict, hyperparameters: dict[str, str],
     opt_ml.input_data_config_file.write_text(json.dumps(data_config, indent=2, sort_keys=True))
 
 
-def run_training_job(base: Path, max_runtime: int, log_file: Path, job_name: str) -> tuple[int, str]:
-    """Run ``train`` over ``base`` offline, stream its log, stop it at ``max_runtime`` as SageMaker would.
+def run_training_job(base: Path, max_runtime: int, log_file: Path, job_name: str,
+                     image: str | None = None) -> tuple[int, str]:
+    """Run ``train`` over ``base`` offline (inside ``image`` when given, ``base`` mounted at /opt/ml),
+    stream its log, stop it at ``max_runtime`` as SageMaker would.
 
     Returns:
         (exit code, why it stopped: "" or "MaxRuntimeExceeded").
     """
+    from hilt.serving.image import entry_command
+
+    settings = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "TRAINING_JOB_NAME": job_name}
+    with entry_command("train", image, base, settings) as (argv, env):
+        return _run_logged(argv, env, max_runtime, log_file)
+
+
+def _run_logged(argv: list[str], env: dict[str, str], max_runtime: int, log_file: Path) -> tuple[int, str]:
+    """Run ``argv`` in its own process group, its log copied to ``log_file`` and stdout; SIGTERM at
+    ``max_runtime``, then SIGKILL after SageMaker's 120 s."""
     import threading
 
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TRAINING_JOB_NAME": job_name}
-    process = subprocess.Popen([sys.executable, "-m", "hilt.training.entry"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    from hilt.serving.image import stop_process
+
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
 
     def copy_log() -> None:
         with log_file.open("wb") as log:
@@ -249,26 +261,14 @@ def run_training_job(base: Path, max_runtime: int, log_file: Path, job_name: str
             rc = process.wait(timeout=max_runtime)
         except subprocess.TimeoutExpired:
             reason = "MaxRuntimeExceeded"
-            rc = _stop(process)
+            rc = stop_process(process, GRACE_SECONDS)
     except BaseException:
         # Interrupted (Ctrl-C): the training job stops with the replay, the way SageMaker stops a job.
-        _stop(process)
+        stop_process(process, GRACE_SECONDS)
         raise
     finally:
         reader.join(timeout=10)
     return rc, reason
-
-
-def _stop(process: subprocess.Popen) -> int:
-    """SIGTERM, then SIGKILL after SageMaker's 120 s; the exit code."""
-    if process.poll() is not None:
-        return process.returncode
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        return process.wait(timeout=GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        return process.wait()
 
 
 def sagemaker_tar(folder: Path, out: Path) -> Path:
@@ -290,8 +290,11 @@ def _is_certify_dir(folder: Path) -> bool:
 
 
 def validate_algorithm(request_file: Path, mapping: dict[str, Path], output: Path,
-                       start_timeout: float, max_unpacked_bytes: int) -> dict:
+                       start_timeout: float, max_unpacked_bytes: int, images: dict[str, str] | None = None) -> dict:
     """Replay every ValidationProfile of a CreateAlgorithm request; return (and write) the report.
+
+    ``images`` ({"train": IMAGE, "serve": IMAGE}, either optional) runs the training job and the
+    transform's ``serve`` inside those local images instead of this environment.
 
     Raises:
         UserError: when the request file cannot be read or is not a CreateAlgorithm request.
@@ -309,9 +312,16 @@ def validate_algorithm(request_file: Path, mapping: dict[str, Path], output: Pat
     if not isinstance(request, dict) or "AlgorithmName" not in request:
         raise UserError(f"--algorithm {request_file}: not a CreateAlgorithm request (no AlgorithmName); "
                         "a Model Package is validated with --model-tar")
+    images = {kind: image for kind, image in (images or {}).items() if image}
+    for flag, image in (("--train-image", images.get("train")), ("--image", images.get("serve"))):
+        if image:
+            from hilt.serving.image import require_image
+
+            require_image(image, flag)
     output = claim_output_dir(output, "algorithm-validation", "--output", recognise=_is_certify_dir,
                               hint="the --output of an earlier `hilt package validate --algorithm`")
-    report: dict = {"algorithm": request["AlgorithmName"], "request": str(request_file.resolve()), "profiles": []}
+    report: dict = {"algorithm": request["AlgorithmName"], "request": str(request_file.resolve()), "profiles": [],
+                    **({"images": images} if images else {})}
     steps: list[dict] = []
 
     def step(name: str, profile: str, started: float, passed: bool, **detail) -> bool:
@@ -334,7 +344,7 @@ def validate_algorithm(request_file: Path, mapping: dict[str, Path], output: Pat
     for profile in profiles:
         name = profile["ProfileName"]
         root = output / name
-        if not _replay_profile(request, profile, root, mapping, start_timeout, max_unpacked_bytes, step):
+        if not _replay_profile(request, profile, root, mapping, start_timeout, max_unpacked_bytes, step, images):
             break
     failed = next((s for s in steps if not s["passed"]), None)
     report.update(passed=failed is None and bool(profiles), steps=steps,
@@ -346,7 +356,7 @@ def validate_algorithm(request_file: Path, mapping: dict[str, Path], output: Pat
 
 
 def _replay_profile(request: dict, profile: dict, root: Path, mapping: dict[str, Path], start_timeout: float,
-                    max_unpacked_bytes: int, step) -> bool:
+                    max_unpacked_bytes: int, step, images: dict[str, str]) -> bool:
     from hilt.serving.validate import validate_model_tar
 
     name = profile["ProfileName"]
@@ -373,7 +383,7 @@ def _replay_profile(request: dict, profile: dict, root: Path, mapping: dict[str,
     print(f"[certify] {name}: training job over {base} (offline, "
           f"MaxRuntimeInSeconds {job['StoppingCondition']['MaxRuntimeInSeconds']})", flush=True)
     rc, reason = run_training_job(base, job["StoppingCondition"]["MaxRuntimeInSeconds"], root / "train.log",
-                                  f"{request['AlgorithmName']}-{name}")
+                                  f"{request['AlgorithmName']}-{name}", images.get("train"))
     failure = base / "output" / "failure"
     if rc != 0:
         why = failure.read_text().strip() if failure.is_file() else f"train exited with code {rc}"
@@ -405,6 +415,7 @@ def _replay_profile(request: dict, profile: dict, root: Path, mapping: dict[str,
         transform["TransformOutput"].get("AssembleWith", "None"), root / "transform", ping_timeout=start_timeout,
         max_unpacked_bytes=max_unpacked_bytes, batch_strategy=transform.get("BatchStrategy", "SingleRecord"),
         max_payload_mb=transform.get("MaxPayloadInMB", 6),
-        max_concurrent_transforms=transform.get("MaxConcurrentTransforms", 1), require_manifest=False)
+        max_concurrent_transforms=transform.get("MaxConcurrentTransforms", 1), require_manifest=False,
+        image=images.get("serve"))
     return step("transform-job", name, started, result["passed"], records=result["records"],
                 report=result["report_file"], error="; ".join(result["failures"][:3]) or None)

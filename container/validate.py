@@ -18,13 +18,11 @@ once. As in SageMaker, a record that fails leaves no ``.out``: the report says w
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -119,11 +117,13 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
                        ping_timeout: float = DEFAULT_START_SECONDS, request_timeout: float = DEFAULT_INVOCATION_SECONDS,
                        max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES, *, batch_strategy: str = "SingleRecord",
                        max_payload_mb: int = 6, max_concurrent_transforms: int = 1,
-                       require_manifest: bool = True) -> dict:
+                       require_manifest: bool = True, image: str | None = None) -> dict:
     """Run the replay and return the report (also written to ``output_dir/validation-report.json``).
 
     ``require_manifest`` False accepts an archive SageMaker made of /opt/ml/model (no
-    ``hilt-package.json`` to check files against).
+    ``hilt-package.json`` to check files against). ``image`` runs ``serve`` inside that local
+    image (``hilt.serving.image``) with the extracted tree mounted at /opt/ml, as SageMaker does,
+    instead of from this environment.
 
     The model is extracted into a temporary /opt/ml tree that is removed afterwards, also
     when the replay fails or is interrupted.
@@ -146,6 +146,10 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
                         f"--content-type {JSONLINES}")
     if not input_file.is_file():
         raise UserError(f"--input {input_file}: no such file")
+    if image:
+        from hilt.serving.image import require_image
+
+        require_image(image)
     raw = input_file.read_bytes()
     if split_type == "Line":
         records = [line for line in raw.splitlines() if line.strip()]
@@ -165,7 +169,7 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
         transform = {"BatchStrategy": batch_strategy, "MaxPayloadInMB": max_payload_mb,
                      "MaxConcurrentTransforms": max_concurrent_transforms}
         return _replay(base, package, model_tar, input_file, records, content_type, split_type, assemble_with,
-                       output_dir, ping_timeout, request_timeout, transform)
+                       output_dir, ping_timeout, request_timeout, transform, image)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -176,87 +180,95 @@ def _is_validation_dir(folder: Path) -> bool:
 
 def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, records: list[bytes], content_type: str,
             split_type: str, assemble_with: str, output_dir: Path, ping_timeout: float,
-            request_timeout: float, transform: dict) -> dict:
-    """Serve the extracted model from ``base`` and send it the transform's requests."""
+            request_timeout: float, transform: dict, image: str | None = None) -> dict:
+    """Serve the extracted model from ``base`` (inside ``image`` when given) and send it the transform's requests."""
+    from hilt.serving.image import serve_command, stop_process
+
     port = _free_port()
     strategy = transform["BatchStrategy"]
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port),
-           "HILT_SERVE_HOST": "127.0.0.1", "SAGEMAKER_BATCH": "true",
-           "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(transform["MaxPayloadInMB"]),
-           "SAGEMAKER_BATCH_STRATEGY": "MULTI_RECORD" if strategy == "MultiRecord" else "SINGLE_RECORD",
-           "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": str(transform["MaxConcurrentTransforms"])}
+    settings = {"SAGEMAKER_BIND_TO_PORT": str(port), "HILT_SERVE_HOST": "127.0.0.1", "SAGEMAKER_BATCH": "true",
+                "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(transform["MaxPayloadInMB"]),
+                "SAGEMAKER_BATCH_STRATEGY": "MULTI_RECORD" if strategy == "MultiRecord" else "SINGLE_RECORD",
+                "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": str(transform["MaxConcurrentTransforms"])}
     log_path = output_dir / "serve.log"
     out_file = output_dir / f"{input_file.name}.out"
     out_file.unlink(missing_ok=True)  # an earlier run's answers must not pass for this run's
-    server = subprocess.Popen([sys.executable, "-m", "hilt.serving.serve"], env=env, stdin=subprocess.DEVNULL,
-                              stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     report: dict = {"model_tar": str(model_tar), "input": str(input_file), "content_type": content_type,
                     "split_type": split_type, "assemble_with": assemble_with, "package_verified": package["verified"],
-                    "transform": transform, "records": len(records), "failures": [], "samples": []}
-    try:
-        problem = _wait_healthy(url, server, ping_timeout, log_path, report)
-        if problem:
-            report["failures"].append(problem)
-            report["passed"] = False
-            return _write_report(report, output_dir)
-        report["execution_parameters"] = _execution_parameters(url)
-
-        limit = transform["MaxPayloadInMB"] * 1024 * 1024
-        batches = mini_batches(records, strategy, limit)
-        report["requests"] = len(batches)
-
-        def send(batch: list[bytes]) -> tuple[bytes, int, dict, bytes, float]:
-            body = b"".join(r + b"\n" for r in batch) if strategy == "MultiRecord" else batch[0]
-            if len(body) > limit:
-                return body, 0, {}, b"", 0.0
-            return (body, *_post(f"{url}/invocations", body, content_type, request_timeout))
-
-        with ThreadPoolExecutor(max_workers=transform["MaxConcurrentTransforms"]) as pool:
-            results = list(pool.map(send, batches))
-        outputs, latencies, first = [], [], 1
-        for batch, (body, status, headers, answer, seconds) in zip(batches, results):
-            where = f"record {first}" if len(batch) == 1 else f"records {first}-{first + len(batch) - 1}"
-            first += len(batch)
-            if status == 0:
-                report["failures"].append(f"{where}: {len(body)} bytes is over MaxPayloadInMB "
-                                          f"({transform['MaxPayloadInMB']} MB); SageMaker fails such a record")
-                continue
-            latencies.append(seconds)
-            expected = len([l for l in body.splitlines() if l.strip()]) if content_type == JSONLINES else 1
-            problems = check_answer(status, headers, answer, content_type, expected)
-            report["failures"] += [f"{where}: {p}" for p in problems]
-            outputs.append(answer)
-            if len(report["samples"]) < 3 and not problems:
-                metering = {k.lower(): v for k, v in headers.items()}.get(METERING_HEADER.lower())
-                report["samples"].append({"input": body.decode("utf-8", "replace"),
-                                          "output": answer.decode("utf-8", "replace").strip(),
-                                          "metering": json.loads(metering)})
-        if latencies:
-            ordered = sorted(latencies)
-            report["latency_ms"] = {"p50": round(statistics.median(ordered) * 1000, 1),
-                                    "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
-                                    "max": round(ordered[-1] * 1000, 1)}
-        report["passed"] = not report["failures"]
-        if report["passed"]:  # as in SageMaker, a failed record leaves no .out
-            if assemble_with == "Line":
-                data = b"".join(o if o.endswith(b"\n") else o + b"\n" for o in outputs)
-                answered = len([l for l in data.splitlines() if l.strip()])
-                if split_type == "Line" and answered != len(records):
-                    report["failures"].append(f"{answered} output lines for {len(records)} input records")
-                    report["passed"] = False
-            else:
-                data = b"".join(outputs)
-            if report["passed"]:
-                write_atomic(out_file, data)
-                report["output_file"] = str(out_file)
-        return _write_report(report, output_dir)
-    finally:
-        server.terminate()
+                    "transform": transform, "records": len(records), "failures": [], "samples": [],
+                    **({"image": image} if image else {})}
+    with serve_command(image, base, settings) as (argv, env):
+        server = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log_path.open("wb"),
+                                  stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            return _send_transform(server, url, report, records, content_type, split_type, assemble_with, output_dir,
+                                   out_file, log_path, ping_timeout, request_timeout, transform)
+        finally:
+            stop_process(server, 30)
+
+
+def _send_transform(server: subprocess.Popen, url: str, report: dict, records: list[bytes], content_type: str,
+                    split_type: str, assemble_with: str, output_dir: Path, out_file: Path, log_path: Path,
+                    ping_timeout: float, request_timeout: float, transform: dict) -> dict:
+    """The transform's requests to a started ``serve``, checked as SageMaker checks them."""
+    strategy = transform["BatchStrategy"]
+    problem = _wait_healthy(url, server, ping_timeout, log_path, report)
+    if problem:
+        report["failures"].append(problem)
+        report["passed"] = False
+        return _write_report(report, output_dir)
+    report["execution_parameters"] = _execution_parameters(url)
+
+    limit = transform["MaxPayloadInMB"] * 1024 * 1024
+    batches = mini_batches(records, strategy, limit)
+    report["requests"] = len(batches)
+
+    def send(batch: list[bytes]) -> tuple[bytes, int, dict, bytes, float]:
+        body = b"".join(r + b"\n" for r in batch) if strategy == "MultiRecord" else batch[0]
+        if len(body) > limit:
+            return body, 0, {}, b"", 0.0
+        return (body, *_post(f"{url}/invocations", body, content_type, request_timeout))
+
+    with ThreadPoolExecutor(max_workers=transform["MaxConcurrentTransforms"]) as pool:
+        results = list(pool.map(send, batches))
+    outputs, latencies, first = [], [], 1
+    for batch, (body, status, headers, answer, seconds) in zip(batches, results):
+        where = f"record {first}" if len(batch) == 1 else f"records {first}-{first + len(batch) - 1}"
+        first += len(batch)
+        if status == 0:
+            report["failures"].append(f"{where}: {len(body)} bytes is over MaxPayloadInMB "
+                                      f"({transform['MaxPayloadInMB']} MB); SageMaker fails such a record")
+            continue
+        latencies.append(seconds)
+        expected = len([l for l in body.splitlines() if l.strip()]) if content_type == JSONLINES else 1
+        problems = check_answer(status, headers, answer, content_type, expected)
+        report["failures"] += [f"{where}: {p}" for p in problems]
+        outputs.append(answer)
+        if len(report["samples"]) < 3 and not problems:
+            metering = {k.lower(): v for k, v in headers.items()}.get(METERING_HEADER.lower())
+            report["samples"].append({"input": body.decode("utf-8", "replace"),
+                                      "output": answer.decode("utf-8", "replace").strip(),
+                                      "metering": json.loads(metering)})
+    if latencies:
+        ordered = sorted(latencies)
+        report["latency_ms"] = {"p50": round(statistics.median(ordered) * 1000, 1),
+                                "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
+                                "max": round(ordered[-1] * 1000, 1)}
+    report["passed"] = not report["failures"]
+    if report["passed"]:  # as in SageMaker, a failed record leaves no .out
+        if assemble_with == "Line":
+            data = b"".join(o if o.endswith(b"\n") else o + b"\n" for o in outputs)
+            answered = len([l for l in data.splitlines() if l.strip()])
+            if split_type == "Line" and answered != len(records):
+                report["failures"].append(f"{answered} output lines for {len(records)} input records")
+                report["passed"] = False
+        else:
+            data = b"".join(outputs)
+        if report["passed"]:
+            write_atomic(out_file, data)
+            report["output_file"] = str(out_file)
+    return _write_report(report, output_dir)
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, start_timeout: float, log_path: Path, report: dict) -> str | None:

@@ -61,6 +61,21 @@ def warm_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def built_images() -> dict[str, str]:
+    """hilt-train and hilt-serve, built once per run by scripts/build-images (which reuses its base,
+    wheelhouse and layers when nothing changed). Building needs root here (buildah, chroot)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("building the images needs root here (buildah's chroot isolation, mmdebstrap)")
+    result = subprocess.run([str(REPO_ROOT / "scripts" / "build-images")], capture_output=True, text=True,
+                            timeout=2400)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    print(result.stdout)
+    return {"train": "hilt-train:latest", "serve": "hilt-serve:latest"}
+
+
 def run_hilt(hilt_exe: Path, *args: str, timeout: int = 600, env: dict | None = None):
     """Run ``hilt`` in a subprocess; return the CompletedProcess (text, both streams)."""
     import subprocess

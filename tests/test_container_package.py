@@ -290,8 +290,14 @@ def test_model_package_request_needs_weights():
 
 
 @pytest.mark.slow
-def test_algorithm_certification_replays_offline(hilt_exe, warm_base_dir, dataset_dir, tmp_path):
-    """The request `package request algorithm` writes, replayed: train offline -> SageMaker's tar -> transform."""
+@pytest.mark.parametrize("where", ["process", "images"])
+def test_algorithm_certification_replays_offline(where, hilt_exe, warm_base_dir, dataset_dir, tmp_path, request):
+    """The request `package request algorithm` writes, replayed: train offline -> SageMaker's tar -> transform;
+    from this environment, or inside the train and serve images with their /opt/ml trees mounted."""
+    in_images = []
+    if where == "images":
+        images = request.getfixturevalue("built_images")
+        in_images = ["--train-image", images["train"], "--image", images["serve"]]
     bucket = "s3://seller-bucket/hilt"
     local = tmp_path / "bucket"
     (local / "input").mkdir(parents=True)
@@ -317,11 +323,12 @@ def test_algorithm_certification_replays_offline(hilt_exe, warm_base_dir, datase
                                    f"{bucket}/input": "bucket/input"}))
     out = tmp_path / "certify"
     result = run_hilt(hilt_exe, "package", "validate", "--algorithm", str(request_file), "--local", str(mapping),
-                      "--output", str(out), env={"HF_HUB_OFFLINE": "1"})
+                      "--output", str(out), *in_images, env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "algorithm validation PASSED" in result.stdout
     report = json.loads((out / "algorithm-validation.json").read_text())
     assert [s["step"] for s in report["steps"]] == ["request", "training-job", "model-artifact", "transform-job"]
+    assert report.get("images", {}) == ({"train": in_images[1], "serve": in_images[3]} if in_images else {})
     profile = out / "hilt-train-and-transform"
     base = profile / "opt-ml"
     # The job saw SageMaker's files: strings, with the Algorithm's defaults filled in, and copied channels.
@@ -345,7 +352,7 @@ def test_algorithm_certification_replays_offline(hilt_exe, warm_base_dir, datase
     mapping.write_text(json.dumps({f"{bucket}/data": str(bad), f"{bucket}/base": str(warm_base_dir),
                                    f"{bucket}/input": "bucket/input"}))
     result = run_hilt(hilt_exe, "package", "validate", "--algorithm", str(request_file), "--local", str(mapping),
-                      "--output", str(out), env={"HF_HUB_OFFLINE": "1"})
+                      "--output", str(out), *in_images, env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 1
     report = json.loads((out / "algorithm-validation.json").read_text())
     assert report["failed_step"] == "training-job"

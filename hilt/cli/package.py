@@ -22,6 +22,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     if args.algorithm:
         return _validate_algorithm(args)
+    if args.train_image:
+        raise UserError("--train-image runs an Algorithm's training job: use it with --algorithm")
     from hilt.serving.validate import validate_model_tar
 
     if not args.model_tar or not args.input:
@@ -33,7 +35,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                                 ping_timeout=args.start_timeout,
                                 max_unpacked_bytes=int(args.max_unpacked_gb * 1024**3),
                                 batch_strategy=args.batch_strategy, max_payload_mb=args.max_payload_mb,
-                                max_concurrent_transforms=args.max_concurrent_transforms)
+                                max_concurrent_transforms=args.max_concurrent_transforms, image=args.image)
     verdict = "PASSED" if report["passed"] else "FAILED"
     print(f"validation {verdict}: {report['records']} records, output {report.get('output_file')}, "
           f"latency {report.get('latency_ms')}, report {report['report_file']}")
@@ -50,7 +52,8 @@ def _validate_algorithm(args: argparse.Namespace) -> int:
                         "(the model comes from its training job, the input from its TransformJobDefinition)")
     report = validate_algorithm(Path(args.algorithm), parse_local_map(args.local),
                                 Path(args.output or "algorithm-validation"), args.start_timeout,
-                                int(args.max_unpacked_gb * 1024**3))
+                                int(args.max_unpacked_gb * 1024**3),
+                                {"train": args.train_image, "serve": args.image})
     failed = report["failed_step"]
     print(f"algorithm validation {'PASSED' if report['passed'] else 'FAILED at ' + str(failed)}: "
           + ", ".join(f"{s['profile']}/{s['step']} {'ok' if s['passed'] else 'FAILED'} ({s['seconds']} s)"
@@ -216,6 +219,10 @@ def register(sub) -> None:
                    "--algorithm the replay's folder (algorithm-validation)")
     p.add_argument("--max-unpacked-gb", type=float, default=256.0,
                    help="refuse an archive whose files add up to more than this, before extracting (256)")
+    p.add_argument("--image", help="run `serve` inside this local image (e.g. hilt-serve, from scripts/build-images) "
+                   "with the model mounted at /opt/ml, as SageMaker does, instead of from this environment")
+    p.add_argument("--train-image", help="with --algorithm: run the training job inside this local image "
+                   "(e.g. hilt-train) with its /opt/ml tree mounted")
     p.set_defaults(func=_cmd_validate)
     p = package_sub.add_parser("request", help="write a strictly validated CreateModelPackage/CreateAlgorithm request")
     p.add_argument("kind", choices=["model-package", "algorithm"])
