@@ -54,8 +54,9 @@ def test_each_image_installs_the_wheel_offline_at_the_locked_versions(target, co
     run = " ".join(value for kind, value in steps if kind == "RUN")
     # hilt's wheel, not an editable checkout; nothing from an index; the tested versions.
     assert "hilt-*.whl" in run and " -e " not in run and "--no-index" in run and "-c /wheelhouse/constraints.txt" in run
-    # The wheelhouse is mounted for the install, never copied into a layer.
-    assert all("wheelhouse" not in value for kind, value in steps if kind in ("COPY", "ADD"))
+    # The wheels are mounted for the install, never copied into a layer; their stamps key the layer cache.
+    assert all("wheel" not in value for kind, value in steps if kind in ("COPY", "ADD"))
+    assert "${DEPS_STAMP}" in run and "${HILT_STAMP}" in run
     for *sources, _dest in (value.split() for kind, value in steps if kind == "COPY"):
         for source in sources:
             assert (ROOT / source).exists(), f"COPY source {source} missing"
