@@ -331,3 +331,18 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
     from hilt.core.outputs import write_atomic
 
     return write_atomic(out, "\n".join(lines))
+
+
+def write_listing_files(model_dir: Path, out: Path, report: dict | None, metering_unit: str) -> tuple[Path, Path]:
+    """LISTING.md at ``out`` and, beside it, the buyer's sample notebook (``hilt.serving.notebook``)."""
+    from hilt.core.layout import read_manifest
+    from hilt.serving.notebook import NOTEBOOK_FILE, check_notebook_path, write_sample_notebook
+
+    recipe = read_manifest(model_dir).get("recipe", {})
+    notebook = out.parent / NOTEBOOK_FILE
+    check_notebook_path(notebook)  # before either file is written
+    listing = write_listing(model_dir, out, report, metering_unit)
+    write_sample_notebook(notebook, recipe.get("name") or Path(model_dir).name,
+                          recipe.get("description") or "A chat model fine-tuned with hilt.", metering_unit,
+                          (report or {}).get("samples", []))
+    return listing, notebook

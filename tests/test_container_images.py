@@ -3,6 +3,7 @@ SageMaker runs them: ``train`` and ``serve`` inside the image over a mounted /op
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import shutil
@@ -116,24 +117,22 @@ def test_train_runs_inside_the_train_image(built_images, warm_base_dir, dataset_
     assert "train.learning_rate" in failure and "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_serve_runs_inside_the_serve_image_without_network(built_images, tiny_model_dir, tmp_path):
-    """`serve` in hilt-serve (as an unprivileged user) with /opt/ml/model mounted: /ping, both request
-    schemas, the metering header, and not one outbound socket operation."""
+@contextlib.contextmanager
+def serving(image: str, model_dir: Path, tmp_path: Path, **settings):
+    """``serve`` inside ``image`` over a copy of ``model_dir`` as /opt/ml/model, until it answers /ping
+    200; yields (url, log lines so far: filled in when the context ends)."""
     from conftest import _free_port
     from hilt.serving.image import image_command, stop_process
 
     tree = tmp_path / "opt-ml"
-    shutil.copytree(tiny_model_dir, tree / "model")
+    shutil.copytree(model_dir, tree / "model")
     subprocess.run(["chmod", "-R", "a+rX", str(tree)], check=True)  # as SageMaker extracts it: readable by all
-    audit = tmp_path / "audit"
-    audit.mkdir(mode=0o777)
-    audit.chmod(0o777)
     port = _free_port()
-    settings = {"SAGEMAKER_BIND_TO_PORT": str(port), "HILT_SERVE_HOST": "127.0.0.1",
-                "HILT_AUDIT_NETWORK": "/audit/network.jsonl"}
     url = f"http://127.0.0.1:{port}"
-    with image_command(built_images["serve"], ["serve"], {tree: "/opt/ml", audit: "/audit"}, settings) as argv:
+    mounts = {tree: "/opt/ml", **settings.pop("mounts", {})}
+    log: list[str] = []
+    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "HILT_SERVE_HOST": "127.0.0.1", **settings}
+    with image_command(image, ["serve"], mounts, env) as argv:
         server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True)
         try:
@@ -150,26 +149,89 @@ def test_serve_runs_inside_the_serve_image_without_network(built_images, tiny_mo
                     time.sleep(1)
                 except OSError:
                     time.sleep(1)
-            answers = {}
-            for name, body in (("generate", {"inputs": "Book room 4", "parameters": {"max_new_tokens": 4}}),
-                               ("chat", {"messages": [{"role": "user", "content": "Book room 4"}],
-                                         "max_tokens": 4})):
-                request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
-                                                 headers={"Content-Type": "application/json"}, method="POST")
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    answers[name] = (response.status, json.loads(response.headers["X-Amzn-Inference-Metering"]),
-                                     json.loads(response.read()))
+            yield url, log
         finally:
-            log = ""
             stop_process(server, 30)
-            log = server.stdout.read()
+            log += server.stdout.read().splitlines()
+
+
+@pytest.mark.slow
+def test_serve_runs_inside_the_serve_image_without_network(built_images, tiny_model_dir, tmp_path):
+    """`serve` in hilt-serve (as an unprivileged user) with /opt/ml/model mounted: /ping, both request
+    schemas, the metering header, and not one outbound socket operation."""
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    audit.chmod(0o777)
+    answers = {}
+    with serving(built_images["serve"], tiny_model_dir, tmp_path, mounts={audit: "/audit"},
+                 HILT_AUDIT_NETWORK="/audit/network.jsonl") as (url, log):
+        for name, body in (("generate", {"inputs": "Book room 4", "parameters": {"max_new_tokens": 4}}),
+                           ("chat", {"messages": [{"role": "user", "content": "Book room 4"}], "max_tokens": 4})):
+            request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"}, method="POST")
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answers[name] = (response.status, json.loads(response.headers["X-Amzn-Inference-Metering"]),
+                                 json.loads(response.read()))
     assert answers["generate"][0] == 200 and "generated_text" in answers["generate"][2]
     assert answers["chat"][2]["object"] == "chat.completion"
     for _, metering, _ in answers.values():
         assert metering["Dimension"] == "inference.count" and metering["ConsumedUnits"] >= 1
-    assert "model loaded from /opt/ml/model" in log
+    assert any("model loaded from /opt/ml/model" in line for line in log), log[-20:]
     events = (audit / "network.jsonl").read_text().splitlines() if (audit / "network.jsonl").exists() else []
     assert events == [], events[:5]
+
+
+@pytest.mark.slow
+def test_the_buyers_sample_notebook_runs(built_images, hilt_exe, lora_run, tmp_path, monkeypatch, capsys):
+    """`hilt package listing` writes sample-notebook.ipynb: valid nbformat; its SageMaker cells run against
+    moto (all but streaming, which moto does not implement) and its container cells against hilt-serve."""
+    import contextlib as _contextlib
+    import io
+
+    import nbformat
+    from moto import mock_aws
+
+    from conftest import run_hilt
+
+    out, _ = lora_run
+    listing = tmp_path / "listing" / "LISTING.md"
+    result = run_hilt(hilt_exe, "package", "listing", "--model-dir", str(out / "model"), "--out", str(listing))
+    assert result.returncode == 0, result.stderr
+    notebook = nbformat.read(listing.parent / "sample-notebook.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    code = [(cell.source, set(cell.metadata.get("tags", []))) for cell in notebook.cells if cell.cell_type == "code"]
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                       "INSTANCE_TYPE": "ml.m5.xlarge", "TRANSFORM_INSTANCE_TYPE": "ml.m5.xlarge"}.items():
+        monkeypatch.setenv(key, value)
+    namespace: dict = {}
+    ran = []
+    with mock_aws():
+        for source, tags in code:
+            if "sagemaker" in tags and "streaming" not in tags:
+                exec(source, namespace)
+                ran.append(source.splitlines()[0])
+    assert any("create_endpoint" in source for source, tags in code if "sagemaker" in tags)
+    assert len(ran) == len([1 for _, tags in code if "sagemaker" in tags]) - 1
+    with serving(built_images["serve"], out / "model", tmp_path) as (url, _log):
+        monkeypatch.setenv("CONTAINER_URL", url)
+        printed = io.StringIO()
+        with _contextlib.redirect_stdout(printed):
+            for source, tags in code:
+                if "container" in tags:
+                    exec(source, namespace)
+    lines = printed.getvalue().splitlines()
+    assert lines[-1] == "data: [DONE]" and "'Dimension': 'inference.count'" in lines[0], lines
+    # A second listing rewrites its own notebook; a notebook hilt did not write is left alone.
+    assert run_hilt(hilt_exe, "package", "listing", "--model-dir", str(out / "model"), "--out",
+                    str(listing)).returncode == 0
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sample-notebook.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    result = run_hilt(hilt_exe, "package", "listing", "--model-dir", str(out / "model"), "--out",
+                      str(theirs / "LISTING.md"))
+    assert result.returncode == 2 and "is not a sample notebook hilt wrote" in result.stderr
+    assert (theirs / "sample-notebook.ipynb").read_text().startswith('{"cells": []')
+    assert not (theirs / "LISTING.md").exists()  # refused before anything was written
 
 
 @pytest.mark.slow

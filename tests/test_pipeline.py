@@ -92,6 +92,7 @@ def test_run_reuse_refuse_and_resume(hilt_exe, warm_base_dir, tmp_path):
     request = json.loads(Path(run["request"]["request"]).read_text())
     validate_request("CreateModelPackage", request)
     assert Path(run["request"]["listing"]).is_file()
+    assert json.loads(Path(run["request"]["notebook"]).read_text())["nbformat"] == 4  # the buyer's sample notebook
     assert run["evaluate"]["passed"] and run["validate"]["passed"]
 
     # Nothing new: every step reused, quickly.

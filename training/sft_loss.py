@@ -52,9 +52,17 @@ class HeadNotTiled(Exception):
     """The head cannot be tiled and its logits are over :data:`MAX_LOGITS`: TRL's loss runs."""
 
 
+def _unwrapped(model):
+    """The model inside DistributedDataParallel or a DeepSpeed engine (which forward, but do not
+    expose the model's attributes)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
 def tiled_head(model) -> torch.nn.Linear | None:
     """The model's output layer when :class:`TiledHeadLoss` can take its place, else None."""
-    head = model.get_output_embeddings()
+    head = _unwrapped(model).get_output_embeddings()
     if type(head) is not torch.nn.Linear or head in _UNTILED:  # a LoRA- or otherwise wrapped head: its own code
         return None
     if hasattr(head.weight, "ds_shape"):  # ZeRO-3: the weight is whole only inside the head's own forward
@@ -173,7 +181,7 @@ def _tiled(model, head: torch.nn.Linear, forward: dict, targets: torch.Tensor):
         handle.remove()
     hidden = captured["hidden"]
     hidden = hidden.reshape(-1, hidden.shape[-1])
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+    softcap = getattr(_unwrapped(model).config, "final_logit_softcapping", None)
     if hidden.shape[0] == targets.numel():
         with torch.no_grad():
             ours, _ = _head_logits(hidden[:PROBE_ROWS], head.weight, head.bias, softcap)
@@ -181,7 +189,7 @@ def _tiled(model, head: torch.nn.Linear, forward: dict, targets: torch.Tensor):
         if theirs.shape == ours.shape and torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3):
             return TiledHeadLoss.apply(hidden, head.weight, head.bias, targets, softcap)
     _UNTILED.add(head)
-    print(f"[hilt] loss=materialized logits: the {model.config.model_type} LM head computes more than a linear "
+    print(f"[hilt] loss=materialized logits: the {_unwrapped(model).config.model_type} LM head computes more than a linear "
           "layer, so its logits are not tiled", flush=True)
     return None
 
@@ -209,7 +217,7 @@ def next_token_loss(model, inputs: dict, num_items_in_batch=None):
         if scored is not None:
             nll, entropy_sum, correct = scored
             return nll / denominator, counted, entropy_sum, correct
-    if int(counted) * model.get_output_embeddings().weight.shape[0] > MAX_LOGITS:
+    if int(counted) * _unwrapped(model).get_output_embeddings().weight.shape[0] > MAX_LOGITS:
         raise HeadNotTiled
     logits = model(**forward).logits  # [counted, vocab]
     log_probs = logits.float().log_softmax(-1)

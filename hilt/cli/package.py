@@ -117,11 +117,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_listing(args: argparse.Namespace) -> int:
-    from hilt.serving.marketplace import write_listing
+    from hilt.serving.marketplace import write_listing_files
 
     report = json.loads(Path(args.validation_report).read_text()) if args.validation_report else None
-    out = write_listing(Path(args.model_dir), Path(args.out), report, args.metering_unit)
-    print(f"listing draft written to {out}")
+    out, notebook = write_listing_files(Path(args.model_dir), Path(args.out), report, args.metering_unit)
+    print(f"listing draft written to {out}; the buyer's sample notebook to {notebook}")
     return 0
 
 

@@ -471,7 +471,7 @@ def _validation_refusal(outputs: dict) -> str | None:
 
 def _request(run: Run, folder: Path) -> dict:
     from hilt.core.aws import validate_request
-    from hilt.serving.marketplace import model_package_request, write_listing
+    from hilt.serving.marketplace import model_package_request, write_listing_files
 
     r, packaged, validated = run.p.request, run.outputs["package"], run.outputs["validate"]
     prefix = f"{r.s3.rstrip('/')}/{packaged['sha256'][:16]}"
@@ -481,8 +481,9 @@ def _request(run: Run, folder: Path) -> dict:
     validate_request("CreateModelPackage", request)
     (folder / "model-package.json").write_text(json.dumps(request, indent=2) + "\n")
     report = json.loads(Path(validated["report"]).read_text())
-    write_listing(run.model_dir, folder / "LISTING.md", report, r.metering_unit)
+    _, notebook = write_listing_files(run.model_dir, folder / "LISTING.md", report, r.metering_unit)
     return {"request": str(folder / "model-package.json"), "listing": str(folder / "LISTING.md"),
+            "notebook": str(notebook),
             "uploads": {packaged["model_tar"]: f"{prefix}/model.tar.gz",
                         validated["input"]: f"{prefix}/validation-input.jsonl"}}
 
