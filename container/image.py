@@ -101,11 +101,6 @@ def entry_command(entry: str, image: str | None, base: Path, settings: dict[str,
         yield argv, dict(os.environ)
 
 
-def serve_command(image: str | None, base: Path, settings: dict[str, str]):
-    """:func:`entry_command` for ``serve``."""
-    return entry_command("serve", image, base, settings)
-
-
 def stop_process(process: subprocess.Popen, grace: float) -> int:
     """SIGTERM to the process group a ``start_new_session`` process leads (a container's process
     included), SIGKILL after ``grace`` seconds; the exit code."""

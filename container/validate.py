@@ -182,7 +182,7 @@ def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, record
             split_type: str, assemble_with: str, output_dir: Path, ping_timeout: float,
             request_timeout: float, transform: dict, image: str | None = None) -> dict:
     """Serve the extracted model from ``base`` (inside ``image`` when given) and send it the transform's requests."""
-    from hilt.serving.image import serve_command, stop_process
+    from hilt.serving.image import entry_command, stop_process
 
     port = _free_port()
     strategy = transform["BatchStrategy"]
@@ -198,7 +198,7 @@ def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, record
                     "split_type": split_type, "assemble_with": assemble_with, "package_verified": package["verified"],
                     "transform": transform, "records": len(records), "failures": [], "samples": [],
                     **({"image": image} if image else {})}
-    with serve_command(image, base, settings) as (argv, env):
+    with entry_command("serve", image, base, settings) as (argv, env):
         server = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log_path.open("wb"),
                                   stderr=subprocess.STDOUT, start_new_session=True)
         try:

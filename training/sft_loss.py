@@ -165,9 +165,10 @@ class TiledHeadLoss(torch.autograd.Function):
                 None, None)
 
 
-def _tiled(model, head: torch.nn.Linear, forward: dict, targets: torch.Tensor):
+def _tiled(model, config, head: torch.nn.Linear, forward: dict, targets: torch.Tensor):
     """(summed NLL, entropy sum, hits) by :class:`TiledHeadLoss`, or None where the probe rows show
-    the family's head computes other logits (the head is then remembered as untiled)."""
+    the family's head computes other logits (the head is then remembered as untiled). ``model`` is
+    what the trainer forwards through (DDP included), ``config`` the model's own."""
     captured = {}
 
     def take_rows(_module, args):
@@ -181,7 +182,7 @@ def _tiled(model, head: torch.nn.Linear, forward: dict, targets: torch.Tensor):
         handle.remove()
     hidden = captured["hidden"]
     hidden = hidden.reshape(-1, hidden.shape[-1])
-    softcap = getattr(_unwrapped(model).config, "final_logit_softcapping", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
     if hidden.shape[0] == targets.numel():
         with torch.no_grad():
             ours, _ = _head_logits(hidden[:PROBE_ROWS], head.weight, head.bias, softcap)
@@ -189,8 +190,8 @@ def _tiled(model, head: torch.nn.Linear, forward: dict, targets: torch.Tensor):
         if theirs.shape == ours.shape and torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3):
             return TiledHeadLoss.apply(hidden, head.weight, head.bias, targets, softcap)
     _UNTILED.add(head)
-    print(f"[hilt] loss=materialized logits: the {_unwrapped(model).config.model_type} LM head computes more than a linear "
-          "layer, so its logits are not tiled", flush=True)
+    print(f"[hilt] loss=materialized logits: the {config.model_type} LM head computes more than a linear layer, "
+          "so its logits are not tiled", flush=True)
     return None
 
 
@@ -211,13 +212,14 @@ def next_token_loss(model, inputs: dict, num_items_in_batch=None):
     counted = keep.sum()
     denominator = torch.as_tensor(counted if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
     forward = {**{k: v for k, v in inputs.items() if k != "labels"}, "use_cache": False, "logits_to_keep": keep}
-    head = tiled_head(model)
+    inner = _unwrapped(model)
+    head = tiled_head(inner)
     if head is not None:
-        scored = _tiled(model, head, forward, targets)
+        scored = _tiled(model, inner.config, head, forward, targets)
         if scored is not None:
             nll, entropy_sum, correct = scored
             return nll / denominator, counted, entropy_sum, correct
-    if int(counted) * _unwrapped(model).get_output_embeddings().weight.shape[0] > MAX_LOGITS:
+    if int(counted) * inner.get_output_embeddings().weight.shape[0] > MAX_LOGITS:
         raise HeadNotTiled
     logits = model(**forward).logits  # [counted, vocab]
     log_probs = logits.float().log_softmax(-1)
