@@ -11,8 +11,9 @@ knows nothing else about it. ``HILT_SERVE_BACKEND`` picks one:
   because the manager shares one random stream across requests and cannot honour a seed.
 - ``hf-serial``: the exact lane alone, ``model.generate`` one request at a time. What serve
   did before batching; kept as the baseline the benchmark compares against.
-- ``vllm``: not in this image (the vLLM wheel needs a CUDA machine); the name is reserved so
-  a GPU image can register it here.
+- ``vllm``: vLLM generates, in an engine process of its own (its own Python environment:
+  vLLM pins a transformers older than hilt's), fronted by this server as AWS's LMI containers
+  front theirs. See :mod:`hilt.serving.vllm_backend`.
 
 Every generation is bounded: by the model's context (longer inputs are refused or, when the
 request asks, truncated), by the invocation's wall-clock budget, by the client leaving and
@@ -37,8 +38,9 @@ BACKEND_ENV = "HILT_SERVE_BACKEND"
 BACKENDS = {
     "hf": "hilt.serving.backend:ContinuousBackend",
     "hf-serial": "hilt.serving.backend:SerialBackend",
+    "vllm": "hilt.serving.vllm_backend:VLLMBackend",
 }
-PLANNED_BACKENDS = {"vllm": "needs the vLLM wheel and a CUDA GPU; this image has neither (use hf)"}
+BACKEND_NAMES = tuple(BACKENDS)
 DEFAULT_BACKEND = "hf"
 # The paged KV cache of the continuous batch. On a GPU transformers sizes it from free memory;
 # on a CPU it would take most of the machine's RAM, so it gets a token budget instead.
@@ -51,8 +53,6 @@ POLL_SECONDS = 0.05
 def backend_class(name: str | None = None):
     """The backend class ``HILT_SERVE_BACKEND`` names (``hf`` unless set)."""
     name = name or os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND
-    if name in PLANNED_BACKENDS:
-        raise SystemExit(f"serve: {BACKEND_ENV}={name}: {PLANNED_BACKENDS[name]}")
     if name not in BACKENDS:
         raise SystemExit(f"serve: {BACKEND_ENV}={name!r} is not one of {', '.join(BACKENDS)}")
     module, attribute = BACKENDS[name].split(":")
@@ -137,23 +137,37 @@ class TextStream:
 
 
 class Backend:
-    """The model and tokenizer of /opt/ml/model, and what every backend shares."""
+    """The tokenizer and configs of /opt/ml/model, and what every backend shares: prompts are
+    rendered, limited and tokenized here, whatever engine generates."""
 
     name = "base"
+    # What GET /execution-parameters suggests to a batch transform: requests in flight at once.
+    concurrent_transforms = 4
 
     def __init__(self, model_dir):
-        from hilt.training.generation import load_model
-
-        self.model, self.tokenizer = load_model(model_dir, require_chat_template=False)
+        self.model_dir = model_dir
+        self.tokenizer, self.config, self.generation_config = self.load(model_dir)
         self.context = self._context_length()
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.shutdown = threading.Event()
         self.exact_lock = threading.Lock()
 
+    def load(self, model_dir):
+        """(tokenizer, model config, generation config); a backend that generates in this process
+        keeps the model as ``self.model``."""
+        from hilt.training.generation import load_model
+
+        self.model, tokenizer = load_model(model_dir, require_chat_template=False)
+        return tokenizer, self.model.config, self.model.generation_config
+
+    def failure(self) -> str | None:
+        """Why this backend can no longer generate (``/ping`` then answers 500), or None."""
+        return None
+
     def _context_length(self) -> int:
         """Tokens the model can attend over: its position limit (or the tokenizer's, if smaller)."""
-        config = self.model.config
+        config = self.config
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 4096
         tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < limit:
@@ -164,7 +178,7 @@ class Backend:
         """Every token that ends an answer: the tokenizer's EOS and the generation config's
         (Llama 3 lists <|eot_id|> and <|end_of_text|>)."""
         ids: set[int] = set()
-        config_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        config_eos = getattr(self.generation_config, "eos_token_id", None)
         for value in (self.tokenizer.eos_token_id, config_eos):
             if isinstance(value, int):
                 ids.add(value)
@@ -338,9 +352,10 @@ class SerialBackend(Backend):
     """One ``model.generate`` at a time: every request in the exact lane."""
 
     name = "hf-serial"
+    concurrent_transforms = 1  # one generation at a time: more in flight only queue
 
     def _tokens(self, ids, kwargs, deadline, events, text):
-        return _bounded(self._exact(ids, kwargs, deadline, events, text), deadline, events)
+        return bounded(self._exact(ids, kwargs, deadline, events, text), deadline, events)
 
 
 class ContinuousBackend(Backend):
@@ -390,6 +405,11 @@ class ContinuousBackend(Backend):
             if not self.manager.is_running():
                 raise RuntimeError("the continuous-batching manager stopped while warming up")
 
+    def failure(self) -> str | None:
+        if not self.shutdown.is_set() and not self.manager.is_running():
+            return "the continuous-batching manager stopped; restart the server"
+        return None
+
     @staticmethod
     def batchable(kwargs: dict) -> bool:
         """Greedy, no seed, no repetition penalty: what the batch honours exactly."""
@@ -407,8 +427,8 @@ class ContinuousBackend(Backend):
 
     def _tokens(self, ids, kwargs, deadline, events, text):
         if not self.batchable(kwargs):
-            return _bounded(self._exact(ids, kwargs, deadline, events, text), deadline, events)
-        return _bounded(self._batched(ids, kwargs, text), deadline, events)
+            return bounded(self._exact(ids, kwargs, deadline, events, text), deadline, events)
+        return bounded(self._batched(ids, kwargs, text), deadline, events)
 
     async def _batched(self, ids, kwargs, text) -> AsyncIterator[list[int]]:
         queue: asyncio.Queue = asyncio.Queue()
@@ -469,7 +489,7 @@ class _Paused:
         return False
 
 
-async def _bounded(tokens: AsyncIterator[list[int]], deadline: float | None,
+async def bounded(tokens: AsyncIterator[list[int]], deadline: float | None,
                    events: list[threading.Event]) -> AsyncIterator[list[int]]:
     """Pass the token lists through until the deadline passes or an event is set."""
     iterator = tokens.__aiter__()

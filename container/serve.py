@@ -122,10 +122,8 @@ def create_app(model_dir=None, metering_unit: str | None = None):
         batch = batch_settings()
         budget = env_number(BUDGET_ENV, DEFAULT_BATCH_BUDGET_SECONDS if batch["batch"] else DEFAULT_BUDGET_SECONDS)
         max_in_flight = env_number(MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT, kind=int)
-        # What GET /execution-parameters suggests: generation batches concurrent requests, so
-        # several in flight keep the batch full (one at a time for the serial backend).
-        concurrent_transforms = env_number(MAX_CONCURRENT_TRANSFORMS_ENV,
-                                           1 if backend_cls.name == "hf-serial" else 4, kind=int)
+        # What GET /execution-parameters suggests: as many requests in flight as the engine batches well.
+        concurrent_transforms = env_number(MAX_CONCURRENT_TRANSFORMS_ENV, backend_cls.concurrent_transforms, kind=int)
         capture = DataCapture.from_env()
     except UserError as err:
         raise SystemExit(f"serve: {err}") from None
@@ -153,8 +151,15 @@ def create_app(model_dir=None, metering_unit: str | None = None):
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
+    def engine_failure() -> str | None:
+        """Why the loaded engine cannot generate any more (SageMaker then replaces the instance)."""
+        return None if state["runner"] is None else state["runner"].failure()
+
     @app.get("/ping")
     def ping():
+        failure = engine_failure()
+        if failure is not None:
+            return error(500, failure)
         if state["runner"] is not None:
             # SageMaker reads only the status; the body says whether data capture is writing.
             return Response(status_code=200) if capture is None else JSONResponse(
@@ -170,6 +175,9 @@ def create_app(model_dir=None, metering_unit: str | None = None):
         runner = state["runner"]
         if runner is None:
             return error(503, state["error"] or "model is loading; retry when /ping answers 200")
+        failure = engine_failure()
+        if failure is not None:
+            return error(503, failure)
         limit = batch["max_payload_bytes"]
         # Read the body to the end (a client still sending when we answer gets a reset, not
         # the 413), but keep no more than the limit in memory.
@@ -245,7 +253,11 @@ def create_app(model_dir=None, metering_unit: str | None = None):
 
         watcher = asyncio.create_task(watch_disconnect())
         try:
-            generations = await asyncio.gather(*(one(ids, kwargs) for ids, kwargs in prepared))
+            try:
+                generations = await asyncio.gather(*(one(ids, kwargs) for ids, kwargs in prepared))
+            except Exception as err:  # noqa: BLE001  (the engine failed: say why, in the answer's shape)
+                print(f"[serve] generation failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+                return error(500, f"generation failed: {err}")
             if cancelled.is_set() and any(g.finish_reason == "cancelled" for g in generations):
                 return error(499, "client disconnected; generation cancelled")
             if any(g.finish_reason == "shutdown" for g in generations):  # a cut answer is not billed

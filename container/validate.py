@@ -30,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from hilt.serving.package import DEFAULT_MAX_UNPACKED_BYTES, extract_model_tar
+from hilt.serving.backend import BACKEND_ENV, BACKENDS
 from hilt.serving.contract import JSON, JSONLINES, MAX_BATCH_PAYLOAD_MB, METERING_DIMENSION, METERING_HEADER
 from hilt.core.errors import UserError
 from hilt.core.outputs import claim_output_dir, write_atomic
@@ -117,13 +118,14 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
                        ping_timeout: float = DEFAULT_START_SECONDS, request_timeout: float = DEFAULT_INVOCATION_SECONDS,
                        max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES, *, batch_strategy: str = "SingleRecord",
                        max_payload_mb: int = 6, max_concurrent_transforms: int = 1,
-                       require_manifest: bool = True, image: str | None = None) -> dict:
+                       require_manifest: bool = True, image: str | None = None, backend: str | None = None) -> dict:
     """Run the replay and return the report (also written to ``output_dir/validation-report.json``).
 
     ``require_manifest`` False accepts an archive SageMaker made of /opt/ml/model (no
     ``hilt-package.json`` to check files against). ``image`` runs ``serve`` inside that local
     image (``hilt.serving.image``) with the extracted tree mounted at /opt/ml, as SageMaker does,
-    instead of from this environment.
+    instead of from this environment. ``backend`` is ``serve``'s generation backend
+    (``HILT_SERVE_BACKEND``: hf, hf-serial or vllm; default: the environment's, else hf).
 
     The model is extracted into a temporary /opt/ml tree that is removed afterwards, also
     when the replay fails or is interrupted.
@@ -139,6 +141,8 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
         raise UserError(f"--batch-strategy {batch_strategy}: use SingleRecord or MultiRecord")
     if not 1 <= max_payload_mb <= MAX_BATCH_PAYLOAD_MB:
         raise UserError(f"--max-payload-mb {max_payload_mb}: SageMaker allows 1 to {MAX_BATCH_PAYLOAD_MB}")
+    if backend is not None and backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: use one of {', '.join(BACKENDS)}")
     if max_concurrent_transforms < 1:
         raise UserError(f"--max-concurrent-transforms {max_concurrent_transforms}: must be at least 1")
     if batch_strategy == "MultiRecord" and (split_type != "Line" or content_type != JSONLINES):
@@ -169,7 +173,7 @@ def validate_model_tar(model_tar: Path, input_file: Path, content_type: str, spl
         transform = {"BatchStrategy": batch_strategy, "MaxPayloadInMB": max_payload_mb,
                      "MaxConcurrentTransforms": max_concurrent_transforms}
         return _replay(base, package, model_tar, input_file, records, content_type, split_type, assemble_with,
-                       output_dir, ping_timeout, request_timeout, transform, image)
+                       output_dir, ping_timeout, request_timeout, transform, image, backend)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -180,7 +184,7 @@ def _is_validation_dir(folder: Path) -> bool:
 
 def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, records: list[bytes], content_type: str,
             split_type: str, assemble_with: str, output_dir: Path, ping_timeout: float,
-            request_timeout: float, transform: dict, image: str | None = None) -> dict:
+            request_timeout: float, transform: dict, image: str | None = None, backend: str | None = None) -> dict:
     """Serve the extracted model from ``base`` (inside ``image`` when given) and send it the transform's requests."""
     from hilt.serving.image import entry_command, stop_process
 
@@ -189,7 +193,8 @@ def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, record
     settings = {"SAGEMAKER_BIND_TO_PORT": str(port), "HILT_SERVE_HOST": "127.0.0.1", "SAGEMAKER_BATCH": "true",
                 "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(transform["MaxPayloadInMB"]),
                 "SAGEMAKER_BATCH_STRATEGY": "MULTI_RECORD" if strategy == "MultiRecord" else "SINGLE_RECORD",
-                "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": str(transform["MaxConcurrentTransforms"])}
+                "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": str(transform["MaxConcurrentTransforms"]),
+                **({BACKEND_ENV: backend} if backend else {})}
     log_path = output_dir / "serve.log"
     out_file = output_dir / f"{input_file.name}.out"
     out_file.unlink(missing_ok=True)  # an earlier run's answers must not pass for this run's

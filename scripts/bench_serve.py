@@ -1,16 +1,23 @@
 #!/usr/bin/env python
-"""Benchmark: `serve`'s batching backend vs its one-at-a-time path and a bare `generate` loop.
+"""Benchmark: `serve`'s generation backends, and the vLLM one against vLLM's own server.
 
-Same model, same prompts, same generation length, in one run. The bare loop is the
-single-request floor (no HTTP, no JSON, no threads). `serve` is measured with each
-backend (``HILT_SERVE_BACKEND=hf-serial``: one `generate` at a time, what serve did
-before batching; ``hf``: transformers' continuous batching) at client concurrency 1, 4, 8
-and 16: throughput, p50/p99 latency and errors. The metering header's overhead is timed
-directly (it is computed per request from the token counts).
+Two suites, each in one run (same model, prompts and generation length for every side):
 
-    .venv/bin/python scripts/bench_serve.py [--model DIR] [--requests 64] [--new-tokens 16]
+``--suite backends`` (default; a tiny Llama unless ``--model``): `serve`'s batching backend
+(``hf``: transformers' continuous batching) vs its one-at-a-time path (``hf-serial``) and a
+bare `generate` loop (no HTTP, no JSON, no threads), at client concurrency 1, 4, 8 and 16:
+throughput, p50/p99 latency and errors; the metering header's own cost is timed directly.
+Results: bench_results/serve.json.
 
-Results: bench_results/serve.json (and a table on stdout).
+``--suite engines`` (default: the real model, SmolLM2-135M-Instruct from scripts/setup): streamed
+chat requests, greedy, ``--new-tokens`` (48) at most, at concurrency 1, 8, 16 and 32, to `serve`
+with ``HILT_SERVE_BACKEND=hf``, to `serve` with ``HILT_SERVE_BACKEND=vllm``, and to vLLM's own
+OpenAI server (``vllm serve``, same engine settings) with no hilt in front: output tokens/s,
+p50/p99 latency, p50/p99 time to first token, errors. Results: bench_results/serve-engines.json.
+
+    .venv/bin/python scripts/bench_serve.py [--suite backends|engines] [--model DIR] [--requests N]
+
+Nothing else should run on the machine meanwhile (a second job bends ratios, not only rates).
 """
 
 from __future__ import annotations
@@ -121,11 +128,19 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model dir (default: a tiny Llama built here)")
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--out", default=str(ROOT / "bench_results" / "serve.json"))
+    parser.add_argument("--suite", choices=("backends", "engines"), default="backends")
+    parser.add_argument("--model", help="model dir (backends: a tiny Llama built here; engines: the real model)")
+    parser.add_argument("--requests", type=int, help="requests per concurrency (backends: 64; engines: 2x it, >= 8)")
+    parser.add_argument("--new-tokens", type=int, help="max new tokens per request (backends: 16; engines: 48)")
+    parser.add_argument("--out", help="results file (bench_results/serve.json or serve-engines.json)")
     args = parser.parse_args()
+    if args.suite == "engines":
+        from bench_serve_engines import engines_suite
+
+        return engines_suite(args)
+    args.requests = args.requests or 64
+    args.new_tokens = args.new_tokens or 16
+    args.out = args.out or str(ROOT / "bench_results" / "serve.json")
 
     from hilt.serving.contract import Generation, metering_header
 

@@ -38,7 +38,9 @@ def post(url, body, content_type="application/json", timeout=120):
         return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
 
 
-def start_server(model_dir: Path, base: Path, extra_env: dict | None = None):
+def start_server(model_dir: Path, base: Path, extra_env: dict | None = None, timeout: float = 120,
+                 log: Path | None = None):
+    """`serve` over ``base`` with its model linked in; its output on a pipe, or in ``log``."""
     (base / "model").parent.mkdir(parents=True, exist_ok=True)
     if not (base / "model").exists():
         (base / "model").symlink_to(model_dir, target_is_directory=True)
@@ -46,9 +48,9 @@ def start_server(model_dir: Path, base: Path, extra_env: dict | None = None):
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port), **(extra_env or {})}
     env.pop("HILT_SERVE_HOST", None)
     proc = subprocess.Popen([str(Path(sys.executable).parent / "serve")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log.open("w") if log else subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
@@ -56,7 +58,10 @@ def start_server(model_dir: Path, base: Path, extra_env: dict | None = None):
                     return proc, url
         except (urllib.error.URLError, OSError):
             pass
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            proc.kill()
+            output = log.read_text()[-5000:] if log else proc.stdout.read()
+            raise AssertionError(f"serve did not answer /ping within {timeout} s: {output}")
         time.sleep(0.3)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hilt.core.errors import UserError
 from hilt.serving.contract import HARDWARE, METERING_UNITS
+from hilt.serving.backend import BACKENDS
 from hilt.serving.validate import BATCH_STRATEGIES, DEFAULT_START_SECONDS
 
 
@@ -35,7 +36,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                                 ping_timeout=args.start_timeout,
                                 max_unpacked_bytes=int(args.max_unpacked_gb * 1024**3),
                                 batch_strategy=args.batch_strategy, max_payload_mb=args.max_payload_mb,
-                                max_concurrent_transforms=args.max_concurrent_transforms, image=args.image)
+                                max_concurrent_transforms=args.max_concurrent_transforms, image=args.image,
+                                backend=args.backend)
     verdict = "PASSED" if report["passed"] else "FAILED"
     print(f"validation {verdict}: {report['records']} records, output {report.get('output_file')}, "
           f"latency {report.get('latency_ms')}, report {report['report_file']}")
@@ -221,6 +223,9 @@ def register(sub) -> None:
                    help="refuse an archive whose files add up to more than this, before extracting (256)")
     p.add_argument("--image", help="run `serve` inside this local image (e.g. hilt-serve, from scripts/build-images) "
                    "with the model mounted at /opt/ml, as SageMaker does, instead of from this environment")
+    p.add_argument("--backend", choices=list(BACKENDS),
+                   help="serve's generation backend (HILT_SERVE_BACKEND; default hf): vllm replays the validation "
+                   "with vLLM generating")
     p.add_argument("--train-image", help="with --algorithm: run the training job inside this local image "
                    "(e.g. hilt-train) with its /opt/ml tree mounted")
     p.set_defaults(func=_cmd_validate)

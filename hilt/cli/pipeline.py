@@ -41,7 +41,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hilt.flows.demo import run_demo
 
-    return run_demo(Path(args.workdir) if args.workdir else None, model=args.model)
+    return run_demo(Path(args.workdir) if args.workdir else None, model=args.model, backend=args.backend)
 
 
 def register(sub) -> None:
@@ -93,6 +93,7 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_watch)
 
     from hilt.flows.demo import DEMO_MODELS
+    from hilt.serving.backend import BACKEND_NAMES
 
     p = sub.add_parser(
         "demo",
@@ -107,4 +108,7 @@ def register(sub) -> None:
     p.add_argument(
         "--workdir", help="where the demo keeps its files (.hilt-demo for real, .hilt-demo-tiny for tiny)"
     )
+    p.add_argument("--backend", choices=list(BACKEND_NAMES),
+                   help="serve's generation backend for the validation replay and the served model "
+                   "(HILT_SERVE_BACKEND; default hf): vllm needs .venv-vllm (scripts/setup)")
     p.set_defaults(func=_cmd_demo)

@@ -153,7 +153,7 @@ def _side_by_side(run, folder: Path, state: dict, demo: DemoModel) -> dict:
     return {"project": project, "win_rate": report.get("win_rate")}
 
 
-def demo_pipeline(project: int, demo: DemoModel) -> dict:
+def demo_pipeline(project: int, demo: DemoModel, backend: str | None = None) -> dict:
     """The pipeline the demo runs (also written to WORKDIR/pipeline.yaml, for `hilt pipeline run`)."""
     return {
         "name": "hilt-demo",
@@ -162,7 +162,8 @@ def demo_pipeline(project: int, demo: DemoModel) -> dict:
         "export": {"validation_fraction": VALIDATION_FRACTION},
         "train": {"recipe": demo.recipe, "model": "base-model", "set": dict(demo.overrides)},
         "evaluate": {"gates": list(demo.gates), "max_new_tokens": demo.answer_tokens},
-        "package": {"validation_records": 10, "max_new_tokens": demo.answer_tokens},
+        "package": {"validation_records": 10, "max_new_tokens": demo.answer_tokens,
+                    **({"backend": backend} if backend else {})},
         "request": {"name": "hilt-demo-assistant", "image": DEMO_IMAGE, "role": DEMO_ROLE,
                     "s3": f"{DEMO_BUCKET}/packages"},
     }
@@ -202,12 +203,14 @@ def _link_real_model(source: Path, target: Path) -> str:
     return "linked"
 
 
-def run_demo(workdir: Path | None = None, model: str = "real") -> int:
+def run_demo(workdir: Path | None = None, model: str = "real", backend: str | None = None) -> int:
     """Run the main job end to end and print a summary table.
 
     Args:
         workdir: folder for the demo's files; reused across runs (default per model).
         model: "real" (SmolLM2-135M-Instruct, imported by scripts/setup) or "tiny".
+        backend: ``serve``'s generation backend for the validation replay and the served model
+            (``HILT_SERVE_BACKEND``: hf, hf-serial or vllm; default: the environment's, else hf).
 
     Returns:
         The process exit code (0 on success).
@@ -268,7 +271,7 @@ def run_demo(workdir: Path | None = None, model: str = "real") -> int:
 
     from hilt.flows.pipeline import RUN_FILE, STEPS, Pipeline, Step, run_steps, with_step
 
-    definition = demo_pipeline(progress["project"], demo)
+    definition = demo_pipeline(progress["project"], demo, backend)
     write_atomic(workdir / "pipeline.yaml", "# What `hilt demo` runs; rerun it with `hilt pipeline run` "
                  "(LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY set to the demo's Label Studio).\n"
                  + yaml.safe_dump(definition, sort_keys=False))
@@ -314,14 +317,15 @@ def run_demo(workdir: Path | None = None, model: str = "real") -> int:
     #    data capture, traffic that drifts, the drift report, and stand-in reviewers correcting the
     #    flagged answers into the next dataset version.
     if "monitor_rows" not in progress:
-        progress["monitor_rows"] = _watch_deployment(workdir, model_dir, data_dir, state)
+        progress["monitor_rows"] = _watch_deployment(workdir, model_dir, data_dir, state, backend)
         save_progress()
     rows += [tuple(row) for row in progress["monitor_rows"]]
     _print_summary(rows, started, state, workdir)
     return 0
 
 
-def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dict) -> list[tuple[str, str]]:
+def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dict,
+                      backend: str | None = None) -> list[tuple[str, str]]:
     """Serve the tuned model with capture on, send traffic that drifts, report the drift, and have
     stand-in reviewers correct the flagged answers; the corrections become a dataset version.
 
@@ -330,6 +334,7 @@ def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dic
     """
     import urllib.request
 
+    from hilt.serving.backend import BACKEND_ENV
     from hilt.serving.process import start_serve, wait_ready
     from hilt.labeling.client import StudioClient
     from hilt.labeling.dataset import export_to_dataset
@@ -346,7 +351,8 @@ def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dic
     if not (base / "model").exists():
         (base / "model").symlink_to(model_dir.resolve(), target_is_directory=True)
     server, url = start_serve(base, _port(8090), {"HILT_DATA_CAPTURE_DIR": str(capture_dir),
-                                                   "HILT_ENDPOINT_NAME": "hilt-demo-assistant"})
+                                                   "HILT_ENDPOINT_NAME": "hilt-demo-assistant",
+                                                   **({BACKEND_ENV: backend} if backend else {})})
     traffic = scenario_prompts(24, seed=11) + drifting_prompts(12)
     print(f"[demo] serving the tuned model with data capture on ({capture_dir}); sending {len(traffic)} requests, "
           "the last ones on topics it was not trained for")

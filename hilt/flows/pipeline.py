@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hilt.serving.backend import BACKEND_NAMES
 from hilt.labeling.export import RANK_POLICIES, SFT_POLICIES
 from hilt.labeling.templates import TEMPLATE_NAMES
 from hilt.core.aws import APPROVAL_STATUSES
@@ -102,6 +103,9 @@ class EvaluateSection(_Section):
 class PackageSection(_Section):
     validation_records: int = Field(10, ge=1, description="Held-out prompts replayed through `serve`.")
     max_new_tokens: int = Field(48, ge=1)
+    backend: Literal[BACKEND_NAMES] | None = Field(
+        None, description="`serve`'s generation backend in the replay (HILT_SERVE_BACKEND; default: the "
+        "environment's, else hf).")
 
 
 class RequestSection(_Section):
@@ -458,7 +462,7 @@ def _validate(run: Run, folder: Path) -> dict:
     source = write_validation_input([r["prompt"] for r in records[: run.p.package.validation_records]],
                                     folder / "validation-input.jsonl", run.p.package.max_new_tokens)
     report = validate_model_tar(Path(run.outputs["package"]["model_tar"]), source, "application/jsonlines", "Line",
-                                "Line", folder / "report")
+                                "Line", folder / "report", backend=run.p.package.backend)
     return {"passed": report["passed"], "failures": report["failures"], "input": str(source),
             "report": str(folder / "report" / "validation-report.json")}
 
