@@ -267,3 +267,28 @@ def test_build_images_refuses_what_it_cannot_do(tmp_path):
         result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script)],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and "need root" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_serve_with_vllm_runs_inside_its_image(real_model_dir, tmp_path):
+    """hilt-serve-vllm (scripts/build-images --vllm): serve in front, vLLM from /opt/vllm generating,
+    as an unprivileged user over /opt/ml/model; both schemas, streaming and the metering header."""
+    from hilt.serving.image import image_exists
+
+    if shutil.which("buildah") is None or not image_exists("hilt-serve-vllm:latest"):
+        pytest.skip("hilt-serve-vllm is built by `scripts/build-images --vllm` (3.5 GB more; CI builds only "
+                    "hilt-serve and hilt-train)")
+    with serving("hilt-serve-vllm:latest", real_model_dir, tmp_path, VLLM_CPU_KVCACHE_SPACE="1") as (url, log):
+        answers = {}
+        for name, body in (("generate", {"inputs": "What is the capital of France?",
+                                         "parameters": {"max_new_tokens": 16}}),
+                           ("chat", {"messages": [{"role": "user", "content": "What is the capital of France?"}],
+                                     "max_tokens": 16})):
+            request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"}, method="POST")
+            with urllib.request.urlopen(request, timeout=120) as response:
+                answers[name] = (json.loads(response.headers["X-Amzn-Inference-Metering"]), json.loads(response.read()))
+    assert "Paris" in answers["generate"][1]["generated_text"]
+    assert answers["chat"][1]["choices"][0]["message"]["content"] == answers["generate"][1]["generated_text"]
+    assert all(metering["ConsumedUnits"] >= 1 for metering, _ in answers.values())
+    assert any("model loaded from /opt/ml/model (backend vllm)" in line for line in log), log[-20:]
