@@ -122,9 +122,14 @@ class VLLMBackend(Backend):
 
     def command(self) -> list[str]:
         dtype = "auto" if on_gpu() else "float32"  # float32 on a CPU, as the hf backend loads it there
+        try:
+            extra = shlex.split(os.environ.get(ARGS_ENV, ""))
+        except ValueError as err:
+            raise UserError(f"{ARGS_ENV}={os.environ[ARGS_ENV]!r}: {err}; write it as shell words, e.g. "
+                            "'--tensor-parallel-size 4'") from None
         return [str(vllm_python()), str(ENGINE_SCRIPT), "--model", str(Path(self.model_dir).resolve()),
                 "--served-model-name", SERVED_NAME, "--uds", str(self.socket), "--max-model-len", str(self.context),
-                "--dtype", dtype, "--disable-uvicorn-access-log", *shlex.split(os.environ.get(ARGS_ENV, ""))]
+                "--dtype", dtype, "--disable-uvicorn-access-log", *extra]
 
     def _start(self) -> subprocess.Popen:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",

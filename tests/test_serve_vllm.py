@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import urllib.error
@@ -37,6 +38,14 @@ def test_the_vllm_backend_is_registered_and_says_where_its_engine_is_missing(mon
     monkeypatch.setenv("HILT_VLLM_PYTHON", str(tmp_path / "nothing"))
     with pytest.raises(UserError, match="HILT_VLLM_PYTHON=.*not an executable"):
         vllm_backend.vllm_python()
+    monkeypatch.setenv("HILT_VLLM_PYTHON", sys.executable)
+    monkeypatch.setenv("HILT_VLLM_ARGS", "--tensor-parallel-size '4")
+    backend = vllm_backend.VLLMBackend.__new__(vllm_backend.VLLMBackend)
+    backend.model_dir, backend.context, backend.socket = tmp_path, 2048, tmp_path / "s"
+    with pytest.raises(UserError, match="HILT_VLLM_ARGS=.*No closing quotation"):
+        backend.command()
+    monkeypatch.setenv("HILT_VLLM_ARGS", "--tensor-parallel-size 4")
+    assert backend.command()[-2:] == ["--tensor-parallel-size", "4"]
 
 
 def test_request_options_map_to_vllms_sampling_parameters():
