@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 from hilt.serving.package import DEFAULT_MAX_UNPACKED_BYTES, extract_model_tar
 from hilt.serving.backend import BACKEND_ENV, BACKENDS
 from hilt.serving.contract import JSON, JSONLINES, MAX_BATCH_PAYLOAD_MB, METERING_DIMENSION, METERING_HEADER
+from hilt.core.net import free_port
 from hilt.core.errors import UserError
 from hilt.core.outputs import claim_output_dir, write_atomic
 
@@ -59,12 +59,6 @@ def mini_batches(records: list[bytes], strategy: str, max_payload_bytes: int) ->
             batches.append([record])
             size = cost
     return batches
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(url: str, body: bytes, content_type: str, timeout: float) -> tuple[int, dict, bytes, float]:
@@ -188,7 +182,7 @@ def _replay(base: Path, package: dict, model_tar: Path, input_file: Path, record
     """Serve the extracted model from ``base`` (inside ``image`` when given) and send it the transform's requests."""
     from hilt.serving.image import entry_command, stop_process
 
-    port = _free_port()
+    port = free_port()
     strategy = transform["BatchStrategy"]
     settings = {"SAGEMAKER_BIND_TO_PORT": str(port), "HILT_SERVE_HOST": "127.0.0.1", "SAGEMAKER_BATCH": "true",
                 "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(transform["MaxPayloadInMB"]),

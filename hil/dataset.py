@@ -13,6 +13,7 @@ knows what is already out, across runs and server restarts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -107,8 +108,7 @@ def build_files(result: ExportResult, source: dict, options: ExportOptions) -> t
         "format": FORMAT,
         "template": result.kind,
         "source": source,
-        "options": {"policy": options.policy, "validation_fraction": options.validation_fraction,
-                    "max_chars": options.max_chars, "scrub_pii": options.scrub_pii},
+        "options": dataclasses.asdict(options),  # every option, since each can change the records
         "counts": result.counts,
         "extra_records": {name: {split: len(sets[split]) for split in SPLITS} for name, sets in result.extra.items()
                           if any(sets.values())},

@@ -191,10 +191,17 @@ def test_files_are_byte_identical_and_manifest_hashes(tmp_path):
 
     for rel, digest in manifest["files"].items():
         assert hashlib.sha256((out_a / rel).read_bytes()).hexdigest() == digest
+    # Provenance: every option that can change the records is in the manifest.
+    import dataclasses
+
+    options = ExportOptions(rank_policy="all-pairs", rating_threshold=3.5)
+    _, manifest = export_to_dataset(tasks, SFT, options, source, tmp_path / "c")
+    assert manifest["options"] == dataclasses.asdict(options)
+    assert {"rank_policy": "all-pairs", "rating_threshold": 3.5}.items() <= manifest["options"].items()
     # Re-running over an existing export replaces it whole.
     export_to_dataset(tasks[:5], SFT, ExportOptions(), source, tmp_path / "a")
     assert json.loads((out_a / "manifest.json").read_text())["counts"]["annotations"] == 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):

@@ -151,6 +151,19 @@ def test_bad_pipeline_file_is_one_line(hilt_exe, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_boolean_where_a_number_belongs_is_refused(tmp_path):
+    """pydantic's lax mode reads `true` as 1: `validation_records: true` would replay one prompt."""
+    from hilt.core.errors import UserError
+    from hilt.flows.pipeline import load_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "source": {"project": 1}, "train": {"recipe": "quickstart-tiny-sft"},
+                                    "package": {"validation_records": True},
+                                    "request": {"name": "n", "image": "i", "role": "r", "s3": "s3://b"}}))
+    with pytest.raises(UserError, match="package.validation_records: .*expected a number, got a boolean"):
+        load_pipeline(path)
+
+
 @pytest.mark.studio
 def test_watch_runs_after_n_webhooks_from_label_studio(hilt_exe, studio, warm_base_dir, tmp_path):
     from hilt.labeling.client import StudioClient

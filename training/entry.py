@@ -20,13 +20,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import traceback
 from pathlib import Path
 
 from hilt.core.env import env_number
+from hilt.core.net import free_port
 from hilt.core.errors import EXIT_USER_ERROR, UserError
 from hilt.core.layout import require_model_dir
 from hilt.training.job import Job, read_job, write_failure
@@ -44,18 +44,12 @@ def run_worker(job: Job) -> int:
     return EXIT_STOPPED if outcome.stopped_early else 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun_command(job: Job) -> list[str]:
     """The torchrun command for this host: one node per SageMaker host, the first host leads."""
     single_host = len(job.hosts.hosts) == 1
     master = "127.0.0.1" if single_host else job.hosts.master
     port = env_number("HILT_MASTER_PORT", None, kind=int, high=65535) \
-        or (_free_port() if single_host else DEFAULT_MASTER_PORT)
+        or (free_port() if single_host else DEFAULT_MASTER_PORT)
     return [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={job.processes_per_host}",

@@ -265,7 +265,6 @@ FORMATS: tuple[RecordFormat, ...] = (
     RecordFormat("prompt-completion", "sft", "prompt/completion", lambda r, c: _is_prompt_completion(r),
                  _from_prompt_completion),
 )
-FORMAT_NAMES = tuple(f.name for f in FORMATS)
 
 
 def accepted_formats(kind: str | None = None) -> str:

@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import typing
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from hilt.core.config import describe_error, read_yaml_mapping
+from hilt.training.tracking import REPORT_TO
+from hilt.core.config import StrictSection, describe_error, read_yaml_mapping
 from hilt.core.errors import UserError
 from hilt.training.methods import METHODS
 
@@ -33,19 +33,7 @@ RECIPES_DIR_ENV = "HILT_RECIPES_DIR"
 BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic's lax mode reads true as 1: `--set train.max_steps=true` would run one step.
-        if isinstance(value, bool):
-            annotation = cls.model_fields[info.field_name].annotation
-            kinds = set(typing.get_args(annotation)) or {annotation}
-            if bool not in kinds and kinds & {int, float}:
-                raise ValueError("expected a number, got a boolean")
-        return value
+_Section = StrictSection
 
 
 class ModelSection(_Section):
@@ -122,7 +110,7 @@ class TrainSection(_Section):
         200, ge=1, description="Save a resumable checkpoint to /opt/ml/checkpoints every N steps."
     )
     checkpoint_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
-    report_to: Literal["auto", "none", "tensorboard", "mlflow", "tensorboard+mlflow"] = Field(
+    report_to: Literal[REPORT_TO] = Field(
         "auto", description="Experiment tracking: auto = TensorBoard events in /opt/ml/output/tensorboard, plus "
         "MLflow when MLFLOW_TRACKING_URI is set; none = off.")
 

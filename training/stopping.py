@@ -88,10 +88,6 @@ def seconds_left() -> float:
     return GRACE_SECONDS - (time.monotonic() - _state.requested_at)
 
 
-def current_phase() -> str:
-    return _state.phase
-
-
 def enter(phase: str) -> None:
     """Mark the start of ``phase``; a stop already asked for ends the job here."""
     _state.phase = phase

@@ -25,7 +25,7 @@ from hilt.core.errors import UserError
 
 TENSORBOARD_DIR = "tensorboard"  # under /opt/ml/output: SageMaker's default TensorBoardOutputConfig.LocalPath
 RUN_FILE = "mlflow-run.json"  # under /opt/ml/output/data: the MLflow run of this job
-REPORT_TO = ("auto", "none", "tensorboard", "mlflow", "tensorboard+mlflow")
+REPORT_TO = ("auto", "none", "tensorboard", "mlflow", "tensorboard+mlflow")  # a recipe's train.report_to
 
 
 def destinations(report_to: str) -> list[str]:

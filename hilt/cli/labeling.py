@@ -204,7 +204,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="compare", help="folder for the blinding mapping (compare/)")
     p.set_defaults(func=_cmd_label_compare)
 
-    from hilt.labeling.export import RANK_POLICIES, SFT_POLICIES  # light: no Label Studio or torch import
+    from hilt.labeling.export import RANK_POLICIES, SFT_POLICIES, ExportOptions  # light: no Label Studio or torch
+
+    defaults = ExportOptions()  # one source: the same defaults as the pipeline's export section
 
     def add_source_flags(p):
         p.add_argument("--project", type=int, help="Label Studio project id (live server)")
@@ -213,17 +215,20 @@ def register(sub) -> None:
                        help="the project's template (required with --from-file; checked with --project)")
         p.add_argument("--label-config", help="with --from-file: the project's labeling config XML, to "
                        "check every result's control against it")
-        p.add_argument("--policy", choices=SFT_POLICIES, default="distinct",
+        p.add_argument("--policy", choices=SFT_POLICIES, default=defaults.policy,
                        help="SFT tasks with several answers: keep each distinct one (default), all, the latest, "
                        "or the ground-truth one first")
-        p.add_argument("--validation-fraction", type=float, default=0.1, help="share of tasks held out (0.1)")
-        p.add_argument("--max-chars", type=_positive_int, default=20000, help="longer answers are rejected (20000)")
+        p.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
+                       help=f"share of tasks held out ({defaults.validation_fraction})")
+        p.add_argument("--max-chars", type=_positive_int, default=defaults.max_chars,
+                       help=f"longer answers are rejected ({defaults.max_chars})")
         p.add_argument("--scrub-pii", action="store_true", help="replace emails and phone numbers; count them")
-        p.add_argument("--rank-policy", choices=RANK_POLICIES, default="best-vs-rest",
+        p.add_argument("--rank-policy", choices=RANK_POLICIES, default=defaults.rank_policy,
                        help="rank template: which pairs a ranking gives: the best over each other answer (default), "
                        "every ordered pair, or each answer over the next")
-        p.add_argument("--rating-threshold", type=float, default=4.0,
-                       help="rate template: a mean rating at or above it makes a desirable KTO answer (4)")
+        p.add_argument("--rating-threshold", type=float, default=defaults.rating_threshold,
+                       help=f"rate template: a mean rating at or above it makes a desirable KTO answer "
+                       f"({defaults.rating_threshold:g})")
 
     p = sub.add_parser(
         "export", help="Label Studio annotations -> versioned SFT / preference dataset",

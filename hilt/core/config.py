@@ -7,9 +7,29 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+import typing
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from hilt.core.errors import UserError
+
+
+class StrictSection(BaseModel):
+    """A section of a YAML file hilt reads (a recipe, a pipeline): unknown keys are refused, and
+    a boolean is refused where a number belongs (pydantic's lax mode reads ``true`` as 1:
+    ``--set train.max_steps=true`` would run one step)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = set(typing.get_args(annotation)) or {annotation}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("expected a number, got a boolean")
+        return value
 
 
 def read_yaml_mapping(path: Path, kind: str) -> dict:

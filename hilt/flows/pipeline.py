@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from hilt.serving.backend import BACKEND_NAMES
-from hilt.labeling.export import RANK_POLICIES, SFT_POLICIES
+from hilt.labeling.export import RANK_POLICIES, SFT_POLICIES, ExportOptions
 from hilt.labeling.templates import TEMPLATE_NAMES
 from hilt.core.aws import APPROVAL_STATUSES
 from hilt.core.errors import UserError
-from hilt.core.config import describe_error, read_yaml_mapping
+from hilt.core.config import StrictSection, describe_error, read_yaml_mapping
 from hilt.core.outputs import claim_output_dir, json_with_keys
 from hilt.serving.contract import HARDWARE, METERING_UNITS
 from hilt.training.recipe import TASK_METRICS
@@ -44,8 +44,7 @@ STEP_FILE = "step.json"
 RUN_FILE = "last-run.json"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Section = StrictSection
 
 
 class SourceSection(_Section):
@@ -56,15 +55,18 @@ class SourceSection(_Section):
                                               "the kind the recipe's method trains on).")
 
 
+_EXPORT = ExportOptions()  # one source: the same defaults as `hilt label export`
+
+
 class ExportSection(_Section):
-    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    policy: Literal[SFT_POLICIES] = "distinct"
-    max_chars: int = Field(20000, ge=1)
-    scrub_pii: bool = False
-    rank_policy: Literal[RANK_POLICIES] = Field("best-vs-rest", description="rank template: which pairs a ranking "
-                                                "gives (best-vs-rest, all-pairs, adjacent).")
-    rating_threshold: float = Field(4.0, description="rate template: the mean rating that makes an answer "
-                                    "desirable (KTO).")
+    validation_fraction: float = Field(_EXPORT.validation_fraction, ge=0.0, lt=1.0)
+    policy: Literal[SFT_POLICIES] = _EXPORT.policy
+    max_chars: int = Field(_EXPORT.max_chars, ge=1)
+    scrub_pii: bool = _EXPORT.scrub_pii
+    rank_policy: Literal[RANK_POLICIES] = Field(_EXPORT.rank_policy, description="rank template: which pairs a "
+                                                "ranking gives (best-vs-rest, all-pairs, adjacent).")
+    rating_threshold: float = Field(_EXPORT.rating_threshold, description="rate template: the mean rating that "
+                                    "makes an answer desirable (KTO).")
 
 
 class SageMakerSection(_Section):

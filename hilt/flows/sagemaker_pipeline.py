@@ -46,8 +46,6 @@ from typing import Any
 
 from hilt.core.errors import UserError
 
-PIPELINE_PARAMETERS = ("DatasetS3Uri", "BaseModelS3Uri", "TrainingInstanceType", "TrainingInstanceCount",
-                       "EvaluationInstanceType", "ModelApprovalStatus")
 STEP_NAMES = {"train": "Train", "evaluate": "Evaluate", "gates": "CheckGates", "register": "Register",
               "failed": "GateFailed"}
 PROCESSING = "/opt/ml/processing"
