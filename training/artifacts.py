@@ -32,7 +32,7 @@ from hilt.training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
 
 MERGE_STAGING = ".merged.tmp"  # inside /opt/ml/model: the merge is written here, then moved in
 CARD_FILE = "README.md"
-PLOT_FILE = "loss_curve.png"
+LOSS_PLOT_FILE = "loss_curve.png"
 _VERSIONED = ("hilt", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed")
 
 
@@ -208,7 +208,7 @@ human-labelled data collected in Label Studio and exported by `hilt export`.
 | precision | {manifest['precision']} |
 | seed | {r.train.seed} |
 
-![loss curve]({PLOT_FILE})
+![loss curve]({LOSS_PLOT_FILE})
 
 ## Metrics
 
@@ -332,7 +332,7 @@ def finish_model_dir(job: Job) -> dict:
         manifest["evaluation"] = evaluation
     with stopping.protected("write"):
         write_manifest(model_dir, manifest)
-        plot_loss(history, model_dir / PLOT_FILE)
+        plot_loss(history, model_dir / LOSS_PLOT_FILE)
         write_model_card(job, manifest, model_dir / CARD_FILE)
     return manifest
 
@@ -369,7 +369,7 @@ def finish_partial_model_dir(job: Job, phase: str) -> dict:
         model_dir.mkdir(parents=True, exist_ok=True)
         write_manifest(model_dir, manifest)
         if history:
-            plot_loss(history, model_dir / PLOT_FILE)
+            plot_loss(history, model_dir / LOSS_PLOT_FILE)
         left = ("adapter + merged weights" if merged else "adapter") if adapter else "weights"
         print(f"[hilt] partial model in {model_dir}: stopped in {phase} at step {step}; "
               f"{left if weights else 'no weights'}; hilt.json marks it partial", flush=True)

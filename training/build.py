@@ -1,4 +1,4 @@
-"""Plain functions the SFT and DPO trainers share: hardware choices, model, adapter, args.
+"""Plain functions the SFT, DPO and KTO trainers share: hardware choices, model, adapter, args.
 
 Hardware decides precision, attention kernel and the distributed backend; the recipe
 says "auto" and this module turns "auto" into what the machine has (bf16 and flash

@@ -47,7 +47,7 @@ from hilt.training.recipe import TASK_METRICS
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"
 REPORT_FILE = "report.md"
-PLOT_FILE = "metrics.png"
+METRICS_PLOT_FILE = "metrics.png"
 METRICS = ("loss", "perplexity", *TASK_METRICS)
 GATE_METRICS = (*METRICS, *GENERAL_METRICS)
 CARD_SECTION = "general-skills"
@@ -301,7 +301,7 @@ def write_report(result: dict, samples: list[dict], out: Path) -> None:
              f"{result['data']['records']} held-out records from `{result['data']['path']}` "
              f"(sha256 `{result['data']['sha256'][:16]}…`). Task metric: **{result['task_metric']}**.", "",
              *_metric_table({n: models[n]["metrics"] for n in names}, METRICS, result.get("deltas")),
-             "", f"![metrics]({PLOT_FILE})", ""]
+             "", f"![metrics]({METRICS_PLOT_FILE})", ""]
     if "general" in result:
         lines += _general_section(result["general"])
     if result["gates"]:
@@ -440,7 +440,7 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
         result["human_side_by_side"] = previous["human_side_by_side"]
     eval_file.write_text(json.dumps(result, indent=2) + "\n")
     (out / SAMPLES_FILE).write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-    plot_metrics(result, out / PLOT_FILE)
+    plot_metrics(result, out / METRICS_PLOT_FILE)
     write_report(result, samples, out / REPORT_FILE)
     if general_items:
         _write_general_to_model(Path(model_dir), result["general"])

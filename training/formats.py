@@ -1,4 +1,4 @@
-"""The dataset formats buyers bring, detected per file and read into hilt's two record kinds.
+"""The dataset formats buyers bring, detected per file and read into hilt's record kinds (SFT, preference, KTO).
 
 A channel may hold any of these, one format per file (``*.jsonl``, or ``*.json`` holding
 an array of records):

@@ -129,7 +129,7 @@ def log_finished_model(job, manifest: dict) -> str | None:
     from mlflow.tracking import MlflowClient
 
     from hilt.core.layout import MANIFEST_FILE
-    from hilt.training.artifacts import CARD_FILE, PLOT_FILE
+    from hilt.training.artifacts import CARD_FILE, LOSS_PLOT_FILE
 
     run_id = json.loads(run_file.read_text())["run_id"]
     client = MlflowClient()
@@ -149,7 +149,7 @@ def log_finished_model(job, manifest: dict) -> str | None:
         client.log_batch(run_id, params=fresh[start:start + 100], metrics=metrics if start == 0 else [],
                          tags=tags if start == 0 else [])
     model_dir = job.opt_ml.model_dir
-    for name in (CARD_FILE, PLOT_FILE, MANIFEST_FILE):
+    for name in (CARD_FILE, LOSS_PLOT_FILE, MANIFEST_FILE):
         if (model_dir / name).is_file():
             client.log_artifact(run_id, str(model_dir / name))
     print(f"[hilt] MLflow run {run_id}: recipe, dataset sha256, evaluation and model card logged", flush=True)

@@ -1,4 +1,5 @@
-"""What a worker leaves behind after ``trainer.train()``: weights and the log history."""
+"""A worker's training run: build the method's trainer, run ``trainer.train()`` (resuming from the newest
+complete checkpoint), and save what it leaves behind: weights and the log history."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
 
 
 def train_and_save(job: Job, trainer, tokenizer, stopper) -> TrainOutcome:
-    """Train (resuming from the newest complete checkpoint) and save: SFT and DPO alike."""
+    """Train (resuming from the newest complete checkpoint) and save: SFT, DPO and KTO alike."""
     from hilt.training.build import describe_backend
     from hilt.training.callbacks import latest_checkpoint
 
