@@ -28,7 +28,7 @@ from typing import Any
 
 from hilt.core.errors import UserError
 from hilt.core.layout import MANIFEST_FILE
-from hilt.training.artifacts import upsert_section
+from hilt.core.layout import upsert_section
 
 MAPPING_VERSION = 1
 SECTION = "human-side-by-side"
@@ -55,7 +55,7 @@ def blind_pairs(rows: list[dict], candidate: list[str], baseline: list[str], see
         (tasks for the preference template, {pair_id: {"candidate": "answer1"|"answer2"} or
         {"identical": True}}).
     """
-    from hilt.training.evaluate import normalize_answer
+    from hilt.training.scoring import normalize_answer
 
     tasks, pairs = [], {}
     for index, (row, cand, base) in enumerate(zip(rows, candidate, baseline, strict=True)):

@@ -15,8 +15,9 @@ import pytest
 from conftest import run_hilt
 from hilt.core.errors import UserError
 from hilt.labeling.compare import blind_pairs, compare_report, wilson_interval, winner_of
-from hilt.training.artifacts import upsert_section
-from hilt.training.evaluate import exact_match, parse_gate, rouge_l
+from hilt.core.layout import upsert_section
+from hilt.training.evaluate import parse_gate
+from hilt.training.scoring import exact_match, rouge_l
 
 # ---------------------------------------------------------------- text metrics and gates
 

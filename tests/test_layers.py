@@ -33,3 +33,48 @@ def test_every_module_is_in_a_layer_and_no_bare_stage_package_is_installed():
             "hilt.flows.pipeline", "hilt.cli"} <= graph.modules
     # The design's folders are import names only under hilt: hilt is the one top-level package.
     assert importlib.metadata.distribution("hilt").read_text("top_level.txt").split() == ["hilt"]
+
+
+def cycles_within_stages() -> list[list[str]]:
+    """Import cycles among the modules of one stage (hilt.training, hilt.serving, ...), imports inside
+    functions included: a cycle closed by a function-level import is a cycle all the same."""
+    import grimp
+
+    graph = grimp.build_graph("hilt")
+    found = []
+    for stage in sorted(m for m in graph.modules if m.count(".") == 1):
+        members = {m for m in graph.modules if m.startswith(stage + ".")}
+        edges = {m: sorted(graph.find_modules_directly_imported_by(m) & members) for m in members}
+        # Tarjan's strongly connected components: any with more than one module is a cycle.
+        index, low, stack, on_stack, counter = {}, {}, [], set(), [0]
+
+        def visit(node: str) -> None:
+            index[node] = low[node] = counter[0]
+            counter[0] += 1
+            stack.append(node)
+            on_stack.add(node)
+            for target in edges[node]:
+                if target not in index:
+                    visit(target)
+                    low[node] = min(low[node], low[target])
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+
+        for module in sorted(members):
+            if module not in index:
+                visit(module)
+    return found
+
+
+def test_no_import_cycle_inside_a_stage():
+    assert cycles_within_stages() == []

@@ -114,7 +114,7 @@ def test_merged_model_answers_as_the_adapter_does(real_sft, real_model_dir):
     adapted = PeftModel.from_pretrained(base, model_dir / "adapter").eval()
     assert generate_answers(adapted, tokenizer, prompts, 32) == merged
     # And it learned the firm's answers, which the base does not know: closer to what the annotators wrote.
-    from hilt.training.evaluate import rouge_l
+    from hilt.training.scoring import rouge_l
 
     with adapted.disable_adapter():
         before = generate_answers(adapted, tokenizer, prompts, 32)

@@ -21,18 +21,15 @@ import os
 import platform
 from pathlib import Path
 from typing import Any
-from hilt.core.layout import MANIFEST_FILE
+from hilt.core.layout import ADAPTER_DIR, CARD_FILE, LOG_HISTORY_FILE, LOSS_PLOT_FILE, MANIFEST_FILE, write_manifest
 
 from hilt.training.data import dataset_fingerprint
 from hilt.training import stopping
 from hilt.training.job import Job
 from hilt.core.opt_ml import BASE_DIR_ENV
 from hilt.training.provenance import model_fingerprint
-from hilt.training.trained import ADAPTER_DIR, LOG_HISTORY_FILE
 
 MERGE_STAGING = ".merged.tmp"  # inside /opt/ml/model: the merge is written here, then moved in
-CARD_FILE = "README.md"
-LOSS_PLOT_FILE = "loss_curve.png"
 _VERSIONED = ("hilt", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed")
 
 
@@ -157,20 +154,6 @@ def _evaluation_section(evaluation: dict | None) -> str:
     return (f"## Held-out evaluation\n\n{evaluation['records']} validation records, greedy answers; "
             f"task metric **{evaluation['task_metric']}** = {m[evaluation['task_metric']]:.4f}.\n\n"
             f"| metric | value |\n| --- | --- |\n{rows}\n\n")
-
-
-def upsert_section(path: Path, body: str, key: str) -> None:
-    """Put ``body`` between ``<!-- hilt:key -->`` markers in a Markdown file (replace or append)."""
-    start, end = f"<!-- hilt:{key} -->", f"<!-- /hilt:{key} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}\n"
-    text = path.read_text() if path.is_file() else ""
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1].lstrip("\n")
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block
-    path.write_text(text)
 
 
 def write_model_card(job: Job, manifest: dict, out: Path) -> None:
@@ -308,13 +291,6 @@ def _drop_training_args(model_dir: Path) -> None:
     """A pickle of the TrainingArguments does not belong in a shipped artifact."""
     for stray in model_dir.rglob("training_args.bin"):
         stray.unlink()
-
-
-def write_manifest(model_dir: Path, manifest: dict) -> None:
-    """hilt.json, written beside and renamed into place."""
-    tmp = model_dir / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(model_dir / MANIFEST_FILE)
 
 
 def finish_model_dir(job: Job) -> dict:

@@ -106,7 +106,7 @@ def answer_passes(answer: str, item: dict) -> bool:
     """Whether a generated answer counts as correct for a general item."""
     if item["accept"]:
         return any(p.search(answer) for p in item["accept"])
-    from hilt.training.evaluate import rouge_l
+    from hilt.training.scoring import rouge_l
 
     return rouge_l(answer, item["reference"]) >= ROUGE_PASS
 
@@ -118,7 +118,7 @@ def score_general(model, tokenizer, items: list[dict], max_new_tokens: int,
     Returns:
         (scores, each item's answer, whether each answer passed).
     """
-    from hilt.training.evaluate import heldout_loss
+    from hilt.training.scoring import heldout_loss
     from hilt.training.generation import generate_answers
 
     loss = heldout_loss(model, tokenizer, items)

@@ -129,7 +129,7 @@ def log_finished_model(job, manifest: dict) -> str | None:
     from mlflow.tracking import MlflowClient
 
     from hilt.core.layout import MANIFEST_FILE
-    from hilt.training.artifacts import CARD_FILE, LOSS_PLOT_FILE
+    from hilt.core.layout import CARD_FILE, LOSS_PLOT_FILE
 
     run_id = json.loads(run_file.read_text())["run_id"]
     client = MlflowClient()

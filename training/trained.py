@@ -7,10 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from hilt.core.layout import ADAPTER_DIR, LOG_HISTORY_FILE
 from hilt.training.job import Job
 
-LOG_HISTORY_FILE = "log_history.json"
-ADAPTER_DIR = "adapter"
 
 
 @dataclass(frozen=True)

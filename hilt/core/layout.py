@@ -13,6 +13,10 @@ from hilt.core.errors import UserError
 
 CONFIG_FILE = "config.json"  # transformers' model config: present in every model directory
 MANIFEST_FILE = "hilt.json"  # hilt's provenance of a model it trained
+CARD_FILE = "README.md"  # the model card hilt writes and sections are added to
+LOSS_PLOT_FILE = "loss_curve.png"  # the training loss, shown in the card
+LOG_HISTORY_FILE = "log_history.json"  # the trainer's logged metrics, per step
+ADAPTER_DIR = "adapter"  # a LoRA run's adapter, beside the merged weights
 
 
 def is_model_dir(path: Path) -> bool:
@@ -57,3 +61,24 @@ def require_model_dir(path: Path | str, flag: str = "", hint: str = "pass a save
     if not is_model_dir(path):
         raise UserError(f"{flag + ' ' if flag else ''}{path}: no {CONFIG_FILE}; {hint}")
     return path
+
+
+def write_manifest(model_dir: Path, manifest: dict) -> None:
+    """hilt.json, written beside and renamed into place."""
+    tmp = model_dir / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(model_dir / MANIFEST_FILE)
+
+
+def upsert_section(path: Path, body: str, key: str) -> None:
+    """Put ``body`` between ``<!-- hilt:key -->`` markers in a Markdown file (replace or append)."""
+    start, end = f"<!-- hilt:{key} -->", f"<!-- /hilt:{key} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}\n"
+    text = path.read_text() if path.is_file() else ""
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block
+    path.write_text(text)

@@ -130,7 +130,7 @@ def _side_by_side(run, folder: Path, state: dict, demo: DemoModel) -> dict:
     listing the ``request`` step writes quotes it."""
     from hilt.labeling.client import StudioClient
     from hilt.labeling.compare import create_compare_project, report_compare
-    from hilt.training.evaluate import rouge_l
+    from hilt.training.scoring import rouge_l
 
     client = StudioClient(state["url"], state["token"])
     validation = [json.loads(line) for line in (run.data_dir / "validation" / "data.jsonl").read_text().splitlines()]
