@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 from hilt.core.env import env_number
 from hilt.core.errors import UserError
 from hilt.serving.backend import Backend, bounded
+from hilt.serving.image import stop_process
 
 PYTHON_ENV = "HILT_VLLM_PYTHON"
 ARGS_ENV = "HILT_VLLM_ARGS"
@@ -196,15 +196,7 @@ class VLLMBackend(Backend):
 
     def _stop_engine(self) -> None:
         self.closing.set()
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-            except ProcessLookupError:
-                pass
+        stop_process(self.process, 10)  # its process group: the engine's workers too
         with contextlib.suppress(OSError):  # already gone
             self.process.stdin.close()
         with contextlib.suppress(OSError):  # already gone

@@ -9,13 +9,10 @@ are too (the results say so).
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +21,11 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from bench_serve import percentile
+
+from hilt.core.net import free_port
+from hilt.serving.image import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_MODEL = ROOT / ".cache" / "models" / "smollm2-135m-instruct"
@@ -40,17 +42,6 @@ PROMPTS = ["Please order a monitor for Ana.", "Can you book room 3A on Monday?",
            "Translate 'good morning' into Spanish.", "Name two planets.", "Why is the sky blue?",
            "Suggest a name for a cat.", "What should I pack for a weekend trip?", "How many days are in a leap year?",
            "Write one sentence about autumn."]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def wait_for(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
@@ -150,14 +141,7 @@ def run_side(mode: str, argv: list[str], env: dict, port: int, ready_path: str, 
                   f"{row['p50_ms']:7.0f} ms  p99 {row['p99_ms']:7.0f} ms  ttft p50 {row['ttft_p50_ms']:6.0f} ms  "
                   f"errors {row['errors']}", flush=True)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_process(process, 60)
     return rows
 
 
