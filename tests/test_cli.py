@@ -15,8 +15,10 @@ def run(*args: str, exe) -> subprocess.CompletedProcess:
 def test_help_lists_subcommands(hilt_exe):
     result = run("--help", exe=hilt_exe)
     assert result.returncode == 0
-    for command in ("version", "model", "demo", "evaluate", "compare-report", "launch", "pipeline"):
+    for command in ("version", "model", "demo", "evaluate", "label", "launch", "pipeline"):
         assert command in result.stdout
+    result = run("label", "--help", exe=hilt_exe)
+    assert result.returncode == 0 and "compare-report" in result.stdout
 
 
 def test_version(hilt_exe):

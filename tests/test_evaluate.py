@@ -322,8 +322,8 @@ def test_side_by_side_in_label_studio(hilt_exe, studio, lora_run, warm_base_dir,
 
     listing = tmp_path / "LISTING.md"
     listing.write_text("# draft\n")
-    result = run_hilt(hilt_exe, "compare-report", "--project", str(project), "--compare-dir", str(compare_dir),
-                      "--listing", str(listing), env=studio["env"])
+    result = run_hilt(hilt_exe, "label", "compare-report", "--project", str(project),
+                      "--compare-dir", str(compare_dir), "--listing", str(listing), env=studio["env"])
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     report = json.loads((compare_dir / "eval.json").read_text())["human_side_by_side"]
     assert report["judgements"] == 2 * len(tasks)

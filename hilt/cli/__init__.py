@@ -14,14 +14,16 @@ from collections.abc import Sequence
 from hilt import __version__
 from hilt.core.errors import EXIT_USER_ERROR, UserError
 
+
 def _cmd_version(args: argparse.Namespace) -> int:
     print(f"hilt {__version__}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # One module per command group, each with its flags beside its handlers.
-    from hilt.cli import labeling, model, monitor, package, pipeline, training
+    # One module per top-level command, named after it, with its flags beside its handlers.
+    from hilt.cli import (demo, evaluate, export, inspect_data, label, launch, model, monitor, package, pipeline,
+                          quality, recipe, studio, train)
 
     parser = argparse.ArgumentParser(
         prog="hilt",
@@ -33,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("version", help="print hilt's version")
     p.set_defaults(func=_cmd_version)
 
-    for group in (model, labeling, package, training, monitor, pipeline):  # the order --help lists them
-        group.register(sub)
+    # The order --help lists them: models, labeling and its data, packaging, training, monitoring, the whole loop.
+    for command in (model, studio, label, export, quality, package, train, launch, recipe, inspect_data, evaluate,
+                    monitor, pipeline, demo):
+        command.register(sub)
     return parser
 
 

@@ -6,10 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from hilt.core.aws import (APPROVAL_STATUSES, clients, ensure_model_package_group, model_package_group_name,
+                           operation_of, split_s3_uri, submit_request, validate_request)
 from hilt.core.errors import UserError
 from hilt.serving.contract import HARDWARE, METERING_UNITS
 from hilt.serving.backend import BACKENDS
-from hilt.serving.validate import BATCH_STRATEGIES, DEFAULT_START_SECONDS
+from hilt.serving.validate import BATCH_STRATEGIES, DEFAULT_START_SECONDS, validate_model_tar
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -25,8 +27,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return _validate_algorithm(args)
     if args.train_image:
         raise UserError("--train-image runs an Algorithm's training job: use it with --algorithm")
-    from hilt.serving.validate import validate_model_tar
-
     if not args.model_tar or not args.input:
         raise UserError("package validate needs --model-tar and --input (a Model Package), or --algorithm "
                         "REQUEST.json (an Algorithm)")
@@ -74,7 +74,6 @@ def _own_request_file(out: str, flag: str = "--out") -> None:
 
 
 def _cmd_request(args: argparse.Namespace) -> int:
-    from hilt.core.aws import operation_of, validate_request
     from hilt.serving.marketplace import algorithm_request, model_package_request
 
     _own_request_file(args.out)
@@ -110,8 +109,6 @@ def _cmd_request(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from hilt.core.aws import submit_request
-
     upload = (Path(args.upload[0]), args.upload[1]) if args.upload else None
     result = submit_request(Path(args.request), upload, endpoint_url=args.endpoint_url, region=args.region)
     print(json.dumps(result, indent=2))
@@ -129,8 +126,6 @@ def _cmd_listing(args: argparse.Namespace) -> int:
 
 def _cmd_register(args: argparse.Namespace) -> int:
     """A trained model as a version of a model package group (written; with --submit, registered)."""
-    from hilt.core.aws import (clients, ensure_model_package_group, model_package_group_name, split_s3_uri,
-                               validate_request)
     from hilt.core.outputs import check_output_file, json_with_keys, write_atomic
     from hilt.serving.registry import register_request
 
@@ -172,7 +167,6 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     """An approved registry version as the Marketplace request (certified, unversioned)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from hilt.core.aws import clients, validate_request
     from hilt.core.outputs import write_atomic
     from hilt.serving.registry import find_version, promote_request
 
@@ -191,13 +185,14 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    package = sub.add_parser("package", help="model.tar.gz, local SageMaker validation, Marketplace requests")
-    package_sub = package.add_subparsers(dest="package_command", metavar="ACTION", required=True)
+def _add_build(package_sub) -> None:
     p = package_sub.add_parser("build", help="deterministic model.tar.gz (what SageMaker extracts to /opt/ml/model)")
     p.add_argument("--model-dir", required=True, help="model dir (a job's model/, or any save_pretrained dir)")
     p.add_argument("--out", required=True, help="archive to write, e.g. model.tar.gz")
     p.set_defaults(func=_cmd_build)
+
+
+def _add_validate(package_sub) -> None:
     p = package_sub.add_parser("validate", help="replay SageMaker's validation locally: a Model Package's batch "
                                "transform (--model-tar), or an Algorithm's training job + transform (--algorithm)")
     p.add_argument("--model-tar", help="model.tar.gz to serve (Model Package)")
@@ -229,6 +224,9 @@ def register(sub) -> None:
     p.add_argument("--train-image", help="with --algorithm: run the training job inside this local image "
                    "(e.g. hilt-train) with its /opt/ml tree mounted")
     p.set_defaults(func=_cmd_validate)
+
+
+def _add_request(package_sub) -> None:
     p = package_sub.add_parser("request", help="write a strictly validated CreateModelPackage/CreateAlgorithm request")
     p.add_argument("kind", choices=["model-package", "algorithm"])
     p.add_argument("--name", required=True)
@@ -253,12 +251,18 @@ def register(sub) -> None:
     p.add_argument("--description")
     p.add_argument("--out", required=True, help="request JSON to write")
     p.set_defaults(func=_cmd_request)
+
+
+def _add_submit(package_sub) -> None:
     p = package_sub.add_parser("submit", help="send a request with boto3 (after validating it again)")
     p.add_argument("request", help="request JSON from `hilt package request`")
     p.add_argument("--upload", nargs=2, metavar=("MODEL_TAR", "S3_URI"), help="upload the archive first")
     p.add_argument("--endpoint-url", help="AWS endpoint (e.g. a local moto server); default AWS")
     p.add_argument("--region")
     p.set_defaults(func=_cmd_submit)
+
+
+def _add_register(package_sub) -> None:
     p = package_sub.add_parser(
         "register", help="a trained model as a new version of a SageMaker model package group (Model Registry)",
         description="Write (and with --submit create) a versioned CreateModelPackage request: the serve image and "
@@ -272,8 +276,6 @@ def register(sub) -> None:
     p.add_argument("--model-data-url", required=True, help="s3:// URI of the uploaded model.tar.gz")
     p.add_argument("--metrics-uri", help="s3:// URI for the model-quality JSON (ModelMetrics)")
     p.add_argument("--eval-dir", help="the --out of `hilt evaluate` (eval.json)")
-    from hilt.core.aws import APPROVAL_STATUSES
-
     p.add_argument("--approval", default="PendingManualApproval", choices=list(APPROVAL_STATUSES))
     p.add_argument("--hardware", choices=list(HARDWARE), default="cpu")
     p.add_argument("--metering-unit", default="output_tokens", choices=list(METERING_UNITS))
@@ -283,6 +285,9 @@ def register(sub) -> None:
     p.add_argument("--endpoint-url", help="AWS endpoint (e.g. a local moto server); default AWS")
     p.add_argument("--region")
     p.set_defaults(func=_cmd_register)
+
+
+def _add_promote(package_sub) -> None:
     p = package_sub.add_parser(
         "promote", help="an approved registry version -> the Marketplace Model Package request",
         description="Read GROUP/VERSION from the Model Registry; when it is Approved, write the unversioned, "
@@ -298,6 +303,9 @@ def register(sub) -> None:
     p.add_argument("--endpoint-url", help="AWS endpoint (e.g. a local moto server); default AWS")
     p.add_argument("--region")
     p.set_defaults(func=_cmd_promote)
+
+
+def _add_listing(package_sub) -> None:
     p = package_sub.add_parser("listing", help="write LISTING.md, the Marketplace seller checklist")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--validation-report", help="validation-report.json from `hilt package validate`")
@@ -305,3 +313,10 @@ def register(sub) -> None:
                    choices=list(METERING_UNITS))
     p.add_argument("--out", default="LISTING.md")
     p.set_defaults(func=_cmd_listing)
+
+
+def register(sub) -> None:
+    package = sub.add_parser("package", help="model.tar.gz, local SageMaker validation, Marketplace requests")
+    package_sub = package.add_subparsers(dest="package_command", metavar="ACTION", required=True)
+    for add in (_add_build, _add_validate, _add_request, _add_submit, _add_register, _add_promote, _add_listing):
+        add(package_sub)

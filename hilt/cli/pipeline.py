@@ -1,4 +1,4 @@
-"""``hilt pipeline`` and ``hilt demo``: the whole loop, locally or as a SageMaker Pipeline."""
+"""``hilt pipeline``: the whole loop, locally (``run``, ``watch``) or as a SageMaker Pipeline (``export``)."""
 
 from __future__ import annotations
 
@@ -38,16 +38,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                  ready_file=Path(args.ready_file) if args.ready_file else None)
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from hilt.flows.demo import run_demo
-
-    return run_demo(Path(args.workdir) if args.workdir else None, model=args.model, backend=args.backend)
-
-
-def register(sub) -> None:
-    pipeline = sub.add_parser("pipeline", help="export -> train -> evaluate gate -> package -> validate -> request; "
-                              "or the same on SageMaker Pipelines")
-    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
+def _add_run(pipeline_sub) -> None:
     p = pipeline_sub.add_parser(
         "run", help="run or resume a pipeline; finished steps (addressed by their inputs' hash) are reused",
         description="Export new annotations (since the last version), train on all versions, evaluate against "
@@ -56,6 +47,9 @@ def register(sub) -> None:
     )
     p.add_argument("pipeline", help="PIPELINE.yaml (see pipelines/example.yaml)")
     p.set_defaults(func=_cmd_run)
+
+
+def _add_export(pipeline_sub) -> None:
     p = pipeline_sub.add_parser(
         "export", help="the same pipeline as a SageMaker Pipeline (train -> evaluate -> gates -> register)",
         description="Build the pipeline's SageMaker Pipelines definition with the SageMaker SDK: Train "
@@ -78,6 +72,9 @@ def register(sub) -> None:
                    help="an execution's parameter value, with --start; repeatable")
     p.add_argument("--endpoint-url", help="SageMaker/S3 endpoint (e.g. a moto server)")
     p.set_defaults(func=_cmd_export)
+
+
+def _add_watch(pipeline_sub) -> None:
     p = pipeline_sub.add_parser(
         "watch", help="listen for Label Studio webhooks on 127.0.0.1; run the pipeline after N new annotations",
     )
@@ -92,23 +89,11 @@ def register(sub) -> None:
     p.add_argument("--ready-file", help="write {url, webhook} here once listening")
     p.set_defaults(func=_cmd_watch)
 
-    from hilt.flows.demo import DEMO_MODELS
-    from hilt.serving.backend import BACKEND_NAMES
 
-    p = sub.add_parser(
-        "demo",
-        help="run the main job end to end on embedded defaults (no cloud, no GPU)",
-        description="Label Studio with model drafts, stand-in annotators, training, evaluation (task and general "
-        "skills), a blinded side-by-side, packaging, SageMaker's validation replayed, serving with capture and "
-        "the review loop, on a real pretrained model (SmolLM2-135M-Instruct, imported by scripts/setup) or, with "
-        "--model tiny, a tiny local one.",
-    )
-    p.add_argument("--model", choices=list(DEMO_MODELS), default="real",
-                   help="base model: " + "; ".join(f"{k} = {m.describe}" for k, m in DEMO_MODELS.items()))
-    p.add_argument(
-        "--workdir", help="where the demo keeps its files (.hilt-demo for real, .hilt-demo-tiny for tiny)"
-    )
-    p.add_argument("--backend", choices=list(BACKEND_NAMES),
-                   help="serve's generation backend for the validation replay and the served model "
-                   "(HILT_SERVE_BACKEND; default hf): vllm needs .venv-vllm (scripts/setup)")
-    p.set_defaults(func=_cmd_demo)
+def register(sub) -> None:
+    pipeline = sub.add_parser("pipeline", help="export -> train -> evaluate gate -> package -> validate -> request; "
+                              "or the same on SageMaker Pipelines")
+    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
+    _add_run(pipeline_sub)
+    _add_export(pipeline_sub)
+    _add_watch(pipeline_sub)
