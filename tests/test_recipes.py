@@ -116,7 +116,7 @@ def test_json_schema_documents_every_field():
 def test_recipe_schema_and_check_commands(hilt_exe):
     result = subprocess.run([str(hilt_exe), "recipe", "schema"], capture_output=True, text=True)
     assert result.returncode == 0
-    assert "learning_rate" in json.loads(result.stdout)["$defs"]["TrainSection"]["properties"]
+    assert "learning_rate" in json.loads(result.stdout)["$defs"]["OptimizerSection"]["properties"]
     result = subprocess.run(
         [str(hilt_exe), "recipe", "check", "quickstart-tiny-sft", "--set", "train.epochs=zero"],
         capture_output=True, text=True,
@@ -131,9 +131,9 @@ def test_methods_and_templates_are_looked_up_in_one_table_each():
     from hilt.labeling.templates import TEMPLATE_NAMES, TEMPLATES, template_xml
     from hilt.training.data import RECORD_CHECKS, check_record
     from hilt.training.methods import METHODS, method_of
-    from hilt.training.recipe import Recipe
+    from hilt.training.recipe import recipe_model
 
-    assert set(typing.get_args(Recipe.model_fields["method"].annotation)) == set(METHODS)
+    assert set(typing.get_args(recipe_model().model_fields["method"].annotation)) == set(METHODS)
     assert all(m.record_kind in RECORD_CHECKS for m in METHODS.values())
     assert set(EXPORTERS) == set(_QUALITY_LABELS) == set(TEMPLATES) == set(TEMPLATE_NAMES)
     assert all(template_xml(name) for name in TEMPLATES)  # each has its XML

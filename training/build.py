@@ -67,15 +67,15 @@ def resolve_attention(job: Job) -> str:
 
 
 def training_attention(job: Job) -> str:
-    """The attention the model trains with: :func:`resolve_attention`, except that SFT's packed
-    rows on sdpa attend one sequence at a time (``hilt.training.segment_attention`` over the
+    """The attention the model trains with: :func:`resolve_attention`, except that packed rows
+    (a method whose ``packs_rows`` is set: SFT) on sdpa attend one sequence at a time (``hilt.training.segment_attention`` over the
     length groups ``hilt.training.packing.LengthGroupCollator`` lays out: the same result as
     transformers' block-diagonal mask, without attending over the whole row).
     Not for a sliding window shorter than a row, nor when ``model.attn_implementation`` is set.
     """
     attention = resolve_attention(job)
     recipe = job.recipe
-    if (attention != "sdpa" or recipe.model.attn_implementation != "auto" or recipe.method != "sft"
+    if (attention != "sdpa" or recipe.model.attn_implementation != "auto" or not job.method.packs_rows
             or not recipe.data.packing or _sliding_window_below(job.model_path, recipe.data.max_length)):
         return attention
     from hilt.training.segment_attention import register

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from hilt.core.errors import UserError
+from hilt.training.methods import METHODS, methods_reading
 
 ROLES = ("system", "user", "assistant")
 
@@ -98,8 +99,6 @@ RECORD_CHECKS = {"sft": _check_sft, "preference": _check_preference, "unpaired":
 
 def record_kind_of(method_or_kind: str) -> str:
     """The record kind a method trains on (a kind passes through)."""
-    from hilt.training.methods import METHODS
-
     if method_or_kind in RECORD_CHECKS:
         return method_or_kind
     if method_or_kind in METHODS:
@@ -183,9 +182,7 @@ def read_channel(channel: Path, kind: str) -> tuple[list[dict], list[dict]]:
         for record, where in iter_jsonl([path]):
             fmt, converted = reader.convert(record, where)
             if fmt.kind != kind:
-                from hilt.training.methods import METHODS
-
-                wanted = " or ".join(m.name for m in METHODS.values() if m.record_kind == fmt.kind)
+                wanted = " or ".join(methods_reading(fmt.kind))
                 raise UserError(f"{where}: a {fmt.name} record ({fmt.looks_like}) is {fmt.kind} data; "
                                 f"this recipe reads {kind} records: use a {wanted} recipe")
             records.append(check_record(converted, kind, where))

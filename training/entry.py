@@ -38,9 +38,7 @@ DEFAULT_MASTER_PORT = 29500
 
 def run_worker(job: Job) -> int:
     """Train in this process (one worker of possibly many). Returns the exit code."""
-    from hilt.training.methods import method_of
-
-    outcome = method_of(job.recipe.method).train(job)
+    outcome = job.method.train(job)
     return EXIT_STOPPED if outcome.stopped_early else 0
 
 

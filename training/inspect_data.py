@@ -12,14 +12,13 @@ from pathlib import Path
 
 from hilt.core.errors import UserError
 from hilt.training.data import read_channel
+from hilt.training.methods import method_of
 from hilt.training.recipe import Recipe
 
 
 def loss_mask(tokenizer, record: dict, recipe: Recipe) -> tuple[list[int], list[int]]:
     """Token ids of one record and a 0/1 mask of the tokens in the loss (the same masks training uses)."""
-    from hilt.training.data import record_kind_of
-
-    if record_kind_of(recipe.method) == "sft":
+    if method_of(recipe.method).record_kind == "sft":
         from hilt.training.chat_masks import encode_conversation
 
         encoded = encode_conversation(tokenizer, record["messages"], recipe.data.max_length,

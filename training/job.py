@@ -19,6 +19,7 @@ from typing import Any
 from hilt.core.errors import UserError
 from hilt.core.layout import require_model_dir
 from hilt.core.opt_ml import OptML
+from hilt.training.methods import Method, method_of
 from hilt.training.recipe import Recipe, load_recipe
 
 KNOWN_CHANNELS = ("train", "validation", "model")
@@ -60,6 +61,11 @@ class Job:
     hosts: Hosts
     gpus_per_host: int
     model_path: str = field(default="")
+
+    @property
+    def method(self) -> Method:
+        """The recipe's training method: its trainer, record kind and rules."""
+        return method_of(self.recipe.method)
 
     @property
     def processes_per_host(self) -> int:

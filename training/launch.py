@@ -31,6 +31,7 @@ from pathlib import Path
 from hilt.core.aws import split_s3_uri
 from hilt.core.errors import UserError
 from hilt.core.layout import require_model_dir
+from hilt.training.methods import method_of
 from hilt.training.recipe import BUNDLED_RECIPES_DIR, load_recipe, recipes_dir, resolve_recipe_path
 
 MARKER_SUFFIX = ".complete"  # datasets/<hash>/train.complete: beside the channel prefix, not in it
@@ -185,8 +186,7 @@ def default_tune_keys(recipe) -> list[str]:
     keys = ["train.learning_rate", "train.warmup_ratio"]
     if recipe.peft.method != "full":
         keys += ["peft.r", "peft.dropout"]
-    if recipe.method in ("dpo", "kto"):
-        keys.append(f"{recipe.method}.beta")
+    keys += method_of(recipe.method).tune_keys()
     if recipe.train.max_steps <= 0:
         keys.append("train.epochs")
     return keys

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from hilt.training.tracking import REPORT_TO
 from hilt.core.config import StrictSection, describe_error, read_yaml_mapping
 from hilt.core.errors import UserError
-from hilt.training.methods import METHODS
+from hilt.training.methods import METHODS, Method
 
 TASK_METRICS = ("exact_match", "rougeL")  # scored on held-out answers (hilt.training.evaluate)
 
@@ -88,7 +88,7 @@ class DataSection(_Section):
     )
 
 
-class TrainSection(_Section):
+class OptimizerSection(_Section):
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.", json_schema_extra={"tune": [1e-06, 0.01]})
     epochs: float = Field(1.0, gt=0.0, description="Passes over the training data (ignored when max_steps > 0).", json_schema_extra={"tune": [1, 10]})
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps to run; -1 = use epochs.")
@@ -113,19 +113,6 @@ class TrainSection(_Section):
     report_to: Literal[REPORT_TO] = Field(
         "auto", description="Experiment tracking: auto = TensorBoard events in /opt/ml/output/tensorboard, plus "
         "MLflow when MLFLOW_TRACKING_URI is set; none = off.")
-
-
-class DpoSection(_Section):
-    beta: float = Field(0.1, gt=0.0, description="DPO temperature: how far the policy may move from the reference.", json_schema_extra={"tune": [0.01, 1.0]})
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss variant.")
-
-
-class KtoSection(_Section):
-    beta: float = Field(0.1, gt=0.0, description="KTO temperature: how far the policy may move from the reference.",
-                        json_schema_extra={"tune": [0.01, 1.0]})
-    desirable_weight: float = Field(1.0, gt=0.0, description="Weight of desirable answers' loss (raise it when they "
-                                    "are fewer than undesirable ones).")
-    undesirable_weight: float = Field(1.0, gt=0.0, description="Weight of undesirable answers' loss.")
 
 
 class EvalSection(_Section):
@@ -153,19 +140,19 @@ class DistributedSection(_Section):
 
 
 class Recipe(_Section):
-    """One training run shape: model x method x hardware."""
+    """One training run shape: model x method x hardware.
+
+    ``method`` and one section per method with settings (``dpo:``, ``kto:``) are added from the
+    methods table by :func:`recipe_model`; validate through it (``load_recipe``), not this class.
+    """
 
     name: str = Field(description="Recipe name, recorded in hilt.json and the model card.")
     description: str = Field("", description="One line on what this recipe is for.")
-    method: Literal[tuple(METHODS)] = Field(  # type: ignore[valid-type]  (choices from the methods table)
-        "sft", description="sft on messages records; dpo on preference records; kto on unpaired "
-        "(prompt, completion, label) records.")
+    method: str = "sft"
     model: ModelSection = Field(default_factory=ModelSection, description="Base model and how to load it.")
     peft: PeftSection = Field(default_factory=PeftSection, description="Adapter or full fine-tuning.")
     data: DataSection = Field(default_factory=DataSection, description="Tokenization and packing.")
-    train: TrainSection = Field(default_factory=TrainSection, description="Optimizer and schedule.")
-    dpo: DpoSection = Field(default_factory=DpoSection, description="DPO settings (method: dpo only).")
-    kto: KtoSection = Field(default_factory=KtoSection, description="KTO settings (method: kto only).")
+    train: OptimizerSection = Field(default_factory=OptimizerSection, description="Optimizer and schedule.")
     eval: EvalSection = Field(default_factory=EvalSection, description="Held-out scoring after training.")
     distributed: DistributedSection = Field(
         default_factory=DistributedSection, description="Multi-process and DeepSpeed."
@@ -184,6 +171,27 @@ class Recipe(_Section):
             return None
         path = Path(self.distributed.deepspeed)
         return path if path.is_absolute() else recipes_dir() / path
+
+
+def _with_methods(methods: tuple[Method, ...]) -> type[Recipe]:
+    choices = Literal[tuple(m.name for m in methods)]  # type: ignore[valid-type]
+    method = Field("sft", description="; ".join(m.description for m in methods) + ".")
+    sections = {m.name: (m.settings, Field(default_factory=m.settings, description=f"{m.name.upper()} settings "
+                                           f"(method: {m.name} only)."))
+                for m in methods if m.settings is not None}
+    return create_model("Recipe", __base__=Recipe, __doc__=Recipe.__doc__, method=(choices, method), **sections)
+
+
+_MODELS: dict[tuple[Method, ...], type[Recipe]] = {}
+
+
+def recipe_model() -> type[Recipe]:
+    """The recipe schema for the methods in ``hilt.training.methods.METHODS`` now (a method
+    registered later gets its choice and its section)."""
+    methods = tuple(METHODS.values())
+    if methods not in _MODELS:
+        _MODELS[methods] = _with_methods(methods)
+    return _MODELS[methods]
 
 
 def recipes_dir() -> Path:
@@ -283,9 +291,9 @@ def load_recipe(source: str | Path | dict, overrides: dict[str, Any] | None = No
     for key, value in (overrides or {}).items():
         _apply_override(data, key, decode_hyperparameter(value), problems)
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = recipe_model().model_validate(data)
     except ValidationError as err:
-        problems += [describe_error(e, Recipe, "recipe") for e in err.errors()]
+        problems += [describe_error(e, recipe_model(), "recipe") for e in err.errors()]
         recipe = None
     if recipe is not None and recipe.distributed.deepspeed is not None:
         ds_path = recipe.deepspeed_config_path()
@@ -298,7 +306,7 @@ def load_recipe(source: str | Path | dict, overrides: dict[str, Any] | None = No
 
 def recipe_json_schema() -> dict:
     """The recipe's JSON schema, generated from the field descriptions."""
-    return Recipe.model_json_schema()
+    return recipe_model().model_json_schema()
 
 
 def tuning_range(field) -> tuple[float, float] | None:
@@ -311,7 +319,7 @@ def tuning_range(field) -> tuple[float, float] | None:
 def flat_fields() -> list[tuple[str, Any]]:
     """Every leaf setting as (dotted key, pydantic FieldInfo): the hyperparameter names."""
     out = []
-    for section_name, section_field in Recipe.model_fields.items():
+    for section_name, section_field in recipe_model().model_fields.items():
         annotation = section_field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             out += [(f"{section_name}.{name}", f) for name, f in annotation.model_fields.items()]

@@ -14,11 +14,12 @@ from hilt.training.job import Job
 from hilt.training.trained import TrainOutcome, make_trainer, train_and_save
 
 
-def _train(job: Job, method: str, config_class, trainer_class, **method_args) -> TrainOutcome:
+def _train(job: Job, config_class, trainer_class, **method_args) -> TrainOutcome:
     recipe = job.recipe
+    kind = job.method.record_kind
     stopping.enter("data")
-    train_ds = load_dataset(job.channels["train"], method)
-    eval_ds = load_dataset(job.channels["validation"], method, "validation") if "validation" in job.channels else None
+    train_ds = load_dataset(job.channels["train"], kind)
+    eval_ds = load_dataset(job.channels["validation"], kind, "validation") if "validation" in job.channels else None
     args = config_class(
         **build.training_arguments(job),
         max_length=recipe.data.max_length,
@@ -34,7 +35,7 @@ def train_dpo(job: Job) -> TrainOutcome:
     """DPO on preference records (prompt / chosen / rejected)."""
     from trl import DPOConfig, DPOTrainer
 
-    return _train(job, "dpo", DPOConfig, DPOTrainer, beta=job.recipe.dpo.beta, loss_type=[job.recipe.dpo.loss_type])
+    return _train(job, DPOConfig, DPOTrainer, beta=job.recipe.dpo.beta, loss_type=[job.recipe.dpo.loss_type])
 
 
 def train_kto(job: Job) -> TrainOutcome:
@@ -42,5 +43,5 @@ def train_kto(job: Job) -> TrainOutcome:
     from trl import KTOConfig, KTOTrainer
 
     k = job.recipe.kto
-    return _train(job, "kto", KTOConfig, KTOTrainer, beta=k.beta, desirable_weight=k.desirable_weight,
+    return _train(job, KTOConfig, KTOTrainer, beta=k.beta, desirable_weight=k.desirable_weight,
                   undesirable_weight=k.undesirable_weight)
