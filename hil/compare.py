@@ -99,7 +99,8 @@ def compare_report(tasks: list[dict], mapping: dict) -> dict[str, Any]:
     Raises:
         UserError: when a task's pair is not in the mapping (the wrong mapping file).
     """
-    from hilt.labeling.export import annotator, pairwise_choice, percent_agreement, sorted_annotations
+    from hilt.labeling.agreement import percent_agreement
+    from hilt.labeling.results import annotator, pairwise_choice, sorted_annotations
 
     pairs = mapping["pairs"]
     votes: dict[str, dict[str, str]] = {}  # pair -> annotator -> winner

@@ -290,7 +290,7 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
     """
     from hilt.labeling.templates import default_spec, parse_label_config
 
-    from hilt.labeling.export import JSON_MIN_NOT_CARRIED, check_export_shape, from_json_min, is_json_min
+    from hilt.labeling.export_files import JSON_MIN_NOT_CARRIED, check_export_shape, from_json_min, is_json_min
 
     if from_file is not None:
         if not template:
@@ -337,7 +337,7 @@ def check_not_empty(result, tasks: list[dict], source: dict) -> None:
         UserError: with the reject counts, and the controls no exporter reads, when an export
             holding tasks gives no record.
     """
-    from hilt.labeling.export import unread_controls
+    from hilt.labeling.export_files import unread_controls
 
     if any(result.records.values()) or not tasks:
         return

@@ -47,7 +47,7 @@ def load_prompts(path: Path, kind: str) -> list[dict]:
         rows = [row for _, row in _jsonl(path, "--prompts")]
         where = lambda i: f"{path} record {i + 1}"  # noqa: E731
     spec = template(kind)  # refuses an unknown template
-    rows = [_ROW_READERS.get(kind, _as_is)(row, where(i)) for i, row in enumerate(rows)]
+    rows = [spec.read_row(_as_is(row, where(i)), where(i)) for i, row in enumerate(rows)]
     for i, row in enumerate(rows):
         missing = [key for key in spec.columns if not str(row.get(key) or "").strip()]
         if missing:
@@ -63,7 +63,7 @@ def _as_is(row: dict, where: str) -> dict:
     return row
 
 
-def _chat_row(row: dict, where: str) -> dict:
+def chat_row(row: dict, where: str) -> dict:
     """A chat row's conversation as ``messages`` (from ``messages`` or ShareGPT ``conversations``),
     checked: text turns of system/user/assistant, ending with the user turn to answer."""
     from hilt.training.formats import conversation
@@ -85,7 +85,7 @@ def _chat_row(row: dict, where: str) -> dict:
     return {**rest, "messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
 
 
-def _rank_row(row: dict, where: str) -> dict:
+def rank_row(row: dict, where: str) -> dict:
     """A rank row's answers as ``[{"text", "source"}]``: from an ``answers`` list (strings, or objects
     with ``text``/``body`` and an optional ``source``) or from ``answer1``, ``answer2``... columns."""
     row = _as_is(row, where)
@@ -110,15 +110,13 @@ def _rank_row(row: dict, where: str) -> dict:
 
 def review_row(row: dict, where: str) -> dict:
     """A review row: the conversation (as for chat) and the deployed model's ``answer`` to it."""
-    row = _chat_row(row, where)
+    row = chat_row(row, where)
     if not isinstance(row.get("answer"), str):
         raise UserError(f"{where}: no 'answer' (the model's answer to review); give it as text")
     return row
 
 
 CHAT_ROLES = ("system", "user", "assistant")
-# Templates whose rows are read into a shape of their own before the column check.
-_ROW_READERS = {"chat": _chat_row, "rank": _rank_row, "review": review_row}
 
 
 def _jsonl(path: Path, flag: str) -> list[tuple[int, object]]:
@@ -202,47 +200,75 @@ def _rank_answers(row: dict, index: int, drafts: Drafts) -> tuple[list[dict], di
 
 
 def build_tasks(rows: list[dict], spec: LabelingSpec, drafts: Drafts = ()) -> list[dict]:
-    """Label Studio tasks: drafts attached as predictions (sft, chat), as the answer to grade (rate),
-    or as answers to rank beside the file's (rank)."""
-    tasks = []
-    for index, row in enumerate(rows):
-        key = _key(row, index)
-        data: dict = {}
-        if spec.kind in ("chat", "review"):
-            data[spec.prompt_key] = row["messages"]
-        else:
-            data["prompt"] = str(row["prompt"])
-            if row.get("system"):
-                data["system"] = str(row["system"])
-        if spec.kind == "preference":
-            data["answer1"], data["answer2"] = str(row["answer1"]), str(row["answer2"])
-        first = next(((version, d[key]) for version, d in drafts if key in d), None)
-        if spec.kind == "rate":  # the answer to grade: from the file, else the model's draft
-            answer = str(row.get("answer") or "").strip() or (first[1] if first else None)
-            if not answer:
-                raise UserError(f"prompt {index + 1} ({key}): no answer to grade; give the prompts file "
-                                "an 'answer' column or pass --drafts/--drafts-from")
-            data["answer"] = answer
-        if spec.kind == "rank":
-            data[spec.answers_key], data["answer_sources"] = _rank_answers(row, index, drafts)
-        if spec.kind == "review":  # where the answer came from travels with it
-            data[spec.answer_key] = row["answer"]
-            data["flags"] = str(row.get("flags") or "picked at random")
-            data.update({k: str(row[k]) for k in ("event_id", "inference_time") if row.get(k)})
-            first = (str(row.get("model_version") or "captured"), row["answer"])
-        if row.get("id") is not None:
-            data["source_id"] = str(row["id"])
-        task: dict = {"data": data}
-        if first is not None and spec.kind in ("sft", "chat", "review"):
-            review = spec.kind == "review"  # the correction box starts as the model's answer
-            task["predictions"] = [{
-                "model_version": first[0],
-                "result": [{
-                    "from_name": (spec.correction_control if review else spec.answer_control) or "answer",
-                    "to_name": spec.answer_object if review else spec.prompt_object,
-                    "type": "textarea",
-                    "value": {"text": [first[1]]},
-                }],
-            }]
-        tasks.append(task)
-    return tasks
+    """Label Studio tasks, one per row, each built by its template's ``task_builder``: drafts attached
+    as predictions (sft, chat), as the answer to grade (rate), or as answers to rank beside the file's
+    (rank)."""
+    kind = template(spec.kind)
+    return [kind.build_task(row, _key(row, index), index, spec, drafts) for index, row in enumerate(rows)]
+
+
+def _first_draft(key: str, drafts: Drafts) -> tuple[str, str] | None:
+    """(version, text) of the first draft source that has one for the row ``key``."""
+    return next(((version, d[key]) for version, d in drafts if key in d), None)
+
+
+def _task(row: dict, data: dict, prediction: dict | None = None) -> dict:
+    """A task of ``data`` (plus the row's id as ``source_id``), with a draft as its prediction."""
+    if row.get("id") is not None:
+        data["source_id"] = str(row["id"])
+    return {"data": data, "predictions": [prediction]} if prediction else {"data": data}
+
+
+def _prompt_data(row: dict, spec: LabelingSpec) -> dict:
+    """What every task shows: the prompt (and system), or (a conversation template) the messages."""
+    if template(spec.kind).conversation:
+        return {spec.prompt_key: row["messages"]}
+    data = {"prompt": str(row["prompt"])}
+    if row.get("system"):
+        data["system"] = str(row["system"])
+    return data
+
+
+def _prediction(draft: tuple[str, str], control: str | None, target: str) -> dict:
+    """A model draft as the text in the TextArea ``control`` (on ``target``) when the task opens."""
+    return {"model_version": draft[0], "result": [{
+        "from_name": control or "answer", "to_name": target, "type": "textarea", "value": {"text": [draft[1]]}}]}
+
+
+def draft_task(row: dict, key: str, index: int, spec: LabelingSpec, drafts: Drafts) -> dict:
+    """sft, chat: the prompt, and the first draft in the answer box to edit."""
+    first = _first_draft(key, drafts)
+    return _task(row, _prompt_data(row, spec), _prediction(first, spec.answer_control, spec.prompt_object)
+                 if first else None)
+
+
+def pair_task(row: dict, key: str, index: int, spec: LabelingSpec, drafts: Drafts) -> dict:
+    """preference: the prompt and the two answers to choose between."""
+    return _task(row, {**_prompt_data(row, spec), "answer1": str(row["answer1"]), "answer2": str(row["answer2"])})
+
+
+def graded_task(row: dict, key: str, index: int, spec: LabelingSpec, drafts: Drafts) -> dict:
+    """rate: the prompt and the answer to grade: from the file, else the model's draft."""
+    first = _first_draft(key, drafts)
+    answer = str(row.get("answer") or "").strip() or (first[1] if first else None)
+    if not answer:
+        raise UserError(f"prompt {index + 1} ({key}): no answer to grade; give the prompts file "
+                        "an 'answer' column or pass --drafts/--drafts-from")
+    return _task(row, {**_prompt_data(row, spec), "answer": answer})
+
+
+def rank_task(row: dict, key: str, index: int, spec: LabelingSpec, drafts: Drafts) -> dict:
+    """rank: the prompt and the answers to rank (the file's and every draft source's)."""
+    data = _prompt_data(row, spec)
+    data[spec.answers_key], data["answer_sources"] = _rank_answers(row, index, drafts)
+    return _task(row, data)
+
+
+def review_task(row: dict, key: str, index: int, spec: LabelingSpec, drafts: Drafts) -> dict:
+    """review: the conversation, the deployed model's answer (where it came from travels with it), and
+    the answer again in the correction box."""
+    data = {**_prompt_data(row, spec), spec.answer_key: row["answer"],
+            "flags": str(row.get("flags") or "picked at random")}
+    data.update({k: str(row[k]) for k in ("event_id", "inference_time") if row.get(k)})
+    draft = (str(row.get("model_version") or "captured"), row["answer"])
+    return _task(row, data, _prediction(draft, spec.correction_control, spec.answer_object))

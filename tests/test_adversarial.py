@@ -209,7 +209,8 @@ def test_without_a_config_only_the_textarea_on_the_prompt_makes_a_record():
 
 
 def test_nul_bytes_in_answers_are_rejected_with_a_reason():
-    from hilt.labeling.export import NUL_BYTES, ExportOptions, export_annotations
+    from hilt.labeling.export import ExportOptions, export_annotations
+    from hilt.labeling.results import NUL_BYTES
 
     result = export_annotations([task(1, [sft_annotation(1, "bad\x00answer")]), task(2, [sft_annotation(2, "ok")])],
                                 SFT, ExportOptions(validation_fraction=0.0))

@@ -126,8 +126,7 @@ def test_recipe_schema_and_check_commands(hilt_exe):
 
 
 def test_methods_and_templates_are_looked_up_in_one_table_each():
-    from hilt.labeling.export import EXPORTERS
-    from hilt.labeling.export import _QUALITY_LABELS
+    from hilt.core.refs import load_ref
     from hilt.labeling.templates import TEMPLATE_NAMES, TEMPLATES, template_xml
     from hilt.training.data import RECORD_CHECKS, check_record
     from hilt.training.methods import METHODS, method_of
@@ -135,7 +134,11 @@ def test_methods_and_templates_are_looked_up_in_one_table_each():
 
     assert set(typing.get_args(recipe_model().model_fields["method"].annotation)) == set(METHODS)
     assert all(m.record_kind in RECORD_CHECKS for m in METHODS.values())
-    assert set(EXPORTERS) == set(_QUALITY_LABELS) == set(TEMPLATES) == set(TEMPLATE_NAMES)
+    assert set(TEMPLATES) == set(TEMPLATE_NAMES)
+    refs = [ref for t in TEMPLATES.values() for ref in (t.exporter, t.labels, t.task_builder, t.agreement, t.row_reader)
+            if ref is not None]
+    assert all(callable(load_ref(ref)) for ref in refs)  # every function an entry names exists
+    assert all(callable(load_ref(m.trainer)) for m in METHODS.values())
     assert all(template_xml(name) for name in TEMPLATES)  # each has its XML
     assert all(t.record_kind in RECORD_CHECKS for t in TEMPLATES.values())
     with pytest.raises(UserError, match="method 'orpo' is not known"):

@@ -16,13 +16,13 @@ a trainer, and a trainer module may import anything of the job.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Literal
 
 from pydantic import Field
 
 from hilt.core.config import StrictSection
 from hilt.core.errors import UserError
+from hilt.core.refs import Ref, load_ref
 
 
 class DpoSettings(StrictSection):
@@ -45,7 +45,7 @@ class Method:
 
     name: str
     record_kind: str  # a key of hilt.training.data.RECORD_CHECKS: "sft" (messages), "preference" or "unpaired"
-    trainer: str  # "module:function" taking a Job and returning a TrainOutcome; imported on use
+    trainer: Ref  # "module:function" (or the function) taking a Job, returning a TrainOutcome; imported on use
     description: str  # what it trains on, for the recipe's `method` field
     settings: type[StrictSection] | None = None  # its recipe section, named after the method (None: no section)
     tune: tuple[str, ...] = ()  # keys of its section a tuning job searches by default (each needs a tune range)
@@ -53,8 +53,7 @@ class Method:
 
     def train(self, job):
         """Run this method's trainer on ``job``; returns its ``TrainOutcome``."""
-        module, _, function = self.trainer.partition(":")
-        return getattr(import_module(module), function)(job)
+        return load_ref(self.trainer)(job)
 
     def tune_keys(self) -> list[str]:
         """The dotted recipe keys of :attr:`tune` (``dpo.beta``)."""

@@ -11,7 +11,7 @@ from hilt.core.errors import UserError
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from hilt.labeling.dataset import check_dataset_target, check_versions_root, export_to_dataset
-    from hilt.labeling.export import check_template_matches
+    from hilt.labeling.export_files import check_template_matches
 
     if bool(args.from_file) == bool(args.project):
         raise UserError("give exactly one of --project ID or --from-file EXPORT.json")

@@ -10,7 +10,8 @@ from hilt.core.errors import UserError
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
-    from hilt.labeling.export import check_template_matches, export_annotations
+    from hilt.labeling.export import export_annotations
+    from hilt.labeling.export_files import check_template_matches
 
     if bool(args.from_file) == bool(args.project):
         raise UserError("give exactly one of --project ID or --from-file EXPORT.json")

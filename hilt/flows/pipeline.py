@@ -205,7 +205,7 @@ class Runner:
 
 def _export(p: Pipeline, base: Path, datasets: Path) -> dict:
     from hilt.labeling.dataset import export_to_dataset, read_export_source
-    from hilt.labeling.export import ExportOptions, check_template_matches
+    from hilt.labeling.export_files import check_template_matches
 
     options = ExportOptions(policy=p.export.policy, validation_fraction=p.export.validation_fraction,
                             max_chars=p.export.max_chars, scrub_pii=p.export.scrub_pii,
