@@ -41,6 +41,7 @@ import re
 import uuid
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,20 @@ def gate_json_path(gate) -> str:
     return f"deltas.{gate.metric}" if gate.relative else f"models.candidate.metrics.{gate.metric}"
 
 
+@dataclass(frozen=True)
+class _Build:
+    """What each step's builder reads: the pipeline YAML, its checked settings (``_settings``), the SDK
+    session, the pipeline's parameters by role, and where this execution's evaluation is written."""
+
+    p: Any
+    s: dict[str, Any]
+    name: str
+    session: Any
+    parameters: dict[str, Any]
+    evaluation_prefix: list
+    eval_json_uri: Any
+
+
 def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = None, region: str | None = None):
     """The SDK ``Pipeline`` object for a loaded pipeline YAML (nothing is sent anywhere).
 
@@ -160,136 +175,175 @@ def build_pipeline(p, *, dataset: str | None = None, base_model: str | None = No
     """
     _sdk()
     import boto3
+    from sagemaker.workflow.execution_variables import ExecutionVariables
+    from sagemaker.workflow.functions import Join
+    from sagemaker.workflow.pipeline import Pipeline
+    from sagemaker.workflow.pipeline_context import PipelineSession
+
+    s = _settings(p, dataset, base_model)
+    name = pipeline_name(p.name)
+    bucket = s["s3_root"][5:].split("/", 1)[0]
+    session = PipelineSession(boto_session=boto3.Session(region_name=region or s["sm"].region or "us-east-1"),
+                              default_bucket=bucket, sagemaker_config=_SDK_CONFIG)
+    parameters = _parameters(p, s)
+    # This execution's evaluation folder; the Joins built on it stay flat: one level each.
+    evaluation_prefix = [s["s3_root"], "evaluations", name, ExecutionVariables.PIPELINE_EXECUTION_ID]
+    build = _Build(p, s, name, session, parameters, evaluation_prefix,
+                   eval_json_uri=Join(on="/", values=[*evaluation_prefix, EVALUATION_FILE]))
+
+    with _quiet_sdk():
+        train = _train_step(build)
+        model_data = train.properties.ModelArtifacts.S3ModelArtifacts
+        evaluate, report = _evaluate_step(build, model_data)
+        register = _register_step(build, model_data, evaluate)
+        last = _gates_step(build, evaluate, report, register) if s["gates"] else register
+        pipeline = Pipeline(name=name, parameters=[x for x in parameters.values() if x is not None],
+                            steps=[train, evaluate, last], sagemaker_session=session)
+    return pipeline
+
+
+def _parameters(p, s: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's parameters by role, in the order the definition lists them (None: not declared)."""
+    from sagemaker.workflow.parameters import ParameterInteger, ParameterString
+
+    sm = s["sm"]
+    return {
+        "dataset": ParameterString("DatasetS3Uri", default_value=s["dataset"]),
+        "base_model": ParameterString("BaseModelS3Uri", default_value=s["model"]) if s["model"] else None,
+        "train_type": ParameterString("TrainingInstanceType", default_value=sm.instance_type),
+        "train_count": ParameterInteger("TrainingInstanceCount", default_value=sm.instance_count),
+        "eval_type": ParameterString("EvaluationInstanceType", default_value=sm.instance_type),
+        "approval": ParameterString("ModelApprovalStatus", default_value=p.registry.approval),
+    }
+
+
+def _train_step(b: _Build):
+    """Train: the recipe as hyperparameters on the training image, with spot, checkpoints and TensorBoard."""
     from sagemaker.debugger import TensorBoardOutputConfig
     from sagemaker.estimator import Estimator
     from sagemaker.inputs import TrainingInput
-    from sagemaker.model import Model
-    from sagemaker.model_metrics import MetricsSource, ModelMetrics
-    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
-    from sagemaker.workflow import conditions
-    from sagemaker.workflow.condition_step import ConditionStep
     from sagemaker.workflow.execution_variables import ExecutionVariables
-    from sagemaker.workflow.fail_step import FailStep
-    from sagemaker.workflow.functions import Join, JsonGet
-    from sagemaker.workflow.model_step import ModelStep
-    from sagemaker.workflow.parameters import ParameterInteger, ParameterString
-    from sagemaker.workflow.pipeline import Pipeline
-    from sagemaker.workflow.pipeline_context import PipelineSession
-    from sagemaker.workflow.properties import PropertyFile
-    from sagemaker.workflow.steps import ProcessingStep, TrainingStep
+    from sagemaker.workflow.functions import Join
+    from sagemaker.workflow.steps import TrainingStep
 
     from hilt.serving.contract import JSONLINES
-    from hilt.serving.marketplace import CONTENT_TYPES, INSTANCE_TYPES
-    from hilt.serving.registry import metadata_value
     from hilt.training.callbacks import METRIC_DEFINITIONS
     from hilt.training.launch import recipe_hyperparameters
     from hilt.training.recipe import hyperparameter_strings
 
-    s = _settings(p, dataset, base_model)
-    sm, s3_root, recipe = s["sm"], s["s3_root"], s["recipe"]
-    name = pipeline_name(p.name)
-    bucket = s3_root[5:].split("/", 1)[0]
-    session = PipelineSession(boto_session=boto3.Session(region_name=region or sm.region or "us-east-1"),
-                              default_bucket=bucket, sagemaker_config=_SDK_CONFIG)
-    execution = ExecutionVariables.PIPELINE_EXECUTION_ID
+    p, sm, s3_root, recipe, parameters = b.p, b.s["sm"], b.s["s3_root"], b.s["recipe"], b.parameters
+    estimator = Estimator(
+        image_uri=sm.image, role=sm.role, instance_count=parameters["train_count"],
+        instance_type=parameters["train_type"], volume_size=sm.volume_gb, max_run=sm.max_run,
+        use_spot_instances=sm.spot, max_wait=(sm.max_wait or sm.max_run) if sm.spot else None,
+        # One prefix per execution: a retried or interrupted job resumes, another execution never does.
+        checkpoint_s3_uri=Join(on="/", values=[s3_root, "checkpoints", b.name,
+                                               ExecutionVariables.PIPELINE_EXECUTION_ID]),
+        checkpoint_local_path="/opt/ml/checkpoints",
+        output_path=f"{s3_root}/jobs", metric_definitions=METRIC_DEFINITIONS, enable_sagemaker_metrics=True,
+        tensorboard_output_config=TensorBoardOutputConfig(f"{s3_root}/tensorboard/{b.name}",
+                                                          "/opt/ml/output/tensorboard"),
+        hyperparameters=recipe_hyperparameters(p.train.recipe, hyperparameter_strings(p.train.set)),
+        disable_profiler=True, debugger_hook_config=False, sagemaker_session=b.session,
+        tags=[{"Key": "hilt:pipeline", "Value": p.name[:256]}, {"Key": "hilt:recipe", "Value": recipe.name[:256]}],
+    )
+    dataset_uri = parameters["dataset"]
+    channels = {"train": TrainingInput(Join(on="/", values=[dataset_uri, "train/"]), content_type=JSONLINES)}
+    if p.export.validation_fraction > 0:
+        channels["validation"] = TrainingInput(Join(on="/", values=[dataset_uri, "validation/"]),
+                                               content_type=JSONLINES)
+    if parameters["base_model"] is not None:
+        channels["model"] = TrainingInput(parameters["base_model"])
+    return TrainingStep(STEP_NAMES["train"], step_args=estimator.fit(channels),
+                        description=f"hilt train: recipe {recipe.name} ({recipe.method})")
 
-    dataset_uri = ParameterString("DatasetS3Uri", default_value=s["dataset"])
-    base_model_uri = ParameterString("BaseModelS3Uri", default_value=s["model"]) if s["model"] else None
-    train_type = ParameterString("TrainingInstanceType", default_value=sm.instance_type)
-    train_count = ParameterInteger("TrainingInstanceCount", default_value=sm.instance_count)
-    eval_type = ParameterString("EvaluationInstanceType", default_value=sm.instance_type)
-    approval = ParameterString("ModelApprovalStatus", default_value=p.registry.approval)
-    parameters = [x for x in (dataset_uri, base_model_uri, train_type, train_count, eval_type, approval) if x]
 
-    with _quiet_sdk():
-        estimator = Estimator(
-            image_uri=sm.image, role=sm.role, instance_count=train_count, instance_type=train_type,
-            volume_size=sm.volume_gb, max_run=sm.max_run, use_spot_instances=sm.spot,
-            max_wait=(sm.max_wait or sm.max_run) if sm.spot else None,
-            # One prefix per execution: a retried or interrupted job resumes, another execution never does.
-            checkpoint_s3_uri=Join(on="/", values=[s3_root, "checkpoints", name, execution]),
-            checkpoint_local_path="/opt/ml/checkpoints",
-            output_path=f"{s3_root}/jobs", metric_definitions=METRIC_DEFINITIONS, enable_sagemaker_metrics=True,
-            tensorboard_output_config=TensorBoardOutputConfig(f"{s3_root}/tensorboard/{name}",
-                                                              "/opt/ml/output/tensorboard"),
-            hyperparameters=recipe_hyperparameters(p.train.recipe, hyperparameter_strings(p.train.set)),
-            disable_profiler=True, debugger_hook_config=False, sagemaker_session=session,
-            tags=[{"Key": "hilt:pipeline", "Value": p.name[:256]}, {"Key": "hilt:recipe", "Value": recipe.name[:256]}],
-        )
-        channels = {"train": TrainingInput(Join(on="/", values=[dataset_uri, "train/"]), content_type=JSONLINES)}
-        if p.export.validation_fraction > 0:
-            channels["validation"] = TrainingInput(Join(on="/", values=[dataset_uri, "validation/"]),
-                                                   content_type=JSONLINES)
-        if base_model_uri is not None:
-            channels["model"] = TrainingInput(base_model_uri)
-        train = TrainingStep(STEP_NAMES["train"], step_args=estimator.fit(channels),
-                             description=f"hilt train: recipe {recipe.name} ({recipe.method})")
-        model_data = train.properties.ModelArtifacts.S3ModelArtifacts
+def _evaluate_step(b: _Build, model_data):
+    """Evaluate: ``hilt evaluate`` on the job's model.tar.gz against the baseline, in a processing job.
 
-        evaluation_prefix = [s3_root, "evaluations", name, execution]  # Joins stay flat: one level each
-        evaluation_uri = Join(on="/", values=evaluation_prefix)
-        eval_json_uri = Join(on="/", values=[*evaluation_prefix, EVALUATION_FILE])
-        command = ["hilt", "evaluate", "--model", f"{PROCESSING}/model", "--data", f"{PROCESSING}/data",
-                   "--out", f"{PROCESSING}/evaluation", "--max-new-tokens", str(p.evaluate.max_new_tokens)]
-        inputs = [ProcessingInput(source=model_data, destination=f"{PROCESSING}/model", input_name="model"),
-                  ProcessingInput(source=Join(on="/", values=[dataset_uri, "validation/"]),
-                                  destination=f"{PROCESSING}/data/validation", input_name="validation")]
-        baseline_source = s["baseline"] or base_model_uri
-        if baseline_source is not None:
-            command += ["--baseline", f"{PROCESSING}/baseline"]
-            inputs.append(ProcessingInput(source=baseline_source, destination=f"{PROCESSING}/baseline",
-                                          input_name="baseline"))
-        if p.evaluate.metric:
-            command += ["--metric", p.evaluate.metric]
-        if p.evaluate.max_samples:
-            command += ["--max-samples", str(p.evaluate.max_samples)]
-        if p.evaluate.general is False:
-            command += ["--no-general"]
-        # No --gate here: the gates are the ConditionStep's, so a model that misses one ends in
-        # GateFailed with its eval.json kept, rather than in a failed processing job.
-        processor = Processor(role=sm.role, image_uri=sm.image, instance_count=1, instance_type=eval_type,
-                              entrypoint=command, volume_size_in_gb=sm.volume_gb, max_runtime_in_seconds=sm.max_run,
-                              env={"HF_HUB_OFFLINE": "1"}, sagemaker_session=session)
-        report = PropertyFile(name="Evaluation", output_name="evaluation", path=EVALUATION_FILE)
-        evaluate = ProcessingStep(
-            STEP_NAMES["evaluate"], description="hilt evaluate: the trained model against the base model",
-            step_args=processor.run(inputs=inputs, outputs=[ProcessingOutput(
-                output_name="evaluation", source=f"{PROCESSING}/evaluation", destination=evaluation_uri)]),
-            property_files=[report])
+    Returns:
+        ``(step, property file)``: the ProcessingStep and eval.json as the gates read it.
+    """
+    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
+    from sagemaker.workflow.functions import Join
+    from sagemaker.workflow.properties import PropertyFile
+    from sagemaker.workflow.steps import ProcessingStep
 
-        request = p.request
-        model = Model(image_uri=request.image, model_data=model_data, role=request.role, sagemaker_session=session,
-                      env={"HILT_SERVE_HOST": "0.0.0.0", "HILT_METERING_UNIT": request.metering_unit})
-        metrics = ModelMetrics(model_statistics=MetricsSource(
-            content_type="application/json", s3_uri=eval_json_uri))
-        # Without gates the registration waits for the evaluation it reports (as `hilt pipeline run` does).
-        register = ModelStep(STEP_NAMES["register"], depends_on=None if s["gates"] else [evaluate],
-                             step_args=model.register(
-            content_types=CONTENT_TYPES, response_types=CONTENT_TYPES,
-            inference_instances=INSTANCE_TYPES[request.hardware]["realtime"],
-            transform_instances=INSTANCE_TYPES[request.hardware]["transform"],
-            model_package_group_name=p.registry.group or name, approval_status=approval, model_metrics=metrics,
-            description=f"{p.name}: fine-tuned with hilt ({recipe.name}); JSON and JSON Lines in and out.",
-            domain="NATURAL_LANGUAGE_PROCESSING", task="OTHER",
-            customer_metadata_properties={k: metadata_value(v) for k, v in {
-                "hilt:pipeline": p.name, "hilt:recipe": recipe.name, "hilt:method": recipe.method,
-                "hilt:gates": " and ".join(g.text for g in s["gates"]) or "none"}.items()},
-        ))
-        steps: list = [train, evaluate]
-        if s["gates"]:
-            checks = []
-            for gate in s["gates"]:
-                path = gate_json_path(gate)
-                value = JsonGet(step_name=evaluate.name, property_file=report, json_path=path)
-                checks.append(getattr(conditions, _GATE_CONDITIONS[gate.op])(left=value, right=gate.threshold))
-            failed = FailStep(STEP_NAMES["failed"], error_message=Join(on=" ", values=[
-                "a gate did not hold:", "; ".join(g.text for g in s["gates"]), "- see", eval_json_uri]))
-            steps.append(ConditionStep(STEP_NAMES["gates"], conditions=checks, if_steps=[register],
-                                       else_steps=[failed]))
-        else:
-            steps.append(register)
-        pipeline = Pipeline(name=name, parameters=parameters, steps=steps, sagemaker_session=session)
-    return pipeline
+    p, sm = b.p, b.s["sm"]
+    command = ["hilt", "evaluate", "--model", f"{PROCESSING}/model", "--data", f"{PROCESSING}/data",
+               "--out", f"{PROCESSING}/evaluation", "--max-new-tokens", str(p.evaluate.max_new_tokens)]
+    inputs = [ProcessingInput(source=model_data, destination=f"{PROCESSING}/model", input_name="model"),
+              ProcessingInput(source=Join(on="/", values=[b.parameters["dataset"], "validation/"]),
+                              destination=f"{PROCESSING}/data/validation", input_name="validation")]
+    baseline_source = b.s["baseline"] or b.parameters["base_model"]
+    if baseline_source is not None:
+        command += ["--baseline", f"{PROCESSING}/baseline"]
+        inputs.append(ProcessingInput(source=baseline_source, destination=f"{PROCESSING}/baseline",
+                                      input_name="baseline"))
+    if p.evaluate.metric:
+        command += ["--metric", p.evaluate.metric]
+    if p.evaluate.max_samples:
+        command += ["--max-samples", str(p.evaluate.max_samples)]
+    if p.evaluate.general is False:
+        command += ["--no-general"]
+    # No --gate here: the gates are the ConditionStep's, so a model that misses one ends in
+    # GateFailed with its eval.json kept, rather than in a failed processing job.
+    processor = Processor(role=sm.role, image_uri=sm.image, instance_count=1, instance_type=b.parameters["eval_type"],
+                          entrypoint=command, volume_size_in_gb=sm.volume_gb, max_runtime_in_seconds=sm.max_run,
+                          env={"HF_HUB_OFFLINE": "1"}, sagemaker_session=b.session)
+    report = PropertyFile(name="Evaluation", output_name="evaluation", path=EVALUATION_FILE)
+    step = ProcessingStep(
+        STEP_NAMES["evaluate"], description="hilt evaluate: the trained model against the base model",
+        step_args=processor.run(inputs=inputs, outputs=[ProcessingOutput(
+            output_name="evaluation", source=f"{PROCESSING}/evaluation",
+            destination=Join(on="/", values=b.evaluation_prefix))]),
+        property_files=[report])
+    return step, report
+
+
+def _register_step(b: _Build, model_data, evaluate):
+    """Register: the trained model into the model package group, eval.json as its ModelQuality statistics."""
+    from sagemaker.model import Model
+    from sagemaker.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.workflow.model_step import ModelStep
+
+    from hilt.serving.marketplace import CONTENT_TYPES, INSTANCE_TYPES
+    from hilt.serving.registry import metadata_value
+
+    p, recipe, gates, request = b.p, b.s["recipe"], b.s["gates"], b.p.request
+    model = Model(image_uri=request.image, model_data=model_data, role=request.role, sagemaker_session=b.session,
+                  env={"HILT_SERVE_HOST": "0.0.0.0", "HILT_METERING_UNIT": request.metering_unit})
+    metrics = ModelMetrics(model_statistics=MetricsSource(content_type="application/json", s3_uri=b.eval_json_uri))
+    # Without gates the registration waits for the evaluation it reports (as `hilt pipeline run` does).
+    return ModelStep(STEP_NAMES["register"], depends_on=None if gates else [evaluate], step_args=model.register(
+        content_types=CONTENT_TYPES, response_types=CONTENT_TYPES,
+        inference_instances=INSTANCE_TYPES[request.hardware]["realtime"],
+        transform_instances=INSTANCE_TYPES[request.hardware]["transform"],
+        model_package_group_name=p.registry.group or b.name, approval_status=b.parameters["approval"],
+        model_metrics=metrics,
+        description=f"{p.name}: fine-tuned with hilt ({recipe.name}); JSON and JSON Lines in and out.",
+        domain="NATURAL_LANGUAGE_PROCESSING", task="OTHER",
+        customer_metadata_properties={k: metadata_value(v) for k, v in {
+            "hilt:pipeline": p.name, "hilt:recipe": recipe.name, "hilt:method": recipe.method,
+            "hilt:gates": " and ".join(g.text for g in gates) or "none"}.items()},
+    ))
+
+
+def _gates_step(b: _Build, evaluate, report, register):
+    """CheckGates: one condition per gate, read from eval.json; Register when all hold, else GateFailed."""
+    from sagemaker.workflow import conditions
+    from sagemaker.workflow.condition_step import ConditionStep
+    from sagemaker.workflow.fail_step import FailStep
+    from sagemaker.workflow.functions import Join, JsonGet
+
+    gates = b.s["gates"]
+    checks = []
+    for gate in gates:
+        value = JsonGet(step_name=evaluate.name, property_file=report, json_path=gate_json_path(gate))
+        checks.append(getattr(conditions, _GATE_CONDITIONS[gate.op])(left=value, right=gate.threshold))
+    failed = FailStep(STEP_NAMES["failed"], error_message=Join(on=" ", values=[
+        "a gate did not hold:", "; ".join(g.text for g in gates), "- see", b.eval_json_uri]))
+    return ConditionStep(STEP_NAMES["gates"], conditions=checks, if_steps=[register], else_steps=[failed])
 
 
 def definition(pipeline) -> dict:
@@ -436,10 +490,8 @@ def export(path: Path, out: Path, *, dataset: str | None = None, base_model: str
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from hilt.core.outputs import write_atomic
+    from hilt.core.outputs import check_output_file, json_with_keys, write_atomic
     from hilt.flows.pipeline import load_pipeline
-
-    from hilt.core.outputs import check_output_file, json_with_keys
 
     check_output_file(Path(out), "--sagemaker", json_with_keys("Version", "Parameters", "Steps"),
                       what="a SageMaker Pipeline definition hilt wrote")
