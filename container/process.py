@@ -23,12 +23,12 @@ def start_serve(base: Path, port: int, extra_env: dict[str, str] | None = None) 
     return server, f"http://127.0.0.1:{port}"
 
 
-def wait_ready(url: str, server: subprocess.Popen, timeout: float = 300.0) -> bool:
-    """Poll ``/ping`` until it answers 200 (True), the process exits or ``timeout`` passes (False)."""
+def wait_ready(url: str, server: subprocess.Popen, timeout: float = 300.0, path: str = "/ping") -> bool:
+    """Poll ``url + path`` until it answers 200 (True), the process exits or ``timeout`` passes (False)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return True
         except OSError:

@@ -6,7 +6,7 @@ No weights are downloaded: the model is built from a Llama-3-8B config (hidden 4
 directly on the GPU. Everything else is hilt's path: an /opt/ml tree laid out by
 ``prepare_local_tree``, ``read_job``, ``build_sft_trainer`` (chat template, loss masks,
 best-fit-decreasing packing into 4k rows, LoRA on all linear layers, the recipe's
-TrainingArguments), ``trainer.train()``. Only ``build.load_model`` is swapped for the
+TrainingArguments), ``trainer.train()``. Only ``build.load_base_model`` is swapped for the
 in-memory random model, so no 16 GB checkpoint has to be written first.
 
 Rows: one without and one with gradient checkpointing. Per row: real (non-padding)
@@ -101,7 +101,7 @@ def run_row(shape: str, steps: int, warmup: int, max_length: int, batch: int, ch
         model.config.use_cache = False
         return model
 
-    build.load_model = random_model
+    build.load_base_model = random_model
     data = workdir / "data" / "train"
     data.mkdir(parents=True, exist_ok=True)
     # ~4k-token conversations once packed; enough rows for warm-up and timed steps.

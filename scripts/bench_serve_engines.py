@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from bench_serve import percentile
 
 from hilt.core.net import free_port
 from hilt.serving.image import stop_process
+from hilt.serving.process import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_MODEL = ROOT / ".cache" / "models" / "smollm2-135m-instruct"
@@ -42,21 +42,6 @@ PROMPTS = ["Please order a monitor for Ana.", "Can you book room 3A on Monday?",
            "Translate 'good morning' into Spanish.", "Name two planets.", "Why is the sky blue?",
            "Suggest a name for a cat.", "What should I pack for a weekend trip?", "How many days are in a leap year?",
            "Write one sentence about autumn."]
-
-
-def wait_for(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None:
-            raise SystemExit(f"bench_serve: {process.args[0]} exited with {process.returncode}; see {log}")
-        time.sleep(0.5)
-    raise SystemExit(f"bench_serve: {url} did not answer within {timeout:.0f} s; see {log}")
 
 
 def stream_one(port: int, path: str, body: dict) -> dict:
@@ -128,7 +113,9 @@ def run_side(mode: str, argv: list[str], env: dict, port: int, ready_path: str, 
                                stdin=subprocess.DEVNULL, start_new_session=True)
     rows = []
     try:
-        wait_for(f"http://127.0.0.1:{port}{ready_path}", process, 900, log)
+        if not wait_ready(f"http://127.0.0.1:{port}", process, 900, path=ready_path):
+            raise SystemExit(f"bench_serve: {mode} on port {port} did not answer {ready_path} (exit code "
+                             f"{process.poll()}); see {log}")
         start_seconds = time.monotonic() - started
         print(f"[bench] {mode} ready in {start_seconds:.0f} s", flush=True)
         load(port, request_path, model_name, mode, 4, 4, 8)  # warm-up

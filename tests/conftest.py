@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from hilt.core.net import free_port
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Hub access is off for every test: a test that tries to download fails loudly.
@@ -86,12 +88,7 @@ def run_hilt(hilt_exe: Path, *args: str, timeout: int = 600, env: dict | None = 
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_free_port = free_port  # (tests import it from here)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,13 +17,9 @@ import pytest
 
 from hilt.serving.contract import Generation, RequestError, metering_units, parse_request
 
+from hilt.core.net import free_port  # noqa: E402  (tests import it from here)
+
 METERING = "x-amzn-inference-metering"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(url, body, content_type="application/json", timeout=120):

@@ -168,7 +168,7 @@ def training_arguments(job: Job) -> dict[str, Any]:
     return kwargs
 
 
-def load_model(job: Job):
+def load_base_model(job: Job):
     """The base model, loaded after the TrainingArguments (ZeRO-3 shards it while loading)."""
     from transformers import AutoModelForCausalLM
 

@@ -3,10 +3,12 @@
 A channel directory holds record files: ``data.jsonl`` from ``hilt export``, or the files a
 buyer brings (``*.jsonl``, or ``*.json`` arrays) in any format of ``hilt.training.formats``
 (messages, Bedrock, ShareGPT, Alpaca, JumpStart, prompt/completion, preference), detected
-per file. Every record becomes one of two kinds:
+per file. Every record becomes one of three kinds (``RECORD_CHECKS``; a method names the one it
+trains on):
 
-- SFT: ``{"messages": [{"role": ..., "content": ...}, ...]}``
+- sft: ``{"messages": [{"role": ..., "content": ...}, ...]}``
 - preference: ``{"prompt": [messages], "chosen": [assistant msg], "rejected": [...]}``
+- unpaired: ``{"prompt": [messages], "completion": [assistant msg], "label": bool}`` (KTO)
 
 Each record is checked, and a bad one is a user error naming file and line. ``meta``
 (Label Studio ids, annotators) stays on disk: it is provenance, not model input.

@@ -1,5 +1,6 @@
-"""A worker's training run: build the method's trainer, run ``trainer.train()`` (resuming from the newest
-complete checkpoint), and save what it leaves behind: weights and the log history."""
+"""What every method's trainer module does around its TRL trainer: ``make_trainer`` builds it with hilt's
+callbacks, LoRA config and fused kernels; ``train_and_save`` runs ``trainer.train()`` (resuming from the
+newest complete checkpoint) and saves the weights and the log history in the worker."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     # CPU steps reuse freed activations instead of faulting in fresh pages (host_memory.py).
     kept = not build.has_cuda() and keep_freed_memory()
     stopping.enter("model")
-    model = build.load_model(job)
+    model = build.load_base_model(job)
     stopper = StopOnSigterm()
     trainer = trainer_class(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=build.lora_config(job),
