@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -113,72 +114,141 @@ def accepted(accept: str | None, offers: list[str]) -> str | None:
 def create_app(model_dir=None, metering_unit: str | None = None):
     """The FastAPI app; the model loads in a background thread (``/ping`` is 503 until then)."""
     go_offline()
-    unit = metering_unit or os.environ.get(METERING_ENV, "output_tokens")
-    if unit not in METERING_UNITS:
-        raise SystemExit(f"serve: {METERING_ENV}={unit!r} is not one of {', '.join(METERING_UNITS)}")
-    model_dir = model_dir or OptML.from_env().model_dir
-    backend_cls = backend_class()
-    try:
-        batch = batch_settings()
-        budget = env_number(BUDGET_ENV, DEFAULT_BATCH_BUDGET_SECONDS if batch["batch"] else DEFAULT_BUDGET_SECONDS)
-        max_in_flight = env_number(MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT, kind=int)
-        # What GET /execution-parameters suggests: as many requests in flight as the engine batches well.
-        concurrent_transforms = env_number(MAX_CONCURRENT_TRANSFORMS_ENV, backend_cls.concurrent_transforms, kind=int)
-        capture = DataCapture.from_env()
-    except UserError as err:
-        raise SystemExit(f"serve: {err}") from None
-    state: dict[str, Any] = {"runner": None, "error": None, "slots": None}
-
-    def load() -> None:
-        try:
-            state["runner"] = backend_cls(model_dir)
-            print(f"[serve] model loaded from {model_dir} (backend {backend_cls.name})", flush=True)
-        except Exception as err:  # noqa: BLE001  (reported by /ping and the log)
-            state["error"] = f"{type(err).__name__}: {err}"
-            print(f"[serve] failed to load the model from {model_dir}: {state['error']}", file=sys.stderr, flush=True)
+    state = _AppState.from_env(model_dir, metering_unit)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        if state["runner"] is not None:  # stop the batch's thread with the server
-            state["runner"].close()
-        if capture is not None:  # publish the open capture file
-            capture.close()
+        state.close()
 
     app = FastAPI(title="hilt serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    threading.Thread(target=load, name="model-loader", daemon=True).start()
-
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    def engine_failure() -> str | None:
-        """Why the loaded engine cannot generate any more (SageMaker then replaces the instance)."""
-        return None if state["runner"] is None else state["runner"].failure()
+    threading.Thread(target=state.load, name="model-loader", daemon=True).start()
 
     @app.get("/ping")
     def ping():
-        failure = engine_failure()
-        if failure is not None:
-            return error(500, failure)
-        if state["runner"] is not None:
-            # SageMaker reads only the status; the body says whether data capture is writing.
-            return Response(status_code=200) if capture is None else JSONResponse(
-                {"status": "healthy", "data_capture": capture.status()})
-        return error(503 if state["error"] is None else 500, state["error"] or "model is loading")
+        return state.ping()
 
     @app.get("/execution-parameters")
     def execution_parameters():
-        return {"MaxConcurrentTransforms": concurrent_transforms, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+        return {"MaxConcurrentTransforms": state.concurrent_transforms, "BatchStrategy": "MULTI_RECORD",
+                "MaxPayloadInMB": 6}
 
     @app.post("/invocations")
     async def invocations(request: Request):
-        runner = state["runner"]
-        if runner is None:
-            return error(503, state["error"] or "model is loading; retry when /ping answers 200")
-        failure = engine_failure()
+        return await state.invoke(request)
+
+    app.state.model_state = state.model
+    app.state.capture = state.capture
+    return app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@dataclass
+class _Call:
+    """One POST /invocations, read and parsed: what the streamed and the whole answer both need."""
+
+    body: bytes
+    content_type: str
+    requests: list[tuple[int, Invocation]]  # (line number, request)
+    media: str  # the answer's content type
+    deadline: float
+    captured: bool
+
+    @property
+    def stream(self) -> bool:
+        return self.requests[0][1].stream
+
+
+class _AppState:
+    """What the routes share: the settings read once at start, the model (``model["runner"]`` once loaded,
+    ``model["error"]`` if it failed) and the data capture."""
+
+    def __init__(self, model_dir, unit: str, backend_cls, batch: dict[str, Any], budget: float, max_in_flight: int,
+                 concurrent_transforms: int, capture: DataCapture | None):
+        self.model_dir, self.unit, self.backend_cls, self.batch = model_dir, unit, backend_cls, batch
+        self.budget, self.max_in_flight, self.concurrent_transforms = budget, max_in_flight, concurrent_transforms
+        self.capture = capture
+        self.model: dict[str, Any] = {"runner": None, "error": None, "slots": None}
+
+    @classmethod
+    def from_env(cls, model_dir, metering_unit: str | None) -> _AppState:
+        """Every setting serve reads from its environment, checked; a bad one exits in one line."""
+        unit = metering_unit or os.environ.get(METERING_ENV, "output_tokens")
+        if unit not in METERING_UNITS:
+            raise SystemExit(f"serve: {METERING_ENV}={unit!r} is not one of {', '.join(METERING_UNITS)}")
+        model_dir = model_dir or OptML.from_env().model_dir
+        backend_cls = backend_class()
+        try:
+            batch = batch_settings()
+            budget = env_number(BUDGET_ENV, DEFAULT_BATCH_BUDGET_SECONDS if batch["batch"] else DEFAULT_BUDGET_SECONDS)
+            max_in_flight = env_number(MAX_IN_FLIGHT_ENV, DEFAULT_MAX_IN_FLIGHT, kind=int)
+            # What GET /execution-parameters suggests: as many requests in flight as the engine batches well.
+            concurrent_transforms = env_number(MAX_CONCURRENT_TRANSFORMS_ENV, backend_cls.concurrent_transforms,
+                                               kind=int)
+            capture = DataCapture.from_env()
+        except UserError as err:
+            raise SystemExit(f"serve: {err}") from None
+        return cls(model_dir, unit, backend_cls, batch, budget, max_in_flight, concurrent_transforms, capture)
+
+    def load(self) -> None:
+        try:
+            self.model["runner"] = self.backend_cls(self.model_dir)
+            print(f"[serve] model loaded from {self.model_dir} (backend {self.backend_cls.name})", flush=True)
+        except Exception as err:  # noqa: BLE001  (reported by /ping and the log)
+            self.model["error"] = f"{type(err).__name__}: {err}"
+            print(f"[serve] failed to load the model from {self.model_dir}: {self.model['error']}", file=sys.stderr,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.model["runner"] is not None:  # stop the batch's thread with the server
+            self.model["runner"].close()
+        if self.capture is not None:  # publish the open capture file
+            self.capture.close()
+
+    def engine_failure(self) -> str | None:
+        """Why the loaded engine cannot generate any more (SageMaker then replaces the instance)."""
+        return None if self.model["runner"] is None else self.model["runner"].failure()
+
+    def ping(self) -> Response:
+        failure = self.engine_failure()
         if failure is not None:
-            return error(503, failure)
-        limit = batch["max_payload_bytes"]
+            return _error(500, failure)
+        if self.model["runner"] is not None:
+            # SageMaker reads only the status; the body says whether data capture is writing.
+            return Response(status_code=200) if self.capture is None else JSONResponse(
+                {"status": "healthy", "data_capture": self.capture.status()})
+        return _error(503 if self.model["error"] is None else 500, self.model["error"] or "model is loading")
+
+    async def invoke(self, request: Request) -> Response:
+        """POST /invocations: every refusal is a JSON answer with its status; a streamed request gets its
+        chunks as they come, any other the whole answer."""
+        runner = self.model["runner"]
+        if runner is None:
+            return _error(503, self.model["error"] or "model is loading; retry when /ping answers 200")
+        failure = self.engine_failure()
+        if failure is not None:
+            return _error(503, failure)
+        call = await self._read(request)
+        if isinstance(call, Response):
+            return call
+        prepared = await asyncio.to_thread(_prepare_all, runner, call)
+        if isinstance(prepared, str):
+            return _error(400, prepared)
+        if self.model["slots"] is None:
+            self.model["slots"] = asyncio.Semaphore(self.max_in_flight)
+        # The client leaving cancels the work.
+        cancelled = threading.Event()
+        if call.stream:
+            return self._streamed(runner, call, prepared[0], cancelled)
+        return await self._completed(runner, call, prepared, request, cancelled)
+
+    async def _read(self, request: Request) -> _Call | Response:
+        """The body read within the payload limit, parsed, and the answer's media type; or the refusal
+        (413, 415, 400, 406)."""
+        limit = self.batch["max_payload_bytes"]
         # Read the body to the end (a client still sending when we answer gets a reset, not
         # the 413), but keep no more than the limit in memory.
         chunks, size = [], 0
@@ -187,99 +257,107 @@ def create_app(model_dir=None, metering_unit: str | None = None):
             if size <= limit:
                 chunks.append(chunk)
         if size > limit:
-            where = ("SAGEMAKER_MAX_PAYLOAD_IN_MB" if batch["batch"] else "SageMaker's 6 MB real-time limit")
-            return error(413, f"payload of {size} bytes is over {where} ({limit} bytes)")
+            where = ("SAGEMAKER_MAX_PAYLOAD_IN_MB" if self.batch["batch"] else "SageMaker's 6 MB real-time limit")
+            return _error(413, f"payload of {size} bytes is over {where} ({limit} bytes)")
         body = b"".join(chunks)
         # One wall-clock budget for the whole invocation, parsing and tokenizing included.
-        deadline = time.monotonic() + budget
-        captured = capture is not None and capture.sampled()
+        deadline = time.monotonic() + self.budget
+        captured = self.capture is not None and self.capture.sampled()
         content_type = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
         if content_type not in (JSON, JSONLINES):
-            return error(415, f"content type {content_type!r} not supported; use {JSON} or {JSONLINES}")
+            return _error(415, f"content type {content_type!r} not supported; use {JSON} or {JSONLINES}")
         # Parsing and rendering/tokenizing run in a worker thread: a 6 MB body must not hold the event
         # loop, or /ping (which SageMaker gives 2 s) waits behind it.
         try:
             requests = await asyncio.to_thread(parse_body, body, content_type)
         except RequestError as err:
-            return error(400, str(err))
-        stream = requests[0][1].stream
-        if stream:
-            offers = [EVENT_STREAM, JSONLINES] if requests[0][1].schema == "chat" else [JSONLINES, EVENT_STREAM]
-        else:
-            offers = [content_type]
-        media = accepted(request.headers.get("accept"), offers)
-        if media is None and stream and accepted(request.headers.get("accept"), [JSON]):
-            # The OpenAI SDK streams with Accept: application/json; OpenAI-compatible servers answer
-            # with the stream all the same.
-            media = offers[0]
-        if media is None:
-            return error(406, f"cannot answer with Accept {request.headers.get('accept')!r}; "
-                              f"this request is answered as {' or '.join(offers)}")
-        def prepare_all() -> list | str:
-            prepared = []
-            for number, invocation in requests:
-                try:
-                    prepared.append(runner.prepare(invocation.messages, invocation.kwargs))
-                except RequestError as err:
-                    return (f"line {number}: " if content_type == JSONLINES else "") + str(err)
-            return prepared
+            return _error(400, str(err))
+        media = _answer_media(request.headers.get("accept"), requests[0][1], content_type)
+        if isinstance(media, Response):
+            return media
+        return _Call(body, content_type, requests, media, deadline, captured)
 
-        prepared = await asyncio.to_thread(prepare_all)
-        if isinstance(prepared, str):
-            return error(400, prepared)
-        if state["slots"] is None:
-            state["slots"] = asyncio.Semaphore(max_in_flight)
-        # The client leaving cancels the work.
-        cancelled = threading.Event()
-        if stream:
-            ids, kwargs = prepared[0]
-            headers = {METERING_HEADER: streamed_metering_header(unit, len(ids), kwargs["max_new_tokens"]),
-                       "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            chunks_out = _stream(runner, requests[0][1], ids, kwargs, deadline, cancelled, media, state["slots"])
-            if captured:
-                chunks_out = _captured_stream(chunks_out, capture, body, content_type, media)
-            return _ClosingStream(chunks_out, media_type=media, headers=headers)
+    def _streamed(self, runner, call: _Call, prepared: tuple, cancelled: threading.Event) -> StreamingResponse:
+        """The answer of a streamed request, chunk by chunk, metered on what it may consume."""
+        ids, kwargs = prepared
+        headers = {METERING_HEADER: streamed_metering_header(self.unit, len(ids), kwargs["max_new_tokens"]),
+                   "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        chunks = _stream(runner, call.requests[0][1], ids, kwargs, call.deadline, cancelled, call.media,
+                         self.model["slots"])
+        if call.captured:
+            chunks = _captured_stream(chunks, self.capture, call.body, call.content_type, call.media)
+        return _ClosingStream(chunks, media_type=call.media, headers=headers)
+
+    async def _completed(self, runner, call: _Call, prepared: list, request: Request,
+                         cancelled: threading.Event) -> Response:
+        """The whole answer: every request generated at once (at most max_in_flight in all), in the body's
+        shape; a client that leaves cancels them, a cut answer is not billed."""
+        slots = self.model["slots"]
 
         async def one(ids, kwargs):
-            async with state["slots"]:
-                return await runner.complete(ids, kwargs, deadline, cancelled)
+            async with slots:
+                return await runner.complete(ids, kwargs, call.deadline, cancelled)
 
-        async def watch_disconnect():
-            while not cancelled.is_set():
-                if await request.is_disconnected():
-                    cancelled.set()
-                    return
-                await asyncio.sleep(0.1)
-
-        watcher = asyncio.create_task(watch_disconnect())
+        watcher = asyncio.create_task(_watch_disconnect(request, cancelled))
         try:
             try:
                 generations = await asyncio.gather(*(one(ids, kwargs) for ids, kwargs in prepared))
             except Exception as err:  # noqa: BLE001  (the engine failed: say why, in the answer's shape)
                 print(f"[serve] generation failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
-                return error(500, f"generation failed: {err}")
+                return _error(500, f"generation failed: {err}")
             if cancelled.is_set() and any(g.finish_reason == "cancelled" for g in generations):
-                return error(499, "client disconnected; generation cancelled")
+                return _error(499, "client disconnected; generation cancelled")
             if any(g.finish_reason == "shutdown" for g in generations):  # a cut answer is not billed
-                return error(503, "the server is shutting down (SIGTERM) and cut the answer short; send the "
-                                  "request again")
+                return _error(503, "the server is shutting down (SIGTERM) and cut the answer short; send the "
+                                   "request again")
         finally:
             cancelled.set()
             watcher.cancel()
-        headers = {METERING_HEADER: metering_header(unit, generations)}
-        answers = [invocation.answer(generation) for (_, invocation), generation in zip(requests, generations)]
-        if content_type == JSON:
+        headers = {METERING_HEADER: metering_header(self.unit, generations)}
+        answers = [invocation.answer(generation) for (_, invocation), generation in zip(call.requests, generations)]
+        if call.content_type == JSON:
             response = JSONResponse(answers[0], headers=headers)
         else:
             payload = "".join(json.dumps(answer, ensure_ascii=False) + "\n" for answer in answers)
             response = Response(payload, media_type=JSONLINES, headers=headers)
-        if captured:
-            capture.record(body, content_type, response.body, content_type)
+        if call.captured:
+            self.capture.record(call.body, call.content_type, response.body, call.content_type)
         return response
 
-    app.state.model_state = state
-    app.state.capture = capture
-    return app
+
+def _answer_media(accept: str | None, first: Invocation, content_type: str) -> str | Response:
+    """The answer's content type for the Accept header, or the 406 refusal."""
+    if first.stream:
+        offers = [EVENT_STREAM, JSONLINES] if first.schema == "chat" else [JSONLINES, EVENT_STREAM]
+    else:
+        offers = [content_type]
+    media = accepted(accept, offers)
+    if media is None and first.stream and accepted(accept, [JSON]):
+        # The OpenAI SDK streams with Accept: application/json; OpenAI-compatible servers answer
+        # with the stream all the same.
+        media = offers[0]
+    if media is None:
+        return _error(406, f"cannot answer with Accept {accept!r}; this request is answered as {' or '.join(offers)}")
+    return media
+
+
+def _prepare_all(runner, call: _Call) -> list | str:
+    """Every request rendered and tokenized (in a worker thread), or the first refusal's message."""
+    prepared = []
+    for number, invocation in call.requests:
+        try:
+            prepared.append(runner.prepare(invocation.messages, invocation.kwargs))
+        except RequestError as err:
+            return (f"line {number}: " if call.content_type == JSONLINES else "") + str(err)
+    return prepared
+
+
+async def _watch_disconnect(request: Request, cancelled: threading.Event) -> None:
+    while not cancelled.is_set():
+        if await request.is_disconnected():
+            cancelled.set()
+            return
+        await asyncio.sleep(0.1)
 
 
 class _ClosingStream(StreamingResponse):
