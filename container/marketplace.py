@@ -335,7 +335,6 @@ def write_listing(model_dir: Path, out: Path, report: dict | None, metering_unit
 
 def write_listing_files(model_dir: Path, out: Path, report: dict | None, metering_unit: str) -> tuple[Path, Path]:
     """LISTING.md at ``out`` and, beside it, the buyer's sample notebook (``hilt.serving.notebook``)."""
-    from hilt.core.layout import read_manifest
     from hilt.serving.notebook import NOTEBOOK_FILE, check_notebook_path, write_sample_notebook
 
     recipe = read_manifest(model_dir).get("recipe", {})
