@@ -156,7 +156,7 @@ class Backend:
     def load(self, model_dir):
         """(tokenizer, model config, generation config); a backend that generates in this process
         keeps the model as ``self.model``."""
-        from hilt.training.generation import load_model
+        from hilt.training.evaluation.generation import load_model
 
         self.model, tokenizer = load_model(model_dir, require_chat_template=False)
         return tokenizer, self.model.config, self.model.generation_config

@@ -17,8 +17,8 @@ from typing import Any
 from hilt.serving.contract import JSON, JSONLINES, METERING_DIMENSION, METERING_UNITS
 from hilt.core.errors import UserError
 from hilt.core.layout import read_manifest
-from hilt.training.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
-from hilt.training.recipe import flat_fields, load_recipe, tuning_range
+from hilt.training.methods.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
+from hilt.training.contract.recipe import flat_fields, load_recipe, tuning_range
 
 CONTENT_TYPES = [JSON, JSONLINES]
 MODEL_CONTENT_TYPE = "application/octet-stream"
@@ -163,7 +163,7 @@ def recipe_hardware(recipe_name: str) -> str:
 
 def channel_descriptions() -> dict[str, str]:
     """What each TrainingChannel accepts, in the words a buyer reads on the listing."""
-    from hilt.training.formats import accepted_formats
+    from hilt.training.data.formats import accepted_formats
 
     data = ("JSON Lines (*.jsonl) or JSON arrays (*.json), one format per file, detected per file. "
             f"SFT recipes: {accepted_formats('sft')}; a template.json (prompt/completion) beside JumpStart "

@@ -8,7 +8,7 @@ mapping file on the operator's disk, never in the task data (the task carries on
 opaque ``pair_id``). Pairs whose answers are the same text are not sent to annotators;
 they count as ties.
 
-``hilt compare-report`` reads the project's export back through the mapping: each
+``hilt label compare-report`` reads the project's export back through the mapping: each
 Pairwise choice (left = answer1) becomes a vote for the candidate or the baseline; each
 pair is won by its majority (a split vote is a tie). It reports the candidate's win rate
 over decided pairs with a Wilson 95 % interval, ties, and per-annotator agreement, and
@@ -55,7 +55,7 @@ def blind_pairs(rows: list[dict], candidate: list[str], baseline: list[str], see
         (tasks for the preference template, {pair_id: {"candidate": "answer1"|"answer2"} or
         {"identical": True}}).
     """
-    from hilt.training.scoring import normalize_answer
+    from hilt.training.evaluation.scoring import normalize_answer
 
     tasks, pairs = [], {}
     for index, (row, cand, base) in enumerate(zip(rows, candidate, baseline, strict=True)):
@@ -215,7 +215,7 @@ def create_compare_project(client, baseline: Path, candidate: Path, rows: list[d
     from hilt.labeling.importing import model_version
     from hilt.labeling.templates import template_xml
     from hilt.core.outputs import claim_output_dir, write_atomic
-    from hilt.training.generation import greedy_answers
+    from hilt.training.evaluation.generation import greedy_answers
 
     # The mapping folder first: a folder of someone else's files is refused before any work.
     claim_output_dir(out, "compare", "--out", recognise=lambda d: any(d.glob("project-*.json")),

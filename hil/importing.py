@@ -66,7 +66,7 @@ def _as_is(row: dict, where: str) -> dict:
 def chat_row(row: dict, where: str) -> dict:
     """A chat row's conversation as ``messages`` (from ``messages`` or ShareGPT ``conversations``),
     checked: text turns of system/user/assistant, ending with the user turn to answer."""
-    from hilt.training.formats import conversation
+    from hilt.training.data.formats import conversation
 
     messages = conversation(_as_is(row, where), where)
     if messages is None:
@@ -162,7 +162,7 @@ def conversation_of(row: dict) -> list[dict]:
 
 def drafts_from_model(model_dir: Path, rows: list[dict], max_new_tokens: int = 128) -> dict[str, str]:
     """Greedy drafts from a local model, keyed like ``load_drafts``."""
-    from hilt.training.generation import greedy_answers
+    from hilt.training.evaluation.generation import greedy_answers
 
     answers = greedy_answers(model_dir, [conversation_of(r) for r in rows], max_new_tokens=max_new_tokens)
     return {_key(r, i): a for i, (r, a) in enumerate(zip(rows, answers))}

@@ -90,7 +90,7 @@ class Template:
     drafts: Literal["none", "one", "many"]  # model drafts: none, the one to edit/grade, answers to rank
     record_format: str  # what a record of its dataset looks like (the dataset card)
     train_recipe: str  # the bundled recipe that trains on its records (the dataset card)
-    record_kind: Literal["sft", "preference", "unpaired"]  # hilt.training.data.RECORD_CHECKS
+    record_kind: Literal["sft", "preference", "unpaired"]  # hilt.training.data.records.RECORD_CHECKS
     match: Callable[[ConfigView], LabelingSpec | None]  # its spec, when a labeling config is of this kind
     precedence: int  # matchers run highest first: a config that also fits a plainer kind is this one
     exporter: Ref  # (tasks, spec, options, scrub, out): records and rejects into out (hilt.labeling.exporters)

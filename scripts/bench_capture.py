@@ -39,7 +39,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from hilt.serving.capture import DataCapture
-    from hilt.training.tiny_model import build_tiny_model
+    from hilt.training.models.tiny_model import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="bench-capture-"))
     model = build_tiny_model(work / "model")

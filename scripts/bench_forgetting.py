@@ -86,7 +86,7 @@ def train(model: Path, data: Path, out: Path, replay: float, steps: int) -> floa
 
 
 def score(model: Path, data: Path, out: Path) -> dict:
-    from hilt.training.evaluate import evaluate
+    from hilt.training.evaluation.evaluate import evaluate
 
     result = evaluate(model, data, out, max_new_tokens=48)
     m, g = result["models"]["candidate"]["metrics"], result["general"]["models"]["candidate"]

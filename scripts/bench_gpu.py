@@ -76,11 +76,11 @@ def run_row(shape: str, steps: int, warmup: int, max_length: int, batch: int, ch
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from hilt.training import build
-    from hilt.training.entry import prepare_local_tree
-    from hilt.training.job import read_job
-    from hilt.training.sft import build_sft_trainer
-    from hilt.training.tiny_model import TinyModelSpec, build_tokenizer
+    from hilt.training.methods import build
+    from hilt.training.contract.entry import prepare_local_tree
+    from hilt.training.contract.job import read_job
+    from hilt.training.methods.sft import build_sft_trainer
+    from hilt.training.models.tiny_model import TinyModelSpec, build_tokenizer
 
     cuda = torch.cuda.is_available()
     # A model dir with the config and tokenizer only; the weights are made in memory below.

@@ -147,7 +147,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     model = Path(args.model) if args.model else None
     if model is None:
-        from hilt.training.tiny_model import build_tiny_model
+        from hilt.training.models.tiny_model import build_tiny_model
 
         model = build_tiny_model(work / "model")
     # The server generates until EOS or max_new_tokens; a random-init model rarely stops, so

@@ -17,7 +17,7 @@ truncation drops elsewhere; its real-token count is reported as it is). Modes:
 - ``hilt``: hilt's own path (``data.packing``: rows choose a step's conversations, laid out
   as length groups, each example attending only to itself; fused LoRA linears, RMSNorms and
   rotary embeddings; on CPU, the loss on the counted positions only
-  (``hilt.training.sft_loss``) and malloc keeps freed blocks: ``hilt.training.host_memory``);
+  (``hilt.training.kernels.sft_loss``) and malloc keeps freed blocks: ``hilt.training.kernels.host_memory``);
 - ``trl-group-by-length+host-memory``: TRL's group-by-length with hilt's malloc setting
   applied to its process too. Not a TRL option, so not a candidate for "best TRL mode"; it
   shows how much of hilt's lead is that setting and how much its own path.
@@ -127,7 +127,7 @@ def build_model(work: Path, shape: str, layers: int | None) -> str:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from hilt.training.tiny_model import TinyModelSpec, build_tiny_model, build_tokenizer
+    from hilt.training.models.tiny_model import TinyModelSpec, build_tiny_model, build_tokenizer
 
     if shape == "tiny" and layers is None:
         return str(build_tiny_model(work / "model", TinyModelSpec(layers=4, hidden=256, heads=8, intermediate=688)))
@@ -160,9 +160,9 @@ def make_records(n: int, seed: int) -> list[dict]:
 
 def hilt_trainer(model: str, data: Path, batch: int, max_length: int, micro_batch: int | None = None,
                  checkpointing: bool = False):
-    from hilt.training.entry import prepare_local_tree
-    from hilt.training.job import read_job
-    from hilt.training.sft import build_sft_trainer
+    from hilt.training.contract.entry import prepare_local_tree
+    from hilt.training.contract.job import read_job
+    from hilt.training.methods.sft import build_sft_trainer
 
     # --hilt-micro-batch: the same rows per optimizer step, a few at a time (gradient accumulation).
     micro_batch = micro_batch or batch
@@ -289,7 +289,7 @@ def run_worker(mode: str, model: str, data: Path, batch: int, max_length: int, p
                                                      os.environ.get("HILT_BENCH_CHECKPOINTING") == "1")
     else:
         if mode == WITH_HOST_MEMORY:
-            from hilt.training.host_memory import keep_freed_memory
+            from hilt.training.kernels.host_memory import keep_freed_memory
 
             assert keep_freed_memory(), "malloc settings did not apply (not glibc, or MALLOC_*_THRESHOLD_/GLIBC_TUNABLES/LD_PRELOAD set)"
         trainer, real, total, per_row = trl_trainer(mode, model, data, batch, max_length)

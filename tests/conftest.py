@@ -35,7 +35,7 @@ def hilt_exe() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama model + tokenizer, built once per session with the default spec."""
-    from hilt.training.tiny_model import build_tiny_model
+    from hilt.training.models.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -54,9 +54,9 @@ def opt_ml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def warm_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model with a short full fine-tune on a copy task: a base LoRA can learn on.
 
-    (LoRA on a random-init base does not learn; see hilt.training.tiny_model.warm_up.)
+    (LoRA on a random-init base does not learn; see hilt.training.models.tiny_model.warm_up.)
     """
-    from hilt.training.tiny_model import build_tiny_model, warm_up
+    from hilt.training.models.tiny_model import build_tiny_model, warm_up
 
     directory = build_tiny_model(tmp_path_factory.mktemp("warm-base"))
     warm_up(directory, steps=300)

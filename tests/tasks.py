@@ -52,7 +52,7 @@ def write_preference_dataset(root: Path, n_train: int = 64, seed: int = 0) -> Pa
 
 
 def exact_match(model_dir: Path, records: list[dict]) -> float:
-    from hilt.training.generation import greedy_answers
+    from hilt.training.evaluation.generation import greedy_answers
 
     prompts = [r["messages"][:-1] for r in records]
     answers = greedy_answers(model_dir, prompts, max_new_tokens=8)

@@ -294,7 +294,7 @@ def test_recipe_and_record_files_that_are_not_text(capsys, tmp_path):
     code, _, err = hilt(capsys, "recipe", "check", "quickstart-tiny-sft", "--set", "train.max_steps=true")
     assert code == 2 and "train.max_steps" in one_line_error(err) and "boolean" in err
 
-    from hilt.training.data import read_records
+    from hilt.training.data.records import read_records
 
     channel = tmp_path / "train"
     channel.mkdir()
@@ -350,7 +350,7 @@ def test_raw_train_with_malformed_config_fails_in_one_line(opt_ml, config, expec
 
 
 def test_write_failure_survives_a_read_only_output(opt_ml, monkeypatch, capsys):
-    from hilt.training.job import write_failure
+    from hilt.training.contract.job import write_failure
 
     def refuse(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
@@ -384,7 +384,7 @@ def test_a_rerun_on_other_data_never_resumes_the_old_checkpoints(hilt_exe, warm_
     fresh = run_hilt(hilt_exe, "train", "quickstart-tiny-sft", "--data", str(data_b), *args, "--fresh")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "resumed at" not in fresh.stdout
-    from hilt.training.data import dataset_fingerprint
+    from hilt.training.data.records import dataset_fingerprint
 
     shipped = json.loads((out / "model" / "hilt.json").read_text())
     assert shipped["dataset"]["train"]["sha256"] == dataset_fingerprint(data_b / "train")["sha256"]
@@ -570,7 +570,7 @@ def test_webhook_checks_the_secret_before_reading_and_caps_the_body(webhook_serv
 @pytest.fixture(scope="module")
 def long_model_dir(tmp_path_factory) -> Path:
     """A tiny model with an 8k context, so one request can keep it busy for many seconds."""
-    from hilt.training.tiny_model import TinyModelSpec, build_tiny_model
+    from hilt.training.models.tiny_model import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("long-model"), TinyModelSpec(max_positions=8192))
 
@@ -992,7 +992,7 @@ def test_a_job_folder_removed_while_it_runs_is_not_made_again_for_its_failure(ti
     rerun was refused until the folder was removed by hand (issue 33 item 7)."""
     import shutil
 
-    from hilt.training.entry import prepare_local_tree, run_job
+    from hilt.training.contract.entry import prepare_local_tree, run_job
 
     data = write_uppercase_dataset(tmp_path / "data", 8, 2)
     job = tmp_path / "steps" / "train-0123" / "job"

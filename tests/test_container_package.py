@@ -16,7 +16,7 @@ from hilt.core.aws import send_request, validate_request
 from hilt.serving.marketplace import algorithm_request, model_package_request, write_listing
 from hilt.serving.package import build_model_tar, extract_model_tar
 from hilt.core.errors import UserError
-from hilt.training.callbacks import METRIC_DEFINITIONS, format_metrics
+from hilt.training.methods.callbacks import METRIC_DEFINITIONS, format_metrics
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:0.1.0"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
@@ -85,7 +85,7 @@ def test_validation_replay_passes_on_trained_artifacts(hilt_exe, lora_run, tmp_p
     lines = [json.loads(l) for l in (tmp_path / "v" / "input.jsonl.out").read_text().splitlines()]
     # The container serves the trained model faithfully, in input order: same answers as
     # generating from the model dir directly (greedy), and mostly right on the task.
-    from hilt.training.generation import greedy_answers
+    from hilt.training.evaluation.generation import greedy_answers
 
     direct = greedy_answers(out / "model", [[{"role": "user", "content": f"upper: {w}"}] for w in ("abcd", "wxyz", "mnop")],
                             max_new_tokens=8)

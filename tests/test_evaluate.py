@@ -16,8 +16,8 @@ from conftest import run_hilt
 from hilt.core.errors import UserError
 from hilt.labeling.compare import blind_pairs, compare_report, wilson_interval, winner_of
 from hilt.core.layout import upsert_section
-from hilt.training.evaluate import parse_gate
-from hilt.training.scoring import exact_match, rouge_l
+from hilt.training.evaluation.evaluate import parse_gate
+from hilt.training.evaluation.scoring import exact_match, rouge_l
 
 # ---------------------------------------------------------------- text metrics and gates
 
@@ -57,7 +57,7 @@ def test_wilson_interval_known_values():
 
 
 def test_heldout_records_from_sft_and_preference_files(tmp_path):
-    from hilt.training.evaluate import read_eval_records
+    from hilt.training.evaluation.evaluate import read_eval_records
 
     sft = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                         {"role": "assistant", "content": "hello"}], "meta": {"kind": "greeting"}}
@@ -352,8 +352,8 @@ def test_side_by_side_in_label_studio(hilt_exe, studio, lora_run, warm_base_dir,
 
 
 def test_headline_metric_comes_from_the_models_recipe(tmp_path):
-    from hilt.training.evaluate import task_metric_of
-    from hilt.training.recipe import load_recipe
+    from hilt.training.evaluation.evaluate import task_metric_of
+    from hilt.training.contract.recipe import load_recipe
 
     recipe = load_recipe("quickstart-tiny-sft", {"eval.metric": "rougeL"}).model_dump(mode="json")
     (tmp_path / "hilt.json").write_text(json.dumps({"recipe": recipe}))

@@ -21,7 +21,7 @@ from hilt.labeling.export import base_meta, prompt_messages, reject, split_of, u
 from hilt.labeling.importing import build_tasks, load_prompts
 from hilt.labeling.results import NO_SELECTION, choice_of, sorted_annotations
 from hilt.labeling.templates import LabelingSpec, parse_label_config
-from hilt.training.data import read_channel
+from hilt.training.data.records import read_channel
 
 CONFIG = """<View>
   <Text name="prompt" value="$prompt"/>

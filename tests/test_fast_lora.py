@@ -25,7 +25,7 @@ def _peft_model(path, dropout=0.0):
 def _count_fused_calls(monkeypatch) -> list:
     from families import count_calls
 
-    from hilt.training import fast_lora
+    from hilt.training.kernels import fast_lora
 
     return count_calls(monkeypatch, fast_lora, "lora_linear")
 
@@ -37,8 +37,8 @@ def test_fused_lora_equals_peft(arch, tokens, tiny_model_dir, tmp_path, monkeypa
     is accumulated into the output and the input gradient."""
     from families import build_architecture, loss_step
 
-    from hilt.training import fast_lora
-    from hilt.training.fast_lora import FusedLoraLinear, install
+    from hilt.training.kernels import fast_lora
+    from hilt.training.kernels.fast_lora import FusedLoraLinear, install
 
     path = build_architecture(arch, tiny_model_dir, tmp_path / arch)
     ids = torch.randint(5, 400, tokens)
@@ -66,7 +66,7 @@ def test_fused_lora_equals_peft(arch, tokens, tiny_model_dir, tmp_path, monkeypa
 
 
 def test_fused_lora_falls_back_where_it_does_not_apply(tiny_model_dir, monkeypatch):
-    from hilt.training import fast_lora
+    from hilt.training.kernels import fast_lora
 
     ids = torch.randint(5, 400, (1, 20))
     calls = _count_fused_calls(monkeypatch)

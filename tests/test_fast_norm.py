@@ -14,7 +14,7 @@ ARCHITECTURES = ("llama", "qwen3", "phi3", "gemma2")  # qwen3: q/k head norms; g
 def _count_fused_calls(monkeypatch) -> list:
     from families import count_calls
 
-    from hilt.training import fast_norm
+    from hilt.training.kernels import fast_norm
 
     return count_calls(monkeypatch, fast_norm.RMSNormFunction, "apply")
 
@@ -25,7 +25,7 @@ def test_fused_rmsnorm_equals_transformers(arch, tiny_model_dir, tmp_path, monke
     gradients are checked too; the norm weights are randomised away from their init."""
     from families import build_architecture, loss_step
 
-    from hilt.training.fast_norm import FusedRMSNorm, install
+    from hilt.training.kernels.fast_norm import FusedRMSNorm, install
 
     path = build_architecture(arch, tiny_model_dir, tmp_path / arch)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
@@ -54,7 +54,7 @@ def test_fused_rmsnorm_equals_transformers(arch, tiny_model_dir, tmp_path, monke
 def test_fused_rmsnorm_keeps_the_modules_own_forward_where_it_does_not_apply(tiny_model_dir, monkeypatch):
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from hilt.training.fast_norm import install
+    from hilt.training.kernels.fast_norm import install
 
     class ScaledNorm(LlamaRMSNorm):  # a family's own variant: not the code the fused path reproduces
         def forward(self, x):

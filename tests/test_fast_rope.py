@@ -35,7 +35,7 @@ def restore_rotary():
 def _count_fused_calls(monkeypatch) -> list:
     from families import count_calls
 
-    from hilt.training import fast_rope
+    from hilt.training.kernels import fast_rope
 
     return count_calls(monkeypatch, fast_rope.RotaryFunction, "apply")
 
@@ -45,7 +45,7 @@ def test_fused_rotary_equals_transformers(arch, tiny_model_dir, tmp_path, monkey
     """Full fine-tuning, so every gradient upstream of the rotation is compared."""
     from families import build_architecture, loss_step
 
-    from hilt.training.fast_rope import install
+    from hilt.training.kernels.fast_rope import install
 
     path = build_architecture(arch, tiny_model_dir, tmp_path / arch)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
@@ -69,7 +69,7 @@ def test_fused_rotary_keeps_the_original_where_it_does_not_apply(tiny_model_dir,
                                                                  restore_rotary):
     from families import build_architecture
 
-    from hilt.training.fast_rope import install
+    from hilt.training.kernels.fast_rope import install
 
     # Phi-3 rotates only part of each head (its own apply_rotary_pos_emb): not replaced.
     phi3 = AutoModelForCausalLM.from_pretrained(build_architecture("phi3", tiny_model_dir, tmp_path / "phi3"))

@@ -50,7 +50,7 @@ def _write(path, records):
 
 @pytest.mark.parametrize("name", SFT_FORMATS)
 def test_each_sft_format_is_detected_and_read_as_the_conversation(tmp_path, name):
-    from hilt.training.data import read_channel
+    from hilt.training.data.records import read_channel
 
     channel = tmp_path / "train"
     _write(channel / f"{name}.jsonl", [_in_format(name, "abcd"), _in_format(name, "wxyz")])
@@ -65,7 +65,7 @@ def test_each_sft_format_is_detected_and_read_as_the_conversation(tmp_path, name
 
 
 def test_jumpstart_template_json_and_json_arrays(tmp_path):
-    from hilt.training.data import read_channel
+    from hilt.training.data.records import read_channel
 
     channel = tmp_path / "train"
     channel.mkdir()
@@ -92,7 +92,7 @@ def test_jumpstart_template_json_and_json_arrays(tmp_path):
      [{"role": "user", "content": "upper: ab"}], [{"role": "assistant", "content": "AB"}]),
 ], ids=["strings", "messages", "implicit-prompt"])
 def test_preference_strings_messages_and_implicit_prompt(tmp_path, record, prompt, chosen):
-    from hilt.training.data import read_channel
+    from hilt.training.data.records import read_channel
 
     _write(tmp_path / "train" / "prefs.jsonl", [record])
     records, files = read_channel(tmp_path / "train", "dpo")
@@ -102,7 +102,7 @@ def test_preference_strings_messages_and_implicit_prompt(tmp_path, record, promp
 
 
 def test_mixed_unknown_and_wrong_kind_files_are_one_line_errors(tmp_path):
-    from hilt.training.data import read_channel
+    from hilt.training.data.records import read_channel
 
     channel = tmp_path / "train"
     _write(channel / "mixed.jsonl", [_in_format("alpaca", "abcd"), _in_format("sharegpt", "abcd")])
@@ -129,7 +129,7 @@ def test_mixed_unknown_and_wrong_kind_files_are_one_line_errors(tmp_path):
 def test_openai_weight_zero_turns_are_context_not_loss(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from hilt.training.chat_masks import encode_conversation
+    from hilt.training.data.chat_masks import encode_conversation
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     messages = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "SKIPPED", "weight": 0},
@@ -140,8 +140,8 @@ def test_openai_weight_zero_turns_are_context_not_loss(tiny_model_dir):
 
 
 def test_sdk_json_encoded_hyperparameters_decode(opt_ml, tiny_model_dir, dataset_dir):
-    from hilt.training.entry import _link
-    from hilt.training.job import read_job
+    from hilt.training.contract.entry import _link
+    from hilt.training.contract.job import read_job
 
     opt_ml.hyperparameters_file.write_text(json.dumps({
         "recipe": '"quickstart-tiny-sft"', "train.max_steps": "3", "train.learning_rate": '"2e-4"',
@@ -187,7 +187,7 @@ def test_a_channel_of_every_sft_format_trains(hilt_exe, warm_base_dir, tmp_path)
      "label": True},
 ], ids=["strings", "messages"])
 def test_unpaired_kto_records(tmp_path, record):
-    from hilt.training.data import read_channel
+    from hilt.training.data.records import read_channel
 
     _write(tmp_path / "train" / "kto.jsonl", [record, {**record, "label": False}])
     records, files = read_channel(tmp_path / "train", "kto")

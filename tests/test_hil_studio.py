@@ -437,7 +437,7 @@ def test_chat_project_exports_the_conversation_plus_the_written_turn(hilt_exe, s
     assert rejects == {empty: "empty_answer", skipped: "cancelled"}
 
     # The records train as chat: every assistant turn is read, the earlier ones as context of the new one.
-    from hilt.training.data import read_channel
+    from hilt.training.data.records import read_channel
 
     read = [read_channel(out / split, "sft") for split in ("train", "validation") if records(out / split / "data.jsonl")]
     assert sum(len(records) for records, _ in read) == 3
@@ -516,7 +516,7 @@ def test_rank_project_exports_pairs_by_policy_and_agreement(hilt_exe, studio, cl
     formats = export_every_format(hilt_exe, client, project, "rank", tmp_path, all_records(out))
     print(f"rank project export formats: {formats}")
 
-    from hilt.training.data import read_channel
+    from hilt.training.data.records import read_channel
 
     split = next(s for s in ("train", "validation") if records(out / s / "data.jsonl"))
     pairs, files = read_channel(out / split, "dpo")  # the pairs read as DPO's preference records

@@ -29,7 +29,7 @@ def test_every_module_is_in_a_layer_and_no_bare_stage_package_is_installed():
     outside = sorted(m for m in graph.modules if m != "hilt" and not any(m == x or m.startswith(x + ".")
                                                                          for x in layers))
     assert outside == []
-    assert {"hilt.labeling.export", "hilt.training.entry", "hilt.serving.serve", "hilt.core.errors",
+    assert {"hilt.labeling.export", "hilt.training.contract.entry", "hilt.serving.serve", "hilt.core.errors",
             "hilt.flows.pipeline", "hilt.cli"} <= graph.modules
     # The design's folders are import names only under hilt: hilt is the one top-level package.
     assert importlib.metadata.distribution("hilt").read_text("top_level.txt").split() == ["hilt"]

@@ -53,7 +53,7 @@ def family_models(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 def test_mask_is_each_answer_and_its_end_of_turn(family_models, name):
     from transformers import AutoTokenizer
 
-    from hilt.training.chat_masks import encode_conversation
+    from hilt.training.data.chat_masks import encode_conversation
 
     tokenizer = AutoTokenizer.from_pretrained(family_models[name])
     eot = FAMILIES[name].end_of_turn
@@ -71,7 +71,7 @@ def test_mask_is_each_answer_and_its_end_of_turn(family_models, name):
 def test_a_user_quoting_the_answer_does_not_move_the_mask(family_models):
     from transformers import AutoTokenizer
 
-    from hilt.training.chat_masks import encode_conversation
+    from hilt.training.data.chat_masks import encode_conversation
 
     tokenizer = AutoTokenizer.from_pretrained(family_models["llama3"])
     quoted = [{"role": "user", "content": "Say OK and nothing else. OK?"}, {"role": "assistant", "content": "OK"}]
@@ -86,9 +86,9 @@ def test_inspect_data_shows_the_masks_training_uses(family_models, tmp_path, cap
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from hilt.training.inspect_data import loss_mask
-    from hilt.training.packing import tokenize_conversations
-    from hilt.training.recipe import load_recipe
+    from hilt.training.data.inspect_data import loss_mask
+    from hilt.training.data.packing import tokenize_conversations
+    from hilt.training.contract.recipe import load_recipe
 
     recipe = load_recipe("quickstart-tiny-sft")
     tokenizer = AutoTokenizer.from_pretrained(family_models["gemma"])
@@ -102,7 +102,7 @@ def test_records_with_nothing_to_learn_are_refused_with_the_cause(family_models,
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from hilt.training.packing import tokenize_conversations
+    from hilt.training.data.packing import tokenize_conversations
 
     tokenizer = AutoTokenizer.from_pretrained(family_models["llama3"])
     records = [{"messages": CONVERSATION[1:3]}] * 3
@@ -115,7 +115,7 @@ def test_records_with_nothing_to_learn_are_refused_with_the_cause(family_models,
 
 
 def test_a_zero_loss_with_no_gradient_stops_the_run():
-    from hilt.training.callbacks import check_first_loss
+    from hilt.training.methods.callbacks import check_first_loss
 
     check_first_loss(5, {"loss": 0.4, "grad_norm": 0.0})
     with pytest.raises(UserError, match="train_loss is 0 and grad_norm is 0 at step 5"):
@@ -145,7 +145,7 @@ def test_each_family_template_trains_with_the_default_recipe(hilt_exe, warm_base
 
 
 def test_gemma2_gets_eager_attention_and_an_override_is_checked(tiny_model_dir, tmp_path):
-    from hilt.training.build import model_class_of, resolve_attention
+    from hilt.training.methods.build import model_class_of, resolve_attention
 
     model = build_architecture("gemma2", tiny_model_dir, tmp_path / "gemma2")
     assert model_class_of(str(model)).__name__ == "Gemma2ForCausalLM"

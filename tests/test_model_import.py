@@ -85,7 +85,7 @@ def test_sources_with_no_or_several_ggufs(hilt_exe, tmp_path):
 
 
 def test_gguf_reader_sees_what_the_writer_wrote(tmp_path):
-    from hilt.training.model_import import read_gguf_header
+    from hilt.training.models.model_import import read_gguf_header
 
     header = read_gguf_header(write_gguf(tmp_path / "m.gguf", "qwen2"), "m.gguf")
     assert header["architecture"] == "qwen2" and header["tensors"] == 1
@@ -94,7 +94,7 @@ def test_gguf_reader_sees_what_the_writer_wrote(tmp_path):
 
 def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     from hilt.core.errors import UserError
-    from hilt.training import model_import
+    from hilt.training.models import model_import
 
     def full_disk(*args, **kwargs):  # what safetensors raises when the device fills up mid-write
         raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")

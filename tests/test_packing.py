@@ -48,7 +48,7 @@ def test_packed_sequences_do_not_attend_across_boundaries(tiny_model_dir):
 
 def test_packed_rows_keep_sequences_apart_and_mask_the_loss(tiny_model_dir):
     """The path sdpa/CPU training takes: [batch, row] packs, per-row position ids, no mask."""
-    from hilt.training.packing import IGNORE, PackedRowCollator, pack_rows, tokenize_conversations
+    from hilt.training.data.packing import IGNORE, PackedRowCollator, pack_rows, tokenize_conversations
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
@@ -88,8 +88,8 @@ def test_segment_attention_equals_each_sequence_alone_and_the_masked_path(tiny_m
     run alone, per architecture: same logits, same loss, same gradients."""
     from families import build_architecture
 
-    from hilt.training.packing import LengthGroupCollator, PackedRowCollator
-    from hilt.training.segment_attention import register
+    from hilt.training.data.packing import LengthGroupCollator, PackedRowCollator
+    from hilt.training.kernels.segment_attention import register
 
     register()
     torch.manual_seed(0)
@@ -144,8 +144,8 @@ def test_length_groups_lay_sequences_out_as_blocks_with_their_own_labels():
     """LengthGroupCollator: every sequence once, in blocks of similar length (longest at most
     GROUP_SPREAD x the shortest), right-padded within its block; labels are the sequence's
     loss mask (never its first token, never padding); position ids restart per sequence."""
-    from hilt.training.packing import GROUP_SPREAD, IGNORE, LengthGroupCollator
-    from hilt.training.segment_attention import _plan
+    from hilt.training.data.packing import GROUP_SPREAD, IGNORE, LengthGroupCollator
+    from hilt.training.kernels.segment_attention import _plan
 
     rows = []
     for lengths in ([40, 90, 31], [150, 7], [5, 5, 5, 120], [88, 36]):
@@ -182,9 +182,9 @@ def test_length_groups_lay_sequences_out_as_blocks_with_their_own_labels():
 def test_training_attention_uses_segments_only_where_they_are_exact(tiny_model_dir, tmp_path):
     from families import build_architecture
 
-    from hilt.training.build import training_attention
-    from hilt.training.entry import prepare_local_tree
-    from hilt.training.job import read_job
+    from hilt.training.methods.build import training_attention
+    from hilt.training.contract.entry import prepare_local_tree
+    from hilt.training.contract.job import read_job
 
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)

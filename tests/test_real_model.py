@@ -32,7 +32,7 @@ def test_import_from_the_wheel_keeps_what_the_model_knew(real_model_dir: Path):
     assert record["parameters"] == 134_515_008 and record["chat_template"] and record["logits_max_abs_diff"] <= 1e-4
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (real_model_dir / name).is_file(), name
-    from hilt.training.generation import greedy_answers
+    from hilt.training.evaluation.generation import greedy_answers
 
     [answer] = greedy_answers(real_model_dir, [FACT], max_new_tokens=24)
     assert "Paris" in answer, answer
@@ -50,7 +50,7 @@ def test_a_second_import_of_the_same_source_does_nothing(hilt_exe, real_model_di
 def test_loss_masks_fit_its_template(real_model_dir: Path):
     from transformers import AutoTokenizer
 
-    from hilt.training.chat_masks import encode_conversation, end_of_turn
+    from hilt.training.data.chat_masks import encode_conversation, end_of_turn
 
     tokenizer = AutoTokenizer.from_pretrained(real_model_dir)
     answer = "Open the IT portal, request a laptop for Ana, and your manager approves it."
@@ -98,7 +98,7 @@ def test_merged_model_answers_as_the_adapter_does(real_sft, real_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from hilt.training.generation import generate_answers, greedy_answers, load_model
+    from hilt.training.evaluation.generation import generate_answers, greedy_answers, load_model
 
     model_dir, _ = real_sft
     cases = [("Please order a headset for Gus.",
@@ -114,7 +114,7 @@ def test_merged_model_answers_as_the_adapter_does(real_sft, real_model_dir):
     adapted = PeftModel.from_pretrained(base, model_dir / "adapter").eval()
     assert generate_answers(adapted, tokenizer, prompts, 32) == merged
     # And it learned the firm's answers, which the base does not know: closer to what the annotators wrote.
-    from hilt.training.scoring import rouge_l
+    from hilt.training.evaluation.scoring import rouge_l
 
     with adapted.disable_adapter():
         before = generate_answers(adapted, tokenizer, prompts, 32)
@@ -163,7 +163,7 @@ def test_packaged_model_validates_and_serve_answers_a_fact(hilt_exe, real_sft, t
 def base_answers(real_model_dir):
     """The real base model's own answers to eight scenario prompts: what people judged worse."""
     from hilt.flows.scenario import scenario_prompts
-    from hilt.training.generation import greedy_answers
+    from hilt.training.evaluation.generation import greedy_answers
 
     items = scenario_prompts(8, seed=5)
     prompts = [[{"role": "system", "content": i["system"]}, {"role": "user", "content": i["prompt"]}] for i in items]

@@ -37,8 +37,8 @@ def test_next_token_loss_equals_trls_fused_head(arch, tile_rows, tiny_model_dir,
     from families import build_architecture
     from trl.trainer.utils import add_fused_lm_head
 
-    from hilt.training import sft_loss
-    from hilt.training.sft_loss import next_token_loss
+    from hilt.training.kernels import sft_loss
+    from hilt.training.kernels.sft_loss import next_token_loss
 
     path = build_architecture(arch, tiny_model_dir, tmp_path / arch)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
@@ -71,7 +71,7 @@ def test_no_tensor_holds_every_position_times_the_vocabulary(tiny_model_dir, tmp
     from families import build_architecture
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from hilt.training import sft_loss
+    from hilt.training.kernels import sft_loss
 
     model = AutoModelForCausalLM.from_pretrained(build_architecture("llama", tiny_model_dir, tmp_path / "m"))
     vocab = model.config.vocab_size
@@ -103,7 +103,7 @@ def test_a_head_that_does_more_than_a_linear_layer_is_not_tiled(tiny_model_dir, 
     so its own head's logits are used, and above the logits budget TRL's loss is asked for."""
     from families import build_architecture
 
-    from hilt.training import sft_loss
+    from hilt.training.kernels import sft_loss
 
     model = AutoModelForCausalLM.from_pretrained(build_architecture("llama", tiny_model_dir, tmp_path / "m"))
     model.lm_head.register_forward_hook(lambda _module, _args, out: out * 2.0)
@@ -124,7 +124,7 @@ def test_next_token_loss_can_fail(tiny_model_dir, tmp_path):
     from families import build_architecture
     from trl.trainer.utils import add_fused_lm_head
 
-    from hilt.training.sft_loss import next_token_loss
+    from hilt.training.kernels.sft_loss import next_token_loss
 
     model = AutoModelForCausalLM.from_pretrained(build_architecture("llama", tiny_model_dir, tmp_path / "m"))
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
@@ -136,9 +136,9 @@ def test_next_token_loss_can_fail(tiny_model_dir, tmp_path):
 
 @pytest.fixture(params=["true", "false"], ids=["packed", "padded"])
 def sft_trainer(request, tiny_model_dir, tmp_path):
-    from hilt.training.entry import prepare_local_tree
-    from hilt.training.job import read_job
-    from hilt.training.sft import build_sft_trainer
+    from hilt.training.contract.entry import prepare_local_tree
+    from hilt.training.contract.job import read_job
+    from hilt.training.methods.sft import build_sft_trainer
 
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)
@@ -159,7 +159,7 @@ def test_sft_trainer_takes_it_on_cpu_with_trls_loss_and_metrics(sft_trainer, mon
     metrics equal TRL's compute_loss; above the logits budget TRL's loss runs instead."""
     from families import count_calls
 
-    from hilt.training import sft_loss
+    from hilt.training.kernels import sft_loss
 
     trainer = sft_trainer
     batch = next(iter(trainer.get_train_dataloader()))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hilt.training.tiny_model import TinyModelSpec, build_tiny_model
+from hilt.training.models.tiny_model import TinyModelSpec, build_tiny_model
 
 
 def file_hashes(directory: Path) -> dict[str, str]:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from hilt.cli._common import positive_int as _positive_int
-from hilt.training.recipe import TASK_METRICS
+from hilt.training.contract.recipe import TASK_METRICS
 
 
 def _archived_model(path: Path, flag: str, scratch: Path) -> Path:
@@ -27,8 +27,8 @@ def _archived_model(path: Path, flag: str, scratch: Path) -> Path:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import tempfile
 
-    from hilt.training.evaluate import EVAL_FILE, METRICS, REPORT_FILE, evaluate
-    from hilt.training.general import GENERAL_METRICS
+    from hilt.training.evaluation.evaluate import EVAL_FILE, METRICS, REPORT_FILE, evaluate
+    from hilt.training.evaluation.general import GENERAL_METRICS
 
     with tempfile.TemporaryDirectory(prefix="hilt-evaluate-") as scratch:
         model = _archived_model(Path(args.model), "--model", Path(scratch))

@@ -9,7 +9,7 @@ from hilt.core.errors import UserError
 
 
 def _cmd_model_tiny(args: argparse.Namespace) -> int:
-    from hilt.training.tiny_model import TinyModelSpec, build_tiny_model
+    from hilt.training.models.tiny_model import TinyModelSpec, build_tiny_model
 
     spec = TinyModelSpec(
         layers=args.layers,
@@ -33,7 +33,7 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
         )
     out = build_tiny_model(args.out, spec)
     if args.warmup_steps:
-        from hilt.training.tiny_model import warm_up
+        from hilt.training.models.tiny_model import warm_up
 
         loss = warm_up(out, steps=args.warmup_steps, seed=args.seed)
         print(f"warm-up: {args.warmup_steps} full fine-tuning steps on a copy task, final loss {loss:.4f}")
@@ -42,7 +42,7 @@ def _cmd_model_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_import(args: argparse.Namespace) -> int:
-    from hilt.training.model_import import import_gguf
+    from hilt.training.models.model_import import import_gguf
 
     record = import_gguf(args.src, args.out, dtype=args.dtype)
     source = record["source"]

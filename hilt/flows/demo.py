@@ -130,7 +130,7 @@ def _side_by_side(run, folder: Path, state: dict, demo: DemoModel) -> dict:
     listing the ``request`` step writes quotes it."""
     from hilt.labeling.client import StudioClient
     from hilt.labeling.compare import create_compare_project, report_compare
-    from hilt.training.scoring import rouge_l
+    from hilt.training.evaluation.scoring import rouge_l
 
     client = StudioClient(state["url"], state["token"])
     validation = [json.loads(line) for line in (run.data_dir / "validation" / "data.jsonl").read_text().splitlines()]
@@ -181,7 +181,7 @@ def _link_real_model(source: Path, target: Path) -> str:
 
     from hilt.core.layout import is_model_dir
     from hilt.core.outputs import make_staging_dir, replace_dir
-    from hilt.training.model_import import IMPORT_FILE
+    from hilt.training.models.model_import import IMPORT_FILE
 
     if not (source / IMPORT_FILE).is_file() or not is_model_dir(source):
         raise UserError(f"no imported real model at {source}: run ./scripts/setup (it fetches SmolLM2-135M-Instruct "
@@ -223,7 +223,7 @@ def run_demo(workdir: Path | None = None, model: str = "real", backend: str | No
     from hilt.core.outputs import claim_output_dir, write_atomic
     from hilt.labeling import studio
     from hilt.serving.marketplace import algorithm_request
-    from hilt.training.tiny_model import build_tiny_model, warm_up
+    from hilt.training.models.tiny_model import build_tiny_model, warm_up
 
     workdir = claim_output_dir(workdir, "demo", "--workdir", recognise=lambda d: (d / "demo-state.json").is_file(),
                                hint="the --workdir of an earlier `hilt demo`")

@@ -178,8 +178,8 @@ def read_baseline(dataset: Path) -> list[Exchange]:
     Raises:
         UserError: no records, or a file hilt cannot read.
     """
-    from hilt.training.data import channel_files, iter_jsonl
-    from hilt.training.formats import FileFormat, read_template
+    from hilt.training.data.records import channel_files, iter_jsonl
+    from hilt.training.data.formats import FileFormat, read_template
 
     channel = dataset / "train" if (dataset / "train").is_dir() else dataset
     if not channel.is_dir():
@@ -359,7 +359,7 @@ def monitor_report(capture: str, baseline_dir: Path, out: Path, gates: list[str]
         UserError: a bad gate, a missing baseline or capture, or no exchange to compare.
     """
     from hilt.core.outputs import claim_output_dir
-    from hilt.training.evaluate import parse_gate
+    from hilt.training.evaluation.evaluate import parse_gate
 
     parsed = [parse_gate(g, METRICS) for g in (gates or DEFAULT_GATES)]
     if any(g.relative for g in parsed):

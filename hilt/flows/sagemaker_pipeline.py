@@ -98,10 +98,10 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
         UserError: no train.sagemaker section, no S3 root, a local base model, relative gates
             without a base model to compare against.
     """
-    from hilt.training.evaluate import parse_gate
-    from hilt.training.general import GENERAL_METRICS
+    from hilt.training.evaluation.evaluate import parse_gate
+    from hilt.training.evaluation.general import GENERAL_METRICS
     from hilt.training.launch import join_key
-    from hilt.training.recipe import load_recipe
+    from hilt.training.contract.recipe import load_recipe
 
     sm = p.train.sagemaker
     if sm is None:
@@ -146,7 +146,7 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
 def gate_json_path(gate) -> str:
     """Where eval.json holds the value a gate reads: the change against the baseline (signed gates)
     or the candidate's value; general-set metrics sit under ``general``."""
-    from hilt.training.general import GENERAL_METRICS
+    from hilt.training.evaluation.general import GENERAL_METRICS
 
     if gate.metric in GENERAL_METRICS:
         return f"general.deltas.{gate.metric}" if gate.relative else f"general.models.candidate.{gate.metric}"
@@ -227,9 +227,9 @@ def _train_step(b: _Build):
     from sagemaker.workflow.steps import TrainingStep
 
     from hilt.serving.contract import JSONLINES
-    from hilt.training.callbacks import METRIC_DEFINITIONS
+    from hilt.training.methods.callbacks import METRIC_DEFINITIONS
     from hilt.training.launch import recipe_hyperparameters
-    from hilt.training.recipe import hyperparameter_strings
+    from hilt.training.contract.recipe import hyperparameter_strings
 
     p, sm, s3_root, recipe, parameters = b.p, b.s["sm"], b.s["s3_root"], b.s["recipe"], b.parameters
     estimator = Estimator(

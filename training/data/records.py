@@ -1,7 +1,7 @@
 """Records on disk -> checked in-memory datasets for TRL.
 
 A channel directory holds record files: ``data.jsonl`` from ``hilt export``, or the files a
-buyer brings (``*.jsonl``, or ``*.json`` arrays) in any format of ``hilt.training.formats``
+buyer brings (``*.jsonl``, or ``*.json`` arrays) in any format of ``hilt.training.data.formats``
 (messages, Bedrock, ShareGPT, Alpaca, JumpStart, prompt/completion, preference), detected
 per file. Every record becomes one of three kinds (``RECORD_CHECKS``; a method names the one it
 trains on):
@@ -36,7 +36,7 @@ def shown(path: Path) -> Path:
 
 def channel_files(channel: Path) -> list[Path]:
     """The record files of a channel (``*.jsonl``, ``*.json`` but the JumpStart template), in a stable order."""
-    from hilt.training.formats import TEMPLATE_FILE
+    from hilt.training.data.formats import TEMPLATE_FILE
 
     files = sorted(p for p in channel.rglob("*") if p.is_file() and (
         p.suffix == ".jsonl" or (p.suffix == ".json" and p.name != TEMPLATE_FILE)) and not p.name.startswith("."))
@@ -173,7 +173,7 @@ def read_channel(channel: Path, kind: str) -> tuple[list[dict], list[dict]]:
     Raises:
         UserError: on the first malformed or out-of-format line, naming file and line.
     """
-    from hilt.training.formats import FileFormat, read_template
+    from hilt.training.data.formats import FileFormat, read_template
 
     kind = record_kind_of(kind)
     ctx = read_template(channel)

@@ -11,7 +11,7 @@ import importlib.util
 import os
 from typing import Any
 
-from hilt.training.job import Job
+from hilt.training.contract.job import Job
 
 
 def has_cuda() -> bool:
@@ -68,8 +68,8 @@ def resolve_attention(job: Job) -> str:
 
 def training_attention(job: Job) -> str:
     """The attention the model trains with: :func:`resolve_attention`, except that packed rows
-    (a method whose ``packs_rows`` is set: SFT) on sdpa attend one sequence at a time (``hilt.training.segment_attention`` over the
-    length groups ``hilt.training.packing.LengthGroupCollator`` lays out: the same result as
+    (a method whose ``packs_rows`` is set: SFT) on sdpa attend one sequence at a time (``hilt.training.kernels.segment_attention`` over the
+    length groups ``hilt.training.data.packing.LengthGroupCollator`` lays out: the same result as
     transformers' block-diagonal mask, without attending over the whole row).
     Not for a sliding window shorter than a row, nor when ``model.attn_implementation`` is set.
     """
@@ -78,7 +78,7 @@ def training_attention(job: Job) -> str:
     if (attention != "sdpa" or recipe.model.attn_implementation != "auto" or not job.method.packs_rows
             or not recipe.data.packing or _sliding_window_below(job.model_path, recipe.data.max_length)):
         return attention
-    from hilt.training.segment_attention import register
+    from hilt.training.kernels.segment_attention import register
 
     return register()
 
@@ -128,7 +128,7 @@ def prepare_distributed(job: Job) -> dict[str, Any]:
 
 def training_arguments(job: Job) -> dict[str, Any]:
     """Keyword arguments common to SFTConfig and DPOConfig, from the recipe."""
-    from hilt.training.tracking import report_to_argument
+    from hilt.training.contract.tracking import report_to_argument
 
     t = job.recipe.train
     precision = resolve_precision(job)

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 from hilt.core.errors import UserError
-from hilt.training.data import read_channel
+from hilt.training.data.records import read_channel
 from hilt.training.methods import method_of
-from hilt.training.recipe import Recipe
+from hilt.training.contract.recipe import Recipe
 
 
 def loss_mask(tokenizer, record: dict, recipe: Recipe) -> tuple[list[int], list[int]]:
     """Token ids of one record and a 0/1 mask of the tokens in the loss (the same masks training uses)."""
     if method_of(recipe.method).record_kind == "sft":
-        from hilt.training.chat_masks import encode_conversation
+        from hilt.training.data.chat_masks import encode_conversation
 
         encoded = encode_conversation(tokenizer, record["messages"], recipe.data.max_length,
                                       recipe.data.assistant_only_loss, recipe.data.assistant_turns == "last")

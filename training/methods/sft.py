@@ -6,10 +6,11 @@ every worker process; artifacts.py finishes the model directory afterwards.
 
 from __future__ import annotations
 
-from hilt.training import build, stopping
-from hilt.training.data import load_dataset
-from hilt.training.job import Job
-from hilt.training.trained import TrainOutcome, make_trainer, train_and_save
+from hilt.training.methods import build
+from hilt.training.contract import stopping
+from hilt.training.data.records import load_dataset
+from hilt.training.contract.job import Job
+from hilt.training.methods.trainer import TrainOutcome, make_trainer, train_and_save
 
 
 def with_self_replay(job: Job, train_ds):
@@ -19,7 +20,7 @@ def with_self_replay(job: Job, train_ds):
 
     from datasets import Dataset
 
-    from hilt.training.general import REPLAY_FILE, replay_count, self_replay_records
+    from hilt.training.evaluation.general import REPLAY_FILE, replay_count, self_replay_records
 
     count = replay_count(job.recipe.data.self_replay, len(train_ds))
     records, origin = self_replay_records(job.model_path, count)
@@ -39,12 +40,12 @@ def build_sft_trainer(job: Job):
     """
     from trl import SFTConfig
 
-    from hilt.training import sft_loss
+    from hilt.training.kernels import sft_loss
 
     recipe = job.recipe
     # Data: conversational records, chat-templated here with the model's own template; the
     # loss mask covers every assistant turn and its end-of-turn token, for templates with
-    # or without {% generation %} markers (training/chat_masks.py). A record with nothing
+    # or without {% generation %} markers (training/data/chat_masks.py). A record with nothing
     # to learn is a user error before the first step.
     stopping.enter("data")
     train_ds = load_dataset(job.channels["train"], "sft")
@@ -53,7 +54,7 @@ def build_sft_trainer(job: Job):
     eval_ds = load_dataset(job.channels["validation"], "sft", "validation") if "validation" in job.channels else None
     tokenizer = build.load_tokenizer(job)
 
-    from hilt.training.packing import LengthGroupCollator, PackedRowCollator, pack_rows, tokenize_conversations
+    from hilt.training.data.packing import LengthGroupCollator, PackedRowCollator, pack_rows, tokenize_conversations
 
     def tokenize(dataset, split):
         return tokenize_conversations(dataset, tokenizer, recipe.data.max_length, recipe.data.assistant_only_loss,
@@ -64,8 +65,8 @@ def build_sft_trainer(job: Job):
 
     # Packing: flash attention reads sequence boundaries from cu_seq_lens, so TRL's
     # padding-free batches suit it; kernels without varlen support get packed rows instead
-    # (training/packing.py). On sdpa a step's sequences are laid out as length groups and
-    # attended one group at a time (training/segment_attention.py); on eager the rows keep
+    # (training/data/packing.py). On sdpa a step's sequences are laid out as length groups and
+    # attended one group at a time (training/kernels/segment_attention.py); on eager the rows keep
     # per-row block-diagonal masks.
     packing = recipe.data.packing
     varlen = build.resolve_attention(job) == "flash_attention_2"
@@ -100,7 +101,7 @@ def build_sft_trainer(job: Job):
         # do not pad full ones.
         train_sampling_strategy="group_by_length" if rows else "random",
     )
-    # SFTTrainer with hilt's loss on CPU (training/sft_loss.py), TRL's elsewhere.
+    # SFTTrainer with hilt's loss on CPU (training/kernels/sft_loss.py), TRL's elsewhere.
     trainer, stopper = make_trainer(job, sft_loss.trainer_class(), args, train_ds, eval_ds, tokenizer,
                                     data_collator=collator)
     if trainer.is_world_process_zero():

@@ -80,7 +80,7 @@ def _general_item(record: object, where: str) -> dict:
 
 def read_jsonl_objects(path: Path, flag: str) -> list[tuple[object, str]]:
     """(record, "file:line") for each non-empty line, or one line naming the file or the bad line."""
-    from hilt.training.data import iter_jsonl
+    from hilt.training.data.records import iter_jsonl
 
     if not path.is_file():
         raise UserError(f"{flag} {path}: {'a folder' if path.is_dir() else 'no such file'}; pass a JSON Lines file")
@@ -106,7 +106,7 @@ def answer_passes(answer: str, item: dict) -> bool:
     """Whether a generated answer counts as correct for a general item."""
     if item["accept"]:
         return any(p.search(answer) for p in item["accept"])
-    from hilt.training.scoring import rouge_l
+    from hilt.training.evaluation.scoring import rouge_l
 
     return rouge_l(answer, item["reference"]) >= ROUGE_PASS
 
@@ -118,8 +118,8 @@ def score_general(model, tokenizer, items: list[dict], max_new_tokens: int,
     Returns:
         (scores, each item's answer, whether each answer passed).
     """
-    from hilt.training.scoring import heldout_loss
-    from hilt.training.generation import generate_answers
+    from hilt.training.evaluation.scoring import heldout_loss
+    from hilt.training.evaluation.generation import generate_answers
 
     loss = heldout_loss(model, tokenizer, items)
     answers = generate_answers(model, tokenizer, [i["prompt"] for i in items], max_new_tokens,
@@ -157,7 +157,7 @@ def self_replay_records(base_dir: str, count: int, max_new_tokens: int = REPLAY_
     generated again. Returns (records, where they came from: "cache PATH" or "generated").
     """
     from hilt.core.outputs import write_atomic
-    from hilt.training.provenance import model_fingerprint
+    from hilt.training.contract.provenance import model_fingerprint
 
     prompts = replay_prompts()[:count]
     key = hashlib.sha256(json.dumps([model_fingerprint(base_dir), prompts, max_new_tokens]).encode()).hexdigest()
@@ -169,7 +169,7 @@ def self_replay_records(base_dir: str, count: int, max_new_tokens: int = REPLAY_
                 return cached["records"], f"cache {cache}"
         except (ValueError, OSError, AttributeError):
             pass
-    from hilt.training.generation import generate_answers, load_model
+    from hilt.training.evaluation.generation import generate_answers, load_model
 
     model, tokenizer = load_model(base_dir)
     conversations = [[{"role": "user", "content": p["prompt"]}] for p in prompts]

@@ -42,7 +42,7 @@ def heldout_loss(model, tokenizer, records: list[dict], max_length: int = 1024, 
     """Mean per-token NLL of each reference answer given its prompt (chat template applied)."""
     import torch
 
-    from hilt.training.chat_masks import encode_conversation, end_of_turn
+    from hilt.training.data.chat_masks import encode_conversation, end_of_turn
 
     # The answer's tokens are found the way training finds them (any chat template): its
     # content and end-of-turn token, not the template's text after it.

@@ -10,7 +10,7 @@ For each model (the candidate and, optionally, a baseline) on the held-out recor
 - **rougeL**: ROUGE-L F1 (longest common subsequence over lower-cased word tokens), the
   usual metric for summaries.
 
-Beside the task, both models are scored on a general set (``hilt.training.general``: the
+Beside the task, both models are scored on a general set (``hilt.training.evaluation.general``: the
 project's own facts, arithmetic, instructions and formats, or ``--general FILE``):
 ``general_loss`` and ``general_accuracy``, so a model that learned the task by forgetting
 everything else is seen (and gated: ``general_loss<=+0.15``). They go into eval.json
@@ -39,11 +39,11 @@ from typing import Any
 
 from hilt.core.errors import UserError
 from hilt.core.layout import MANIFEST_FILE
-from hilt.training.data import check_record, iter_jsonl
-from hilt.training.formats import TEMPLATE_FILE
-from hilt.training.general import GENERAL_METRICS
-from hilt.training.recipe import TASK_METRICS
-from hilt.training.scoring import exact_match, heldout_loss, rouge_l
+from hilt.training.data.records import check_record, iter_jsonl
+from hilt.training.data.formats import TEMPLATE_FILE
+from hilt.training.evaluation.general import GENERAL_METRICS
+from hilt.training.contract.recipe import TASK_METRICS
+from hilt.training.evaluation.scoring import exact_match, heldout_loss, rouge_l
 
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -119,7 +119,7 @@ def read_eval_records(data: Path) -> tuple[list[dict], Path]:
     if not files:
         raise UserError(f"--data {data}: no validation/*.jsonl or *.jsonl to evaluate on; "
                         "export with --validation-fraction > 0 or pass a JSONL file")
-    from hilt.training.formats import detect_format, read_template
+    from hilt.training.data.formats import detect_format, read_template
 
     ctx = read_template(files[0].parent)
     out = []
@@ -161,11 +161,11 @@ def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
     With ``general`` items, ``metrics["general"]`` holds what ``score_general`` returns for them:
     (scores, answers, passed).
     """
-    from hilt.training.generation import load_model
+    from hilt.training.evaluation.generation import load_model
 
     model, tokenizer = load_model(model_dir)
     loss = heldout_loss(model, tokenizer, records, max_length=max_length)
-    from hilt.training.generation import generate_answers
+    from hilt.training.evaluation.generation import generate_answers
 
     answers = generate_answers(model, tokenizer, [r["prompt"] for r in records], max_new_tokens,
                                desc=f"{label}: answers")
@@ -177,7 +177,7 @@ def score_model(model_dir: Path, records: list[dict], max_new_tokens: int = 64,
         "rougeL": round(sum(rouge_l(a, r["reference"]) for a, r in zip(answers, records)) / n, 6),
     }
     if general:
-        from hilt.training.general import score_general
+        from hilt.training.evaluation.general import score_general
 
         metrics["general"] = score_general(model, tokenizer, general, max_new_tokens, label)
     del model
@@ -305,7 +305,7 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
         UserError: bad gate, relative gate without a baseline, missing model or data.
     """
     from hilt.core.outputs import claim_output_dir
-    from hilt.training.general import EVAL_SET, read_general_set
+    from hilt.training.evaluation.general import EVAL_SET, read_general_set
 
     parsed = [parse_gate(g) for g in gates or []]
     if general is None and any(g.metric in GENERAL_METRICS for g in parsed):
@@ -372,7 +372,7 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
     result["samples"] = samples[:5]
     eval_file = out / EVAL_FILE
     previous = json.loads(eval_file.read_text()) if eval_file.is_file() else {}
-    if "human_side_by_side" in previous:  # written by `hilt compare-report`: keep it
+    if "human_side_by_side" in previous:  # written by `hilt label compare-report`: keep it
         result["human_side_by_side"] = previous["human_side_by_side"]
     eval_file.write_text(json.dumps(result, indent=2) + "\n")
     (out / SAMPLES_FILE).write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))

@@ -244,7 +244,7 @@ class RecordFormat:
     """A dataset format: which kind of record it holds, how to spot it, how to read it."""
 
     name: str
-    kind: str  # "sft", "preference" or "unpaired": a key of hilt.training.data.RECORD_CHECKS
+    kind: str  # "sft", "preference" or "unpaired": a key of hilt.training.data.records.RECORD_CHECKS
     looks_like: str  # for error messages and the Algorithm's channel descriptions
     matches: Callable[[dict, dict], bool]
     convert: Callable[[dict, str, dict], dict]

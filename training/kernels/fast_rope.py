@@ -74,7 +74,7 @@ def install(model) -> list[str]:
     """
     from transformers.models.llama import modeling_llama
 
-    from hilt.training.fast_norm import code_fingerprint
+    from hilt.training.kernels.fast_norm import code_fingerprint
 
     reference = modeling_llama.apply_rotary_pos_emb
     reference = getattr(reference, "hilt_original", reference)  # Llama's own may be replaced already

@@ -21,7 +21,7 @@ METRIC_DEFINITIONS = [
     {"Name": "learning_rate", "Regex": rf"learning_rate={_NUMBER}"},
     {"Name": "tokens_per_second", "Regex": rf"tokens_per_second={_NUMBER}"},
     {"Name": "epoch", "Regex": rf"epoch={_NUMBER}"},
-    # Printed once after training, from the held-out scoring (hilt.training.evaluate).
+    # Printed once after training, from the held-out scoring (hilt.training.evaluation.evaluate).
     {"Name": "eval_perplexity", "Regex": rf"eval_perplexity={_NUMBER}"},
     {"Name": "eval_exact_match", "Regex": rf"eval_exact_match={_NUMBER}"},
     {"Name": "eval_rougeL", "Regex": rf"eval_rougeL={_NUMBER}"},
@@ -123,7 +123,7 @@ class MetricsLogger(TrainerCallback):
 class StopOnSigterm(TrainerCallback):
     """On SIGTERM (spot interruption, StopTrainingJob): checkpoint at the next step and stop.
 
-    The signal handler (hilt.training.stopping, installed when the job starts) only records
+    The signal handler (hilt.training.contract.stopping, installed when the job starts) only records
     the request while the loop runs; here, at the end of the step, every rank learns of it
     together and the checkpoint is written by all of them (a rank saving alone would hang
     the others in a collective).
@@ -137,7 +137,7 @@ class StopOnSigterm(TrainerCallback):
         import torch
         import torch.distributed as dist
 
-        from hilt.training import stopping
+        from hilt.training.contract import stopping
 
         if not (dist.is_available() and dist.is_initialized()):
             return stopping.requested()

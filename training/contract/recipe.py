@@ -21,16 +21,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from hilt.training.tracking import REPORT_TO
+from hilt.training.contract.tracking import REPORT_TO
 from hilt.core.config import StrictSection, describe_error, read_yaml_mapping
 from hilt.core.errors import UserError
 from hilt.training.methods import METHODS, Method
 
-TASK_METRICS = ("exact_match", "rougeL")  # scored on held-out answers (hilt.training.evaluate)
+TASK_METRICS = ("exact_match", "rougeL")  # scored on held-out answers (hilt.training.evaluation.evaluate)
 
 RECIPES_DIR_ENV = "HILT_RECIPES_DIR"
 # Bundled recipes sit beside the packages in the source tree (and in the images).
-BUNDLED_RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+BUNDLED_RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 _Section = StrictSection

@@ -1,13 +1,13 @@
 """Attention over length-grouped batches, one sequence at a time: what hilt trains with on sdpa.
 
-hilt packs conversations into rows (``hilt.training.packing``) to choose which share a
+hilt packs conversations into rows (``hilt.training.data.packing``) to choose which share a
 step; with sdpa (every CPU, and GPUs without flash-attn) transformers would then attend
 over whole rows through a block-diagonal mask: ``row_length²`` work although a conversation
 only needs ``length²`` of it. Profiled on the benchmark's CPU run (rows of 512 holding ~3.3
 conversations), that masked attention was 31 % of the step, against 17 % for TRL's
 unpacked, length-grouped batches.
 
-So the collator (``hilt.training.packing.LengthGroupCollator``) lays a step's sequences
+So the collator (``hilt.training.data.packing.LengthGroupCollator``) lays a step's sequences
 out as one row of *length groups*: sequences of similar length side by side, each
 right-padded to its group's longest, position ids restarting at every sequence (and running
 on through its padding). A group is then a contiguous ``[n, longest]`` block of tokens and
@@ -24,7 +24,7 @@ Registered with transformers as the attention implementation ``hilt_segments``, 
 mask function that builds no mask when the batch needs none (no padding mask, no cache);
 anything else (generation with a cache, a padding mask) falls back to sdpa unchanged.
 Not for sliding-window attention shorter than a row, nor for models that need eager
-attention (soft-capping): ``hilt.training.build.resolve_attention`` decides.
+attention (soft-capping): ``hilt.training.methods.build.resolve_attention`` decides.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ carries no loss.
 
 With hilt's segment attention (sdpa) the rows only choose which sequences share a step:
 ``LengthGroupCollator`` lays them out as one row of length groups, each a contiguous block of
-similar-length sequences that ``hilt.training.segment_attention`` attends with a plain causal
+similar-length sequences that ``hilt.training.kernels.segment_attention`` attends with a plain causal
 kernel, ``sum(longest^2)`` work and no gathers.
 """
 
@@ -37,13 +37,13 @@ def tokenize_conversations(dataset, tokenizer, max_length: int, assistant_only: 
     """Chat-template each record; keep ``input_ids`` and the 0/1 ``loss_mask``.
 
     The mask covers every assistant turn's content and its end-of-turn token, for any chat
-    template (``hilt.training.chat_masks``). Longer sequences are truncated to ``max_length``
+    template (``hilt.training.data.chat_masks``). Longer sequences are truncated to ``max_length``
     (keeping the start), as TRL does.
 
     Raises:
         UserError: when records have nothing to learn (see ``check_learnable``).
     """
-    from hilt.training.chat_masks import encode_conversation, end_of_turn, has_generation_markers
+    from hilt.training.data.chat_masks import encode_conversation, end_of_turn, has_generation_markers
 
     needs_eot = assistant_only and (last_turn_only or not has_generation_markers(tokenizer))
     eot = end_of_turn(tokenizer) if needs_eot else None
@@ -144,7 +144,7 @@ class LengthGroupCollator:
     sequences are then sorted by length, cut into groups whose longest is at most
     ``GROUP_SPREAD`` times their shortest, and laid out group after group, each sequence
     right-padded to its group's longest: ``[1, tokens]`` where every group is a contiguous
-    ``[n, longest]`` block (``hilt.training.segment_attention`` attends each block with a plain
+    ``[n, longest]`` block (``hilt.training.kernels.segment_attention`` attends each block with a plain
     causal kernel, no gathers). Position ids restart at every sequence and run on through its
     padding; ``labels`` are ``-100`` outside the loss, on padding and on each sequence's first
     token. No ``attention_mask``.

@@ -38,7 +38,7 @@ def model_fingerprint(path: str | None) -> str | None:
 
 def run_source(job) -> dict:
     """The inputs that decide what a run's checkpoints hold."""
-    from hilt.training.data import dataset_fingerprint
+    from hilt.training.data.records import dataset_fingerprint
 
     return {
         "recipe": job.recipe.model_dump(mode="json"),
@@ -78,7 +78,7 @@ def check_resume(job) -> None:
         UserError: when the checkpoint folder holds checkpoints made from other inputs (or
             from unknown ones), naming what changed and the fix.
     """
-    from hilt.training.callbacks import latest_checkpoint
+    from hilt.training.methods.callbacks import latest_checkpoint
 
     checkpoints = job.checkpoint_dir
     source_file = checkpoints / SOURCE_FILE

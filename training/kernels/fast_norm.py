@@ -16,7 +16,7 @@ Installed by :func:`install`: a module takes the fused path when its class's ``f
 bytecode for bytecode, transformers' Llama RMSNorm (``w · x̂``) or Gemma's (``(1 + w) · x̂``),
 its input and weight are float32 and autocast is off; anything else (bf16, a family's own
 variant) keeps the module's own forward. Weights and state dict are unchanged. Not under
-DeepSpeed ZeRO-3 (as ``hilt.training.fast_lora``).
+DeepSpeed ZeRO-3 (as ``hilt.training.kernels.fast_lora``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class RMSNormFunction(torch.autograd.Function):
 
 def code_fingerprint(function) -> tuple | None:
     """What a function computes: its bytecode, constants (not its docstring) and names; None
-    for a callable without Python code. Also used by ``hilt.training.fast_rope``."""
+    for a callable without Python code. Also used by ``hilt.training.kernels.fast_rope``."""
     code = getattr(function, "__code__", None)
     if code is None:
         return None
