@@ -207,7 +207,7 @@ def algorithm_request(name: str, image: str, role_arn: str, recipe_name: str, *,
     inputs.append(channel("model", model_uri, MODEL_CONTENT_TYPE))
     return {
         "AlgorithmName": name,
-        "AlgorithmDescription": description or f"{name}: hilt SFT/DPO recipes ({recipe_name}) on TRL + PEFT + DeepSpeed.",
+        "AlgorithmDescription": description or f"{name}: hilt SFT/DPO/KTO recipes ({recipe_name}) on TRL + PEFT + DeepSpeed.",
         "TrainingSpecification": {
             "TrainingImage": image,
             "SupportedHyperParameters": supported_hyperparameters(recipe_name),

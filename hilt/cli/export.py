@@ -1,4 +1,4 @@
-"""``hilt export``: Label Studio annotations -> a versioned SFT / preference dataset."""
+"""``hilt export``: Label Studio annotations -> a versioned SFT, preference or KTO dataset."""
 
 from __future__ import annotations
 

@@ -29,8 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hilt.core.aws import validate_request
 from hilt.core.errors import UserError
 from hilt.core.layout import MANIFEST_FILE
+from hilt.core.outputs import claim_output_dir, write_atomic
+from hilt.serving.marketplace import algorithm_request
+from hilt.training.models.tiny_model import build_tiny_model, warm_up
 
 BASE_WARMUP_STEPS = 300
 VALIDATION_FRACTION = 0.15
@@ -219,11 +223,7 @@ def run_demo(workdir: Path | None = None, model: str = "real", backend: str | No
         raise UserError(f"--model {model}: use one of {', '.join(DEMO_MODELS)}")
     demo = DEMO_MODELS[model]
     workdir = Path(workdir or demo.default_workdir)
-    from hilt.core.aws import validate_request
-    from hilt.core.outputs import claim_output_dir, write_atomic
     from hilt.labeling import studio
-    from hilt.serving.marketplace import algorithm_request
-    from hilt.training.models.tiny_model import build_tiny_model, warm_up
 
     workdir = claim_output_dir(workdir, "demo", "--workdir", recognise=lambda d: (d / "demo-state.json").is_file(),
                                hint="the --workdir of an earlier `hilt demo`")
@@ -239,20 +239,9 @@ def run_demo(workdir: Path | None = None, model: str = "real", backend: str | No
     def save_progress() -> None:
         progress_file.write_text(json.dumps(progress, indent=2))
 
-    # 1. Base model: the real one scripts/setup imported, or one built locally (nothing is
-    #    downloaded) with a short full fine-tune so that LoRA has a "pretrained" base to adapt.
+    # 1. Base model: the real one scripts/setup imported, or a tiny one built locally.
     base_dir = workdir / "base-model"
-    if model == "real":
-        how = _link_real_model(real_model_dir(), base_dir)
-        rows.append(("base model", f"{base_dir}: {demo.describe} ({how})"))
-    elif (base_dir / "hilt-warmup.json").exists():
-        rows.append(("base model", f"{base_dir} (reused)"))
-    else:
-        print(f"[demo] building the tiny base model in {base_dir}")
-        build_tiny_model(base_dir)
-        loss = warm_up(base_dir, steps=BASE_WARMUP_STEPS)
-        (base_dir / "hilt-warmup.json").write_text(json.dumps({"steps": BASE_WARMUP_STEPS, "loss": loss}))
-        rows.append(("base model", f"{base_dir} (built, warm-up loss {loss:.3f})"))
+    rows.append(("base model", _base_model(base_dir, model, demo)))
 
     # 2. Label Studio, local: a project of the scenario's prompts with drafts, answered by
     #    stand-in annotators through the API (a person can annotate in the UI too).
@@ -291,9 +280,38 @@ def run_demo(workdir: Path | None = None, model: str = "real", backend: str | No
     model_dir = Path(last["model_dir"])
     data_dir = next(Path(e["dir"]) for e in last["steps"] if e["step"] == "dataset")
 
-    # The Algorithm request beside the Model Package one, its S3 keys mirroring the workdir
-    # (DEMO_BUCKET/pipeline/steps/dataset-…/train/ is that folder here), so `package validate
-    # --algorithm` reads them from here through s3-local.json.
+    rows += _algorithm_request(workdir, base_dir, data_dir, last, demo)
+    # 8. Watch the deployment (validation passed, or the pipeline would have stopped): serve with
+    #    data capture, traffic that drifts, the drift report, and stand-in reviewers correcting the
+    #    flagged answers into the next dataset version.
+    if "monitor_rows" not in progress:
+        progress["monitor_rows"] = _watch_deployment(workdir, model_dir, data_dir, state, backend)
+        save_progress()
+    rows += [tuple(row) for row in progress["monitor_rows"]]
+    _print_summary(rows, started, state, workdir)
+    return 0
+
+
+def _base_model(base_dir: Path, model: str, demo) -> str:
+    """The demo's base model in ``base_dir``: the real one scripts/setup imported (linked), or one built
+    locally (nothing is downloaded) with a short full fine-tune so that LoRA has a "pretrained" base
+    to adapt. Returns its row of the summary."""
+    if model == "real":
+        how = _link_real_model(real_model_dir(), base_dir)
+        return f"{base_dir}: {demo.describe} ({how})"
+    if (base_dir / "hilt-warmup.json").exists():
+        return f"{base_dir} (reused)"
+    print(f"[demo] building the tiny base model in {base_dir}")
+    build_tiny_model(base_dir)
+    loss = warm_up(base_dir, steps=BASE_WARMUP_STEPS)
+    (base_dir / "hilt-warmup.json").write_text(json.dumps({"steps": BASE_WARMUP_STEPS, "loss": loss}))
+    return f"{base_dir} (built, warm-up loss {loss:.3f})"
+
+
+def _algorithm_request(workdir: Path, base_dir: Path, data_dir: Path, last: dict, demo) -> list[tuple[str, str]]:
+    """The Algorithm request beside the Model Package one, its S3 keys mirroring the workdir
+    (DEMO_BUCKET/pipeline/steps/dataset-…/train/ is that folder here), so `package validate
+    --algorithm` reads them from here through s3-local.json. Returns its rows of the summary."""
     requests_dir = workdir / "requests"
     requests_dir.mkdir(exist_ok=True)
 
@@ -308,20 +326,10 @@ def run_demo(workdir: Path | None = None, model: str = "real", backend: str | No
     validate_request("CreateAlgorithm", algorithm)
     write_atomic(requests_dir / "algorithm.json", json.dumps(algorithm, indent=2) + "\n")
     write_atomic(requests_dir / "s3-local.json", json.dumps({DEMO_BUCKET: ".."}, indent=2) + "\n")
-    rows.append(("requests", f"{last['request']['request']}, {requests_dir / 'algorithm.json'} (image, role, "
-                             f"bucket are placeholders), {last['request']['listing']}"))
-    rows.append(("certify algorithm", f"hilt package validate --algorithm {requests_dir / 'algorithm.json'} "
-                                      f"--local {requests_dir / 's3-local.json'} "
-                                      f"--output {workdir / 'algorithm-validation'}"))
-    # 8. Watch the deployment (validation passed, or the pipeline would have stopped): serve with
-    #    data capture, traffic that drifts, the drift report, and stand-in reviewers correcting the
-    #    flagged answers into the next dataset version.
-    if "monitor_rows" not in progress:
-        progress["monitor_rows"] = _watch_deployment(workdir, model_dir, data_dir, state, backend)
-        save_progress()
-    rows += [tuple(row) for row in progress["monitor_rows"]]
-    _print_summary(rows, started, state, workdir)
-    return 0
+    return [("requests", f"{last['request']['request']}, {requests_dir / 'algorithm.json'} (image, role, "
+                         f"bucket are placeholders), {last['request']['listing']}"),
+            ("certify algorithm", f"hilt package validate --algorithm {requests_dir / 'algorithm.json'} "
+                                  f"--local {requests_dir / 's3-local.json'} --output {workdir / 'algorithm-validation'}")]
 
 
 def _watch_deployment(workdir: Path, model_dir: Path, data_dir: Path, state: dict,
