@@ -39,7 +39,7 @@ from pathlib import Path
 
 from hilt.core.errors import UserError
 from hilt.core.outputs import claim_output_dir, write_atomic
-from hilt.training.contract.stopping import GRACE_SECONDS  # SageMaker's SIGTERM -> SIGKILL window
+from hilt.training.base.stopping import GRACE_SECONDS  # SageMaker's SIGTERM -> SIGKILL window
 
 REPORT_FILE = "algorithm-validation.json"
 SAGEMAKER_PREFIXES = ("sagemaker_", "_")

@@ -86,7 +86,7 @@ def entry_command(entry: str, image: str | None, base: Path, settings: dict[str,
     """``(argv, env)`` that run the ``train`` or ``serve`` entry point over the /opt/ml tree ``base``
     with ``settings`` in its environment: from this environment, or inside ``image`` with ``base``
     mounted at /opt/ml (the image's own environment applies; ``settings`` add to it)."""
-    module = {"train": "hilt.training.contract.entry", "serve": "hilt.serving.serve"}[entry]
+    module = {"train": "hilt.training.run.entry", "serve": "hilt.serving.serve"}[entry]
     if image is None:
         yield [sys.executable, "-m", module], {**os.environ, "SAGEMAKER_BASE_DIR": str(base), **settings}
         return

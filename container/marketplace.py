@@ -17,8 +17,8 @@ from typing import Any
 from hilt.serving.contract import JSON, JSONLINES, METERING_DIMENSION, METERING_UNITS
 from hilt.core.errors import UserError
 from hilt.core.layout import read_manifest
-from hilt.training.methods.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
-from hilt.training.contract.recipe import flat_fields, load_recipe, tuning_range
+from hilt.training.trainers.callbacks import METRIC_DEFINITIONS, TUNING_OBJECTIVES
+from hilt.training.base.recipe import flat_fields, load_recipe, tuning_range
 
 CONTENT_TYPES = [JSON, JSONLINES]
 MODEL_CONTENT_TYPE = "application/octet-stream"

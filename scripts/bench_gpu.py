@@ -76,10 +76,10 @@ def run_row(shape: str, steps: int, warmup: int, max_length: int, batch: int, ch
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from hilt.training.methods import build
-    from hilt.training.contract.entry import prepare_local_tree
-    from hilt.training.contract.job import read_job
-    from hilt.training.methods.sft import build_sft_trainer
+    from hilt.training.trainers import build
+    from hilt.training.run.entry import prepare_local_tree
+    from hilt.training.base.job import read_job
+    from hilt.training.trainers.sft import build_sft_trainer
     from hilt.training.models.tiny_model import TinyModelSpec, build_tokenizer
 
     cuda = torch.cuda.is_available()

@@ -160,9 +160,9 @@ def make_records(n: int, seed: int) -> list[dict]:
 
 def hilt_trainer(model: str, data: Path, batch: int, max_length: int, micro_batch: int | None = None,
                  checkpointing: bool = False):
-    from hilt.training.contract.entry import prepare_local_tree
-    from hilt.training.contract.job import read_job
-    from hilt.training.methods.sft import build_sft_trainer
+    from hilt.training.run.entry import prepare_local_tree
+    from hilt.training.base.job import read_job
+    from hilt.training.trainers.sft import build_sft_trainer
 
     # --hilt-micro-batch: the same rows per optimizer step, a few at a time (gradient accumulation).
     micro_batch = micro_batch or batch

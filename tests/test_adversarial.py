@@ -350,7 +350,7 @@ def test_raw_train_with_malformed_config_fails_in_one_line(opt_ml, config, expec
 
 
 def test_write_failure_survives_a_read_only_output(opt_ml, monkeypatch, capsys):
-    from hilt.training.contract.job import write_failure
+    from hilt.training.base.job import write_failure
 
     def refuse(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(self))
@@ -992,7 +992,7 @@ def test_a_job_folder_removed_while_it_runs_is_not_made_again_for_its_failure(ti
     rerun was refused until the folder was removed by hand (issue 33 item 7)."""
     import shutil
 
-    from hilt.training.contract.entry import prepare_local_tree, run_job
+    from hilt.training.run.entry import prepare_local_tree, run_job
 
     data = write_uppercase_dataset(tmp_path / "data", 8, 2)
     job = tmp_path / "steps" / "train-0123" / "job"

@@ -12,9 +12,9 @@ import pytest
 
 from hilt.core.errors import UserError
 from tasks import write_uppercase_dataset
-from hilt.training.methods.callbacks import latest_checkpoint
-from hilt.training.contract.cluster import network_env, prepare, wait_for_hosts
-from hilt.training.contract.job import Hosts, read_hosts
+from hilt.training.trainers.callbacks import latest_checkpoint
+from hilt.training.run.cluster import network_env, prepare, wait_for_hosts
+from hilt.training.base.job import Hosts, read_hosts
 
 
 def _resource_config(opt_ml, **raw):
@@ -74,7 +74,7 @@ def test_two_hosts_train_together_and_keep_their_own_checkpoints(warm_base_dir, 
     """Two SageMaker hosts on this machine (two /opt/ml trees, torchrun nnodes=2 over gloo on lo):
     each host checkpoints under its own name, so neither overwrites the other in the shared S3 path;
     only the first host writes the model."""
-    from hilt.training.contract.entry import prepare_local_tree
+    from hilt.training.run.entry import prepare_local_tree
     from hilt.core.opt_ml import OptML
 
     data = write_uppercase_dataset(tmp_path / "data", n_train=32, n_validation=4)
@@ -89,7 +89,7 @@ def test_two_hosts_train_together_and_keep_their_own_checkpoints(warm_base_dir, 
                          network_interface_name="lo")
         env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tree.base), "HILT_MASTER_PORT": port,
                "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "hilt.training.contract.entry"], env=env, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen([sys.executable, "-m", "hilt.training.run.entry"], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for proc, log in zip(procs, logs):

@@ -16,7 +16,7 @@ from hilt.core.aws import send_request, validate_request
 from hilt.serving.marketplace import algorithm_request, model_package_request, write_listing
 from hilt.serving.package import build_model_tar, extract_model_tar
 from hilt.core.errors import UserError
-from hilt.training.methods.callbacks import METRIC_DEFINITIONS, format_metrics
+from hilt.training.trainers.callbacks import METRIC_DEFINITIONS, format_metrics
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-serve:0.1.0"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"

@@ -353,7 +353,7 @@ def test_side_by_side_in_label_studio(hilt_exe, studio, lora_run, warm_base_dir,
 
 def test_headline_metric_comes_from_the_models_recipe(tmp_path):
     from hilt.training.evaluation.evaluate import task_metric_of
-    from hilt.training.contract.recipe import load_recipe
+    from hilt.training.base.recipe import load_recipe
 
     recipe = load_recipe("quickstart-tiny-sft", {"eval.metric": "rougeL"}).model_dump(mode="json")
     (tmp_path / "hilt.json").write_text(json.dumps({"recipe": recipe}))

@@ -16,9 +16,9 @@ from pydantic import Field
 from hilt.core.config import StrictSection
 from hilt.core.layout import LOG_HISTORY_FILE
 from hilt.core.errors import UserError
-from hilt.training import methods
+from hilt.training.base import methods
 from hilt.training.launch import default_tune_keys, parameter_ranges
-from hilt.training.contract.recipe import flat_fields, load_recipe, recipe_json_schema
+from hilt.training.base.recipe import flat_fields, load_recipe, recipe_json_schema
 
 
 class ScaledSettings(StrictSection):
@@ -28,7 +28,7 @@ class ScaledSettings(StrictSection):
 
 def train_scaled(job):
     """SFT's trainer at ``scaled.factor`` times the learning rate."""
-    from hilt.training.methods.sft import train_sft
+    from hilt.training.trainers.sft import train_sft
 
     train = job.recipe.train.model_copy(update={"learning_rate": job.recipe.train.learning_rate * job.recipe.scaled.factor})
     return train_sft(dataclasses.replace(job, recipe=job.recipe.model_copy(update={"train": train})))

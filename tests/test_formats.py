@@ -140,8 +140,8 @@ def test_openai_weight_zero_turns_are_context_not_loss(tiny_model_dir):
 
 
 def test_sdk_json_encoded_hyperparameters_decode(opt_ml, tiny_model_dir, dataset_dir):
-    from hilt.training.contract.entry import _link
-    from hilt.training.contract.job import read_job
+    from hilt.training.run.entry import _link
+    from hilt.training.base.job import read_job
 
     opt_ml.hyperparameters_file.write_text(json.dumps({
         "recipe": '"quickstart-tiny-sft"', "train.max_steps": "3", "train.learning_rate": '"2e-4"',

@@ -75,7 +75,7 @@ def test_general_gates_parse_and_replay_counts():
 
 
 def test_self_replay_is_an_sft_setting():
-    from hilt.training.contract.recipe import load_recipe
+    from hilt.training.base.recipe import load_recipe
 
     with pytest.raises(UserError, match="data.self_replay"):
         load_recipe("smollm2-135m-dpo-lora", {"data.self_replay": "0.25"})
@@ -85,7 +85,7 @@ def test_self_replay_is_an_sft_setting():
 
 
 def test_a_tiny_models_learning_rate_on_a_real_model_is_warned_about(capsys):
-    from hilt.training.methods.callbacks import warn_learning_rate
+    from hilt.training.trainers.callbacks import warn_learning_rate
 
     warn_learning_rate(5e-3, 134_515_008, adapter=True)
     assert "train.learning_rate=0.005 is a tiny random model's setting" in capsys.readouterr().out
@@ -145,7 +145,7 @@ def test_the_side_by_side_section_names_the_baseline_not_the_sellers_path():
 
 def test_an_empty_validation_split_is_a_job_without_held_out_evaluation(opt_ml, capsys):
     """`hilt export` leaving no held-out record writes an empty validation/data.jsonl (issue 33 item 10)."""
-    from hilt.training.contract.job import read_channels
+    from hilt.training.base.job import read_channels
 
     for channel, text in (("train", '{"messages": []}\n'), ("validation", "\n")):
         opt_ml.channel_dir(channel).mkdir(parents=True)

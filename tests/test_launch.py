@@ -13,8 +13,8 @@ import boto3
 import pytest
 
 from conftest import run_hilt
-from hilt.training.contract.job import read_job
-from hilt.training.contract.recipe import load_recipe
+from hilt.training.base.job import read_job
+from hilt.training.base.recipe import load_recipe
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/hilt-train:0.1.0"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"

@@ -88,7 +88,7 @@ def test_inspect_data_shows_the_masks_training_uses(family_models, tmp_path, cap
 
     from hilt.training.data.inspect_data import loss_mask
     from hilt.training.data.packing import tokenize_conversations
-    from hilt.training.contract.recipe import load_recipe
+    from hilt.training.base.recipe import load_recipe
 
     recipe = load_recipe("quickstart-tiny-sft")
     tokenizer = AutoTokenizer.from_pretrained(family_models["gemma"])
@@ -115,7 +115,7 @@ def test_records_with_nothing_to_learn_are_refused_with_the_cause(family_models,
 
 
 def test_a_zero_loss_with_no_gradient_stops_the_run():
-    from hilt.training.methods.callbacks import check_first_loss
+    from hilt.training.trainers.callbacks import check_first_loss
 
     check_first_loss(5, {"loss": 0.4, "grad_norm": 0.0})
     with pytest.raises(UserError, match="train_loss is 0 and grad_norm is 0 at step 5"):
@@ -145,7 +145,7 @@ def test_each_family_template_trains_with_the_default_recipe(hilt_exe, warm_base
 
 
 def test_gemma2_gets_eager_attention_and_an_override_is_checked(tiny_model_dir, tmp_path):
-    from hilt.training.methods.build import model_class_of, resolve_attention
+    from hilt.training.trainers.build import model_class_of, resolve_attention
 
     model = build_architecture("gemma2", tiny_model_dir, tmp_path / "gemma2")
     assert model_class_of(str(model)).__name__ == "Gemma2ForCausalLM"

@@ -182,9 +182,9 @@ def test_length_groups_lay_sequences_out_as_blocks_with_their_own_labels():
 def test_training_attention_uses_segments_only_where_they_are_exact(tiny_model_dir, tmp_path):
     from families import build_architecture
 
-    from hilt.training.methods.build import training_attention
-    from hilt.training.contract.entry import prepare_local_tree
-    from hilt.training.contract.job import read_job
+    from hilt.training.trainers.build import training_attention
+    from hilt.training.run.entry import prepare_local_tree
+    from hilt.training.base.job import read_job
 
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)

@@ -136,9 +136,9 @@ def test_next_token_loss_can_fail(tiny_model_dir, tmp_path):
 
 @pytest.fixture(params=["true", "false"], ids=["packed", "padded"])
 def sft_trainer(request, tiny_model_dir, tmp_path):
-    from hilt.training.contract.entry import prepare_local_tree
-    from hilt.training.contract.job import read_job
-    from hilt.training.methods.sft import build_sft_trainer
+    from hilt.training.run.entry import prepare_local_tree
+    from hilt.training.base.job import read_job
+    from hilt.training.trainers.sft import build_sft_trainer
 
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import run_hilt
 from tasks import write_uppercase_dataset
-from hilt.training.methods.callbacks import latest_checkpoint
+from hilt.training.trainers.callbacks import latest_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import run_hilt
 from tasks import exact_match, uppercase_example
-from hilt.training.methods.callbacks import METRIC_DEFINITIONS
+from hilt.training.trainers.callbacks import METRIC_DEFINITIONS
 
 pytestmark = pytest.mark.slow
 

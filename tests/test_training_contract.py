@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hilt.core.errors import UserError
-from hilt.training.contract.job import read_hosts, read_job
+from hilt.training.base.job import read_hosts, read_job
 from hilt.core.opt_ml import OptML
 from tasks import write_uppercase_dataset
 
@@ -111,8 +111,8 @@ def test_local_host_when_no_resource_config(opt_ml):
 
 def test_local_tree_reads_the_same_in_sagemaker_training_toolkit(tmp_path, tiny_model_dir, monkeypatch):
     """`hilt train`'s /opt/ml tree, read by the sagemaker-training toolkit itself, agrees with ours."""
-    from hilt.training.contract.entry import prepare_local_tree
-    from hilt.training.contract.recipe import decode_hyperparameter
+    from hilt.training.run.entry import prepare_local_tree
+    from hilt.training.base.recipe import decode_hyperparameter
 
     data = write_uppercase_dataset(tmp_path / "data", n_train=4, n_validation=2)
     opt_ml = prepare_local_tree(
@@ -141,7 +141,7 @@ def test_local_tree_reads_the_same_in_sagemaker_training_toolkit(tmp_path, tiny_
 
 def test_multi_host_gpu_job_launches_one_torchrun_node_per_host(opt_ml, tiny_model_dir, monkeypatch):
     """Two 8-GPU hosts: this host (algo-2) is node 1 of 2, algo-1 is the master."""
-    from hilt.training.contract.entry import torchrun_command
+    from hilt.training.run.entry import torchrun_command
 
     write_uppercase_dataset(opt_ml.input_data_dir, n_train=2, n_validation=1)
     opt_ml.channel_dir("model").symlink_to(tiny_model_dir, target_is_directory=True)
@@ -151,6 +151,6 @@ def test_multi_host_gpu_job_launches_one_torchrun_node_per_host(opt_ml, tiny_mod
     job = read_job(opt_ml)
     assert job.processes_per_host == 8 and job.world_size == 16
     command = torchrun_command(job)
-    assert command[1:3] == ["-m", "torch.distributed.run"] and command[-2:] == ["-m", "hilt.training.contract.worker"]
+    assert command[1:3] == ["-m", "torch.distributed.run"] and command[-2:] == ["-m", "hilt.training.run.worker"]
     assert {"--nproc_per_node=8", "--nnodes=2", "--node_rank=1", "--master_addr=algo-1", "--master_port=29500"} <= set(command)
     assert job.recipe.deepspeed_config_path().name == "zero3.json"

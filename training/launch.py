@@ -31,8 +31,8 @@ from pathlib import Path
 from hilt.core.aws import split_s3_uri
 from hilt.core.errors import UserError
 from hilt.core.layout import require_model_dir
-from hilt.training.methods import method_of
-from hilt.training.contract.recipe import BUNDLED_RECIPES_DIR, load_recipe, recipes_dir, resolve_recipe_path
+from hilt.training.base.methods import method_of
+from hilt.training.base.recipe import BUNDLED_RECIPES_DIR, load_recipe, recipes_dir, resolve_recipe_path
 
 MARKER_SUFFIX = ".complete"  # datasets/<hash>/train.complete: beside the channel prefix, not in it
 DEFAULT_MAX_RUN = 24 * 3600
@@ -134,7 +134,7 @@ def recipe_hyperparameters(recipe: str, overrides: dict[str, str]) -> dict[str, 
 def build_request(spec: LaunchSpec, recipe, channel_uris: dict[str, str], s3_root: str,
                   dataset_sha256: str) -> dict:
     """The ``CreateTrainingJob`` request (not yet validated) for the spec's loaded ``recipe``."""
-    from hilt.training.methods.callbacks import METRIC_DEFINITIONS
+    from hilt.training.trainers.callbacks import METRIC_DEFINITIONS
 
     name = spec.job_name or job_name(recipe.name)
     stopping = {"MaxRuntimeInSeconds": spec.max_run}
@@ -198,7 +198,7 @@ def parameter_ranges(keys: list[str]) -> dict:
     Raises:
         UserError: for a key that is not a recipe key or has no tunable range.
     """
-    from hilt.training.contract.recipe import flat_fields, tuning_range
+    from hilt.training.base.recipe import flat_fields, tuning_range
 
     fields = dict(flat_fields())
     ranges: dict[str, list] = {"IntegerParameterRanges": [], "ContinuousParameterRanges": [],
@@ -225,7 +225,7 @@ def build_tuning_request(spec: LaunchSpec, recipe, training: dict) -> dict:
     Raises:
         UserError: on an objective the trainer does not log, or eval_loss without validation data.
     """
-    from hilt.training.methods.callbacks import TUNING_OBJECTIVES
+    from hilt.training.trainers.callbacks import TUNING_OBJECTIVES
 
     tune = spec.tune
     channels = {c["ChannelName"] for c in training["InputDataConfig"]}

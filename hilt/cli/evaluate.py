@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from hilt.cli._common import positive_int as _positive_int
-from hilt.training.contract.recipe import TASK_METRICS
+from hilt.training.base.recipe import TASK_METRICS
 
 
 def _archived_model(path: Path, flag: str, scratch: Path) -> Path:

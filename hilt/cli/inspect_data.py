@@ -10,7 +10,7 @@ from hilt.cli._common import add_recipe_flags, positive_int as _positive_int
 
 def _cmd_inspect_data(args: argparse.Namespace) -> int:
     from hilt.training.data.inspect_data import inspect_data
-    from hilt.training.contract.recipe import load_recipe, parse_set_option
+    from hilt.training.base.recipe import load_recipe, parse_set_option
 
     recipe = load_recipe(args.recipe, dict(parse_set_option(item) for item in args.set))
     inspect_data(recipe, Path(args.data), Path(args.model) if args.model else None, args.samples)

@@ -10,7 +10,7 @@ from hilt.cli._common import add_recipe_flags, positive_int as _positive_int
 
 def _cmd_launch(args: argparse.Namespace) -> int:
     from hilt.training.launch import LaunchSpec, TuneSpec, launch
-    from hilt.training.contract.recipe import hyperparameter_strings, parse_set_option
+    from hilt.training.base.recipe import hyperparameter_strings, parse_set_option
 
     spec = LaunchSpec(
         recipe=args.recipe, image=args.image, role=args.role, data=args.data, instance_type=args.instance_type,

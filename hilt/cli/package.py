@@ -84,7 +84,7 @@ def _cmd_request(args: argparse.Namespace) -> int:
                                         args.metering_unit, args.description or "",
                                         model_in_image=args.model_in_image)
     else:
-        from hilt.training.contract.recipe import hyperparameter_strings, load_recipe, parse_set_option
+        from hilt.training.base.recipe import hyperparameter_strings, load_recipe, parse_set_option
 
         for flag, value in (("--train-data", args.train_data), ("--model-data", args.model_data),
                             ("--training-output", args.training_output)):

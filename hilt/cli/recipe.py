@@ -9,14 +9,14 @@ from hilt.cli._common import add_recipe_flags
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from hilt.training.contract.recipe import recipe_json_schema
+    from hilt.training.base.recipe import recipe_json_schema
 
     print(json.dumps(recipe_json_schema(), indent=2))
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from hilt.training.contract.recipe import load_recipe, parse_set_option
+    from hilt.training.base.recipe import load_recipe, parse_set_option
 
     recipe = load_recipe(args.recipe, dict(parse_set_option(item) for item in args.set))
     print(json.dumps(recipe.model_dump(mode="json"), indent=2))

@@ -9,8 +9,8 @@ from hilt.cli._common import add_recipe_flags
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from hilt.training.contract.entry import prepare_local_tree, run_job
-    from hilt.training.contract.recipe import hyperparameter_strings, load_recipe, parse_set_option
+    from hilt.training.run.entry import prepare_local_tree, run_job
+    from hilt.training.base.recipe import hyperparameter_strings, load_recipe, parse_set_option
 
     overrides = dict(parse_set_option(item) for item in args.set)
     load_recipe(args.recipe, overrides)  # every recipe problem, before any file is written

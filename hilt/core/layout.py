@@ -6,6 +6,8 @@ plus hilt's own ``hilt.json`` (provenance: recipe, data, metrics) when hilt trai
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 from pathlib import Path
 
@@ -82,3 +84,18 @@ def upsert_section(path: Path, body: str, key: str) -> None:
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + block
     path.write_text(text)
+
+
+def model_fingerprint(path: str | None) -> str | None:
+    """Identity of a base model dir without reading gigabytes: config, file names and sizes.
+
+    A hub id or an s3:// URI is its own identity.
+    """
+    if path is None or path.startswith("s3://") or not Path(path).is_dir():
+        return path
+    root = Path(path)
+    require_model_dir(root, hint="point the model at a save_pretrained directory")
+    digest = hashlib.sha256((root / CONFIG_FILE).read_bytes())
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        digest.update(f"{p.relative_to(root).as_posix()}:{p.stat().st_size}".encode())
+    return digest.hexdigest()

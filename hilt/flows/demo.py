@@ -33,7 +33,6 @@ from hilt.core.aws import validate_request
 from hilt.core.errors import UserError
 from hilt.core.layout import MANIFEST_FILE
 from hilt.core.outputs import claim_output_dir, write_atomic
-from hilt.serving.marketplace import algorithm_request
 from hilt.training.models.tiny_model import build_tiny_model, warm_up
 
 BASE_WARMUP_STEPS = 300
@@ -312,6 +311,8 @@ def _algorithm_request(workdir: Path, base_dir: Path, data_dir: Path, last: dict
     """The Algorithm request beside the Model Package one, its S3 keys mirroring the workdir
     (DEMO_BUCKET/pipeline/steps/dataset-…/train/ is that folder here), so `package validate
     --algorithm` reads them from here through s3-local.json. Returns its rows of the summary."""
+    from hilt.serving.marketplace import algorithm_request  # (imports transformers: not at `hilt --help`)
+
     requests_dir = workdir / "requests"
     requests_dir.mkdir(exist_ok=True)
 

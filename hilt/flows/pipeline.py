@@ -37,8 +37,8 @@ from hilt.core.errors import UserError
 from hilt.core.config import StrictSection, describe_error, read_yaml_mapping
 from hilt.core.outputs import claim_output_dir, json_with_keys
 from hilt.serving.contract import HARDWARE, METERING_UNITS
-from hilt.training.contract.recipe import TASK_METRICS
-from hilt.training.contract.provenance import model_fingerprint
+from hilt.training.base.recipe import TASK_METRICS
+from hilt.core.layout import model_fingerprint
 
 STEP_FILE = "step.json"
 RUN_FILE = "last-run.json"
@@ -279,8 +279,8 @@ def _merge_versions(datasets: Path, versions: list[str], folder: Path) -> dict:
 
 
 def _train_local(p: Pipeline, base: Path, dataset: Path, folder: Path) -> dict:
-    from hilt.training.contract.entry import prepare_local_tree, run_job
-    from hilt.training.contract.recipe import hyperparameter_strings
+    from hilt.training.run.entry import prepare_local_tree, run_job
+    from hilt.training.base.recipe import hyperparameter_strings
 
     model = Path(base / p.train.model).resolve() if p.train.model else None
     opt_ml = prepare_local_tree(folder / "job", p.train.recipe, dataset, model, hyperparameter_strings(p.train.set))
@@ -298,7 +298,7 @@ def _train_sagemaker(p: Pipeline, base: Path, dataset: Path, folder: Path, key: 
     from hilt.serving.package import extract_model_tar
     from hilt.core.aws import clients, split_s3_uri
     from hilt.training.launch import LaunchSpec, launch
-    from hilt.training.contract.recipe import hyperparameter_strings
+    from hilt.training.base.recipe import hyperparameter_strings
 
     sm = p.train.sagemaker
     name = f"hilt-{p.name}"[:46].rstrip("-") + f"-{key}"
@@ -404,7 +404,7 @@ def _dataset(run: Run, folder: Path) -> dict:
 
 
 def _train_inputs(run: Run) -> dict:
-    from hilt.training.contract.recipe import load_recipe
+    from hilt.training.base.recipe import load_recipe
 
     p = run.p
     model = p.train.model

@@ -101,7 +101,7 @@ def _settings(p, dataset: str | None, base_model: str | None) -> dict[str, Any]:
     from hilt.training.evaluation.evaluate import parse_gate
     from hilt.training.evaluation.general import GENERAL_METRICS
     from hilt.training.launch import join_key
-    from hilt.training.contract.recipe import load_recipe
+    from hilt.training.base.recipe import load_recipe
 
     sm = p.train.sagemaker
     if sm is None:
@@ -227,9 +227,9 @@ def _train_step(b: _Build):
     from sagemaker.workflow.steps import TrainingStep
 
     from hilt.serving.contract import JSONLINES
-    from hilt.training.methods.callbacks import METRIC_DEFINITIONS
+    from hilt.training.trainers.callbacks import METRIC_DEFINITIONS
     from hilt.training.launch import recipe_hyperparameters
-    from hilt.training.contract.recipe import hyperparameter_strings
+    from hilt.training.base.recipe import hyperparameter_strings
 
     p, sm, s3_root, recipe, parameters = b.p, b.s["sm"], b.s["s3_root"], b.s["recipe"], b.parameters
     estimator = Estimator(

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from hilt.core.errors import UserError
 from hilt.training.data.records import read_channel
-from hilt.training.methods import method_of
-from hilt.training.contract.recipe import Recipe
+from hilt.training.base.methods import method_of
+from hilt.training.base.recipe import Recipe
 
 
 def loss_mask(tokenizer, record: dict, recipe: Recipe) -> tuple[list[int], list[int]]:

@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 
 from hilt.core.errors import UserError
-from hilt.training.methods import METHODS, methods_reading
+from hilt.training.base.methods import METHODS
+from hilt.training.base.methods import methods_reading
 
 ROLES = ("system", "user", "assistant")
 
@@ -95,7 +96,7 @@ def _check_unpaired(record: dict, where: str) -> dict:
     return {k: record[k] for k in ("prompt", "completion", "label")}
 
 
-# Record kinds a dataset line can be, each with its check (hilt.training.methods names one per method).
+# Record kinds a dataset line can be, each with its check (hilt.training.base.methods names one per method).
 RECORD_CHECKS = {"sft": _check_sft, "preference": _check_preference, "unpaired": _check_unpaired}
 
 

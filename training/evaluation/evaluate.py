@@ -42,7 +42,7 @@ from hilt.core.layout import MANIFEST_FILE
 from hilt.training.data.records import check_record, iter_jsonl
 from hilt.training.data.formats import TEMPLATE_FILE
 from hilt.training.evaluation.general import GENERAL_METRICS
-from hilt.training.contract.recipe import TASK_METRICS
+from hilt.training.base.recipe import TASK_METRICS
 from hilt.training.evaluation.scoring import exact_match, heldout_loss, rouge_l
 
 EVAL_FILE = "eval.json"

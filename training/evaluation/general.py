@@ -157,7 +157,7 @@ def self_replay_records(base_dir: str, count: int, max_new_tokens: int = REPLAY_
     generated again. Returns (records, where they came from: "cache PATH" or "generated").
     """
     from hilt.core.outputs import write_atomic
-    from hilt.training.contract.provenance import model_fingerprint
+    from hilt.core.layout import model_fingerprint
 
     prompts = replay_prompts()[:count]
     key = hashlib.sha256(json.dumps([model_fingerprint(base_dir), prompts, max_new_tokens]).encode()).hexdigest()

@@ -16,7 +16,7 @@ RSS stays the same (the heap holds one step's high-water mark, which the step ne
 anyway). It changes no numbers, only where the memory comes from.
 
 Only on Linux with glibc (``mallopt`` missing, e.g. musl or macOS, leaves malloc as it is),
-only for CPU training (``training/methods/trainer.py``), and not when the user set the same knobs
+only for CPU training (``training/trainers/trainer.py``), and not when the user set the same knobs
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) or preloaded
 another allocator (``LD_PRELOAD``): theirs wins.
 """

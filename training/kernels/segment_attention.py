@@ -24,7 +24,7 @@ Registered with transformers as the attention implementation ``hilt_segments``, 
 mask function that builds no mask when the batch needs none (no padding mask, no cache);
 anything else (generation with a cache, a padding mask) falls back to sdpa unchanged.
 Not for sliding-window attention shorter than a row, nor for models that need eager
-attention (soft-capping): ``hilt.training.methods.build.resolve_attention`` decides.
+attention (soft-capping): ``hilt.training.trainers.build.resolve_attention`` decides.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ from typing import Any
 from hilt.core.errors import UserError
 from hilt.core.layout import require_model_dir
 from hilt.core.opt_ml import OptML
-from hilt.training.methods import Method, method_of
-from hilt.training.contract.recipe import Recipe, load_recipe
+from hilt.training.base.methods import Method
+from hilt.training.base.methods import method_of
+from hilt.training.base.recipe import Recipe, load_recipe
 
 KNOWN_CHANNELS = ("train", "validation", "model")
 # Keys SageMaker or its SDK add to the hyperparameters on their own.

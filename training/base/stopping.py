@@ -14,7 +14,7 @@ depends on the phase the job is in:
 
 The entry point then writes what the job has: the adapter if training produced one, the
 merged model if the merge fits in the time left, and hilt.json marked ``partial``
-(``hilt.training.contract.artifacts.finish_partial_model_dir``).
+(``hilt.training.run.artifacts.finish_partial_model_dir``).
 
 ``HILT_FAILPOINT=<phase>`` holds a job at the start of that phase until it is stopped
 (at most a minute): tests use it to deliver SIGTERM inside a phase that lasts

@@ -3,7 +3,7 @@
 SageMaker starts the training image with ``train``; it reads /opt/ml (under
 ``SAGEMAKER_BASE_DIR``), trains, and leaves the model in /opt/ml/model. With more than
 one process (GPUs per host, or hosts in resourceconfig.json) it launches the workers
-itself with torchrun, each running ``python -m hilt.training.contract.worker``; the model directory is
+itself with torchrun, each running ``python -m hilt.training.run.worker``; the model directory is
 finished afterwards in this process, on the first host only.
 
 ``hilt train`` writes the same /opt/ml files SageMaker would (hyperparameters as
@@ -29,7 +29,7 @@ from hilt.core.env import env_number
 from hilt.core.net import free_port
 from hilt.core.errors import EXIT_USER_ERROR, UserError
 from hilt.core.layout import require_model_dir
-from hilt.training.contract.job import Job, read_job, write_failure
+from hilt.training.base.job import Job, read_job, write_failure
 from hilt.core.opt_ml import BASE_DIR_ENV, OptML
 
 EXIT_STOPPED = 128 + signal.SIGTERM
@@ -55,13 +55,13 @@ def torchrun_command(job: Job) -> list[str]:
         f"--node_rank={job.hosts.node_rank}",
         f"--master_addr={master}",
         f"--master_port={port}",
-        "-m", "hilt.training.contract.worker",
+        "-m", "hilt.training.run.worker",
     ]
 
 
 def launch_workers(job: Job) -> int:
     """Start ``processes_per_host`` workers on this host with torchrun; wait for them."""
-    from hilt.training.contract.cluster import prepare
+    from hilt.training.run.cluster import prepare
 
     command = torchrun_command(job)
     env = prepare(job.hosts, dict(os.environ))  # every host resolves; NCCL on SageMaker's interface, EFA
@@ -76,7 +76,7 @@ def launch_workers(job: Job) -> int:
     def forward(signum, frame):
         nonlocal stopping
         stopping = True
-        from hilt.training.contract.stopping import note_request
+        from hilt.training.base.stopping import note_request
 
         note_request()  # the 120 s run from now: the partial model's merge must fit in what is left
         child.send_signal(signum)
@@ -94,10 +94,10 @@ def launch_workers(job: Job) -> int:
 def run_job(opt_ml: OptML) -> int:
     """Read, validate and run one training job over an /opt/ml tree. Returns the exit code.
 
-    SIGTERM is handled from the first line (``hilt.training.contract.stopping``): in any phase the job
+    SIGTERM is handled from the first line (``hilt.training.base.stopping``): in any phase the job
     stops within SageMaker's 120 s and leaves what it has in /opt/ml/model, marked partial.
     """
-    from hilt.training.contract import stopping
+    from hilt.training.base import stopping
 
     previous = stopping.install()
     read: dict[str, Job] = {}  # the job, once read: what a stop in a later phase saves from
@@ -114,11 +114,11 @@ def run_job(opt_ml: OptML) -> int:
 
 def _stopped(job: Job | None, phase: str) -> int:
     """Leave what a stopped job has (first host only) and exit 143."""
-    from hilt.training.contract import stopping
+    from hilt.training.base import stopping
 
     with stopping.protected():
         if job is not None and job.hosts.node_rank == 0:
-            from hilt.training.contract.artifacts import finish_partial_model_dir
+            from hilt.training.run.artifacts import finish_partial_model_dir
 
             try:
                 finish_partial_model_dir(job, phase)
@@ -131,7 +131,7 @@ def _stopped(job: Job | None, phase: str) -> int:
 
 
 def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
-    from hilt.training.contract import stopping
+    from hilt.training.base import stopping
 
     try:
         stopping.enter("read")
@@ -141,8 +141,8 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
             f"model={job.model_path} world_size={job.world_size} gpus_per_host={job.gpus_per_host}",
             flush=True,
         )
-        from hilt.training.contract.provenance import check_resume
-        from hilt.training.contract.tracking import check_tracking
+        from hilt.training.run.provenance import check_resume
+        from hilt.training.base.tracking import check_tracking
 
         check_tracking(job.recipe.train.report_to)  # an MLflow store that cannot be opened: before training
         check_resume(job)  # never resume checkpoints made from other data, recipe or model
@@ -155,7 +155,7 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
         if rc == EXIT_STOPPED:
             return _stopped(job, "train")
         if rc == 0 and job.hosts.node_rank == 0:
-            from hilt.training.contract.artifacts import finish_model_dir
+            from hilt.training.run.artifacts import finish_model_dir
 
             manifest = finish_model_dir(job)
             print(f"[hilt] model written to {opt_ml.model_dir} (steps={manifest['metrics'].get('global_step')})")
@@ -186,7 +186,7 @@ def _run(opt_ml: OptML, read: dict[str, Job]) -> int:
 def _log_to_mlflow(job: Job, manifest: dict) -> None:
     """The finished model's recipe, evaluation and artifacts to the job's MLflow run. The model is
     already written: a tracking server that fails now costs a warning, not the job."""
-    from hilt.training.contract.tracking import log_finished_model
+    from hilt.training.base.tracking import log_finished_model
 
     try:
         log_finished_model(job, manifest)
@@ -238,8 +238,8 @@ def prepare_local_tree(
         UserError: when a path is missing, or ``output`` is a folder hilt did not lay out.
     """
     from hilt.core.outputs import claim_output_dir
-    from hilt.training.contract.provenance import discard_checkpoints
-    from hilt.training.contract.recipe import resolve_recipe_path
+    from hilt.training.run.provenance import discard_checkpoints
+    from hilt.training.base.recipe import resolve_recipe_path
 
     if not data.is_dir():
         raise UserError(f"--data {data}: no such directory; pass the folder `hilt export` wrote")

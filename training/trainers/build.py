@@ -11,7 +11,7 @@ import importlib.util
 import os
 from typing import Any
 
-from hilt.training.contract.job import Job
+from hilt.training.base.job import Job
 
 
 def has_cuda() -> bool:
@@ -128,7 +128,7 @@ def prepare_distributed(job: Job) -> dict[str, Any]:
 
 def training_arguments(job: Job) -> dict[str, Any]:
     """Keyword arguments common to SFTConfig and DPOConfig, from the recipe."""
-    from hilt.training.contract.tracking import report_to_argument
+    from hilt.training.base.tracking import report_to_argument
 
     t = job.recipe.train
     precision = resolve_precision(job)

@@ -6,7 +6,7 @@ whether its trainer packs sequences into rows (which decides the training attent
 method (ORPO…) is one trainer module with a ``train_<method>(job)`` function plus, here, its
 settings model and one entry; nothing else picks among methods by name (one rule names its
 trainer: ``data.self_replay`` is SFT's). The recipe schema
-(``hilt.training.contract.recipe``) takes its ``method`` choices, their descriptions and the method
+(``hilt.training.base.recipe``) takes its ``method`` choices, their descriptions and the method
 sections from this table, so an unknown method or setting is refused with the known ones.
 
 Trainers are named as ``"module:function"`` and imported on use: reading a recipe never imports
@@ -61,10 +61,10 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("sft", "sft", "hilt.training.methods.sft:train_sft", "sft on messages records", packs_rows=True),
-    Method("dpo", "preference", "hilt.training.methods.reference:train_dpo", "dpo on preference records",
+    Method("sft", "sft", "hilt.training.trainers.sft:train_sft", "sft on messages records", packs_rows=True),
+    Method("dpo", "preference", "hilt.training.trainers.reference:train_dpo", "dpo on preference records",
            DpoSettings, tune=("beta",)),
-    Method("kto", "unpaired", "hilt.training.methods.reference:train_kto",
+    Method("kto", "unpaired", "hilt.training.trainers.reference:train_kto",
            "kto on unpaired (prompt, completion, label) records", KtoSettings, tune=("beta",)),
 )}
 

@@ -18,7 +18,7 @@ import time
 
 from hilt.core.env import env_number
 from hilt.core.errors import UserError
-from hilt.training.contract.job import Hosts
+from hilt.training.base.job import Hosts
 
 HOST_WAIT_ENV = "HILT_HOST_WAIT_SECONDS"
 DEFAULT_HOST_WAIT_SECONDS = 300.0

@@ -24,10 +24,10 @@ from typing import Any
 from hilt.core.layout import ADAPTER_DIR, CARD_FILE, LOG_HISTORY_FILE, LOSS_PLOT_FILE, MANIFEST_FILE, write_manifest
 
 from hilt.training.data.records import dataset_fingerprint
-from hilt.training.contract import stopping
-from hilt.training.contract.job import Job
+from hilt.training.base import stopping
+from hilt.training.base.job import Job
 from hilt.core.opt_ml import BASE_DIR_ENV
-from hilt.training.contract.provenance import model_fingerprint
+from hilt.core.layout import model_fingerprint
 
 MERGE_STAGING = ".merged.tmp"  # inside /opt/ml/model: the merge is written here, then moved in
 _VERSIONED = ("hilt", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed")
@@ -101,7 +101,7 @@ def merge_adapter(job: Job) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hilt.training.methods.build import resolve_dtype
+    from hilt.training.trainers.build import resolve_dtype
 
     adapter = job.opt_ml.model_dir / ADAPTER_DIR
     staging = job.opt_ml.model_dir / MERGE_STAGING
@@ -132,7 +132,7 @@ def merge_within(job: Job, seconds: float) -> bool:
         return False
     env = {**os.environ, BASE_DIR_ENV: str(job.opt_ml.base)}
     try:
-        done = subprocess.run([sys.executable, "-m", "hilt.training.contract.artifacts", "merge"], env=env, timeout=seconds,
+        done = subprocess.run([sys.executable, "-m", "hilt.training.run.artifacts", "merge"], env=env, timeout=seconds,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     except subprocess.TimeoutExpired:
         import shutil
@@ -215,7 +215,7 @@ Full provenance (resolved recipe, library versions) is in `{MANIFEST_FILE}`.
 
 def score_on_validation(job: Job) -> dict | None:
     """Held-out loss, perplexity and task metrics of the finished model (as ``hilt evaluate``)."""
-    from hilt.training.methods.callbacks import format_metrics
+    from hilt.training.trainers.callbacks import format_metrics
     from hilt.training.evaluation.evaluate import read_eval_records, score_model
 
     if "validation" not in job.channels or not job.recipe.eval.after_training:
@@ -250,7 +250,7 @@ def shipped_hyperparameters(hyperparameters: dict[str, str]) -> dict[str, str]:
 
 
 def _manifest(job: Job, history: list[dict]) -> dict:
-    from hilt.training.methods.build import resolve_precision
+    from hilt.training.trainers.build import resolve_precision
 
     dataset = {}
     for channel in ("train", "validation"):
@@ -355,7 +355,7 @@ def finish_partial_model_dir(job: Job, phase: str) -> dict:
 if __name__ == "__main__":  # pragma: no cover  (merge_within's child process)
     import sys
 
-    from hilt.training.contract.job import read_job
+    from hilt.training.base.job import read_job
     from hilt.core.opt_ml import OptML
 
     if sys.argv[1:] == ["merge"]:

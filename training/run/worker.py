@@ -1,4 +1,4 @@
-"""One training worker, as torchrun starts it: ``python -m hilt.training.contract.worker``.
+"""One training worker, as torchrun starts it: ``python -m hilt.training.run.worker``.
 
 Every worker reads the same /opt/ml files (``SAGEMAKER_BASE_DIR`` is passed down) and
 trains its share; the launching process finishes the model directory afterwards.
@@ -10,14 +10,14 @@ import os
 import sys
 
 from hilt.core.errors import EXIT_USER_ERROR, UserError
-from hilt.training.contract.entry import run_worker
-from hilt.training.contract.job import read_job, write_failure
+from hilt.training.run.entry import run_worker
+from hilt.training.base.job import read_job, write_failure
 from hilt.core.opt_ml import OptML
 
 
 def main() -> int:
-    from hilt.training.contract import stopping
-    from hilt.training.contract.entry import EXIT_STOPPED
+    from hilt.training.base import stopping
+    from hilt.training.run.entry import EXIT_STOPPED
 
     stopping.install()  # torchrun forwards SIGTERM: each worker stops in its own phase
     opt_ml = OptML.from_env()

@@ -8,11 +8,11 @@ of the weights is in memory. Same shape as sft.py: data -> arguments -> model ->
 
 from __future__ import annotations
 
-from hilt.training.methods import build
-from hilt.training.contract import stopping
+from hilt.training.trainers import build
+from hilt.training.base import stopping
 from hilt.training.data.records import load_dataset
-from hilt.training.contract.job import Job
-from hilt.training.methods.trainer import TrainOutcome, make_trainer, train_and_save
+from hilt.training.base.job import Job
+from hilt.training.trainers.trainer import TrainOutcome, make_trainer, train_and_save
 
 
 def _train(job: Job, config_class, trainer_class, **method_args) -> TrainOutcome:

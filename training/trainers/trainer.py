@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hilt.core.layout import ADAPTER_DIR, LOG_HISTORY_FILE
-from hilt.training.contract.job import Job
+from hilt.training.base.job import Job
 
 
 
@@ -28,11 +28,11 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     Returns:
         (trainer, stopper): the stopper turns SIGTERM into a checkpoint at the step's end.
     """
-    from hilt.training.methods import build
-    from hilt.training.contract import stopping
-    from hilt.training.methods.callbacks import MetricsLogger, StopOnSigterm
+    from hilt.training.trainers import build
+    from hilt.training.base import stopping
+    from hilt.training.trainers.callbacks import MetricsLogger, StopOnSigterm
     from hilt.training.kernels.host_memory import keep_freed_memory
-    from hilt.training.contract.tracking import tracking_callbacks
+    from hilt.training.base.tracking import tracking_callbacks
 
     # CPU steps reuse freed activations instead of faulting in fresh pages (host_memory.py).
     kept = not build.has_cuda() and keep_freed_memory()
@@ -63,10 +63,10 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
 
 def train_and_save(job: Job, trainer, tokenizer, stopper) -> TrainOutcome:
     """Train (resuming from the newest complete checkpoint) and save: SFT, DPO and KTO alike."""
-    from hilt.training.methods.build import describe_backend
-    from hilt.training.methods.callbacks import latest_checkpoint
+    from hilt.training.trainers.build import describe_backend
+    from hilt.training.trainers.callbacks import latest_checkpoint
 
-    from hilt.training.contract import stopping
+    from hilt.training.base import stopping
 
     if trainer.is_world_process_zero():
         print(describe_backend(trainer), flush=True)
@@ -85,7 +85,7 @@ def save_trained(job: Job, trainer, tokenizer, stopper, resumed_from: Path | Non
     the entry point then marks the model partial. The weights are saved before the
     held-out evaluation, so a stop during evaluation still leaves them.
     """
-    from hilt.training.contract import stopping
+    from hilt.training.base import stopping
 
     with stopping.protected("save"):
         target = job.opt_ml.model_dir

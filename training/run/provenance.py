@@ -9,31 +9,15 @@ naming what changed instead of "resuming" into a model that never saw the new da
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from hilt.core.errors import UserError
-from hilt.core.layout import CONFIG_FILE, require_model_dir
+from hilt.core.layout import model_fingerprint
 from hilt.core.outputs import write_atomic
 
 SOURCE_FILE = "hilt-source.json"
-
-
-def model_fingerprint(path: str | None) -> str | None:
-    """Identity of a base model dir without reading gigabytes: config, file names and sizes.
-
-    A hub id or an s3:// URI is its own identity.
-    """
-    if path is None or path.startswith("s3://") or not Path(path).is_dir():
-        return path
-    root = Path(path)
-    require_model_dir(root, hint="point the model at a save_pretrained directory")
-    digest = hashlib.sha256((root / CONFIG_FILE).read_bytes())
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        digest.update(f"{p.relative_to(root).as_posix()}:{p.stat().st_size}".encode())
-    return digest.hexdigest()
 
 
 def run_source(job) -> dict:
@@ -78,7 +62,7 @@ def check_resume(job) -> None:
         UserError: when the checkpoint folder holds checkpoints made from other inputs (or
             from unknown ones), naming what changed and the fix.
     """
-    from hilt.training.methods.callbacks import latest_checkpoint
+    from hilt.training.trainers.callbacks import latest_checkpoint
 
     checkpoints = job.checkpoint_dir
     source_file = checkpoints / SOURCE_FILE

@@ -21,10 +21,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from hilt.training.contract.tracking import REPORT_TO
+from hilt.training.base.tracking import REPORT_TO
 from hilt.core.config import StrictSection, describe_error, read_yaml_mapping
 from hilt.core.errors import UserError
-from hilt.training.methods import METHODS, Method
+from hilt.training.base.methods import METHODS
+from hilt.training.base.methods import Method
 
 TASK_METRICS = ("exact_match", "rougeL")  # scored on held-out answers (hilt.training.evaluation.evaluate)
 
@@ -186,7 +187,7 @@ _MODELS: dict[tuple[Method, ...], type[Recipe]] = {}
 
 
 def recipe_model() -> type[Recipe]:
-    """The recipe schema for the methods in ``hilt.training.methods.METHODS`` now (a method
+    """The recipe schema for the methods in ``hilt.training.base.methods.METHODS`` now (a method
     registered later gets its choice and its section)."""
     methods = tuple(METHODS.values())
     if methods not in _MODELS:

@@ -123,7 +123,7 @@ class MetricsLogger(TrainerCallback):
 class StopOnSigterm(TrainerCallback):
     """On SIGTERM (spot interruption, StopTrainingJob): checkpoint at the next step and stop.
 
-    The signal handler (hilt.training.contract.stopping, installed when the job starts) only records
+    The signal handler (hilt.training.base.stopping, installed when the job starts) only records
     the request while the loop runs; here, at the end of the step, every rank learns of it
     together and the checkpoint is written by all of them (a rank saving alone would hang
     the others in a collective).
@@ -137,7 +137,7 @@ class StopOnSigterm(TrainerCallback):
         import torch
         import torch.distributed as dist
 
-        from hilt.training.contract import stopping
+        from hilt.training.base import stopping
 
         if not (dist.is_available() and dist.is_initialized()):
             return stopping.requested()

@@ -6,11 +6,11 @@ every worker process; artifacts.py finishes the model directory afterwards.
 
 from __future__ import annotations
 
-from hilt.training.methods import build
-from hilt.training.contract import stopping
+from hilt.training.trainers import build
+from hilt.training.base import stopping
 from hilt.training.data.records import load_dataset
-from hilt.training.contract.job import Job
-from hilt.training.methods.trainer import TrainOutcome, make_trainer, train_and_save
+from hilt.training.base.job import Job
+from hilt.training.trainers.trainer import TrainOutcome, make_trainer, train_and_save
 
 
 def with_self_replay(job: Job, train_ds):
