@@ -143,6 +143,19 @@ def export_preference(tasks, spec: LabelingSpec, options: ExportOptions, scrub: 
         out.counts["annotations_in_records"] += len(votes)
 
 
+def usable_rating(task: dict, annotation: dict, results: list[dict], spec: LabelingSpec, out: ExportResult):
+    """The annotation's star rating (rate, review), or None after recording why it is rejected: no Rating,
+    or one that is not a whole number of stars in 1..max."""
+    rating = raw_rating(results, spec.rating_control)
+    if rating is None:
+        out.rejects.append(reject(task, annotation, NO_SELECTION, "no Rating"))
+    elif problem := rating_problem(rating, spec.max_rating):
+        out.rejects.append(reject(task, annotation, INVALID_RATING, problem))
+    else:
+        return rating
+    return None
+
+
 def export_rate(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scrubber, out: ExportResult):
     """One KTO record per task (desirable when the mean rating reaches the threshold); every
     correction also as an SFT record and a (corrected over original) preference pair."""
@@ -157,12 +170,8 @@ def export_rate(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scrubb
             results = usable_results(task, annotation, spec, prompt, missing, out)
             if results is None:
                 continue
-            rating = raw_rating(results, spec.rating_control)
+            rating = usable_rating(task, annotation, results, spec, out)
             if rating is None:
-                out.rejects.append(reject(task, annotation, NO_SELECTION, "no Rating"))
-                continue
-            if problem := rating_problem(rating, spec.max_rating):
-                out.rejects.append(reject(task, annotation, INVALID_RATING, problem))
                 continue
             corrected = answer_note(results, spec, spec.correction_control)
             if "\x00" in answer + corrected:
@@ -295,15 +304,11 @@ def export_review(tasks, spec: LabelingSpec, options: ExportOptions, scrub: Scru
             results = usable_results(task, annotation, spec, prompt, missing, out)
             if results is None:
                 continue
-            rating = raw_rating(results, spec.rating_control)
+            rating = usable_rating(task, annotation, results, spec, out)
+            if rating is None:
+                continue
             verdict = choice_of(results, spec.verdict_control)
             corrected = answer_note(results, spec, spec.correction_control)
-            if rating is None:
-                out.rejects.append(reject(task, annotation, NO_SELECTION, "no Rating"))
-                continue
-            if problem := rating_problem(rating, spec.max_rating):
-                out.rejects.append(reject(task, annotation, INVALID_RATING, problem))
-                continue
             if not corrected or same_text(corrected, answer):
                 detail = f"rating {rating}" + (f", marked {verdict!r} but not edited" if verdict == "Needs correction"
                                                else "")
