@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hilt.labeling.export import ExportOptions, ExportResult
-from hilt.labeling.templates import TEMPLATE_NAMES, TEMPLATES
+from hilt.labeling.templates import TEMPLATES
 from hilt.core.errors import UserError
 from hilt.core.outputs import MARKER, check_output_dir, make_staging_dir, os_error_message, read_text_file, replace_dir
 
@@ -294,7 +294,7 @@ def read_export_source(project: int | None, from_file: Path | None, template: st
 
     if from_file is not None:
         if not template:
-            raise UserError(f"--from-file needs --template {'|'.join(TEMPLATE_NAMES)} (the export file has no labeling "
+            raise UserError(f"--from-file needs --template {'|'.join(TEMPLATES)} (the export file has no labeling "
                             "config)")
         try:
             raw = from_file.read_bytes()

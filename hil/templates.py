@@ -264,7 +264,7 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in (
 )}
 
 
-TEMPLATE_NAMES = tuple(TEMPLATES)  # the bundled ones (choices fixed at import: the CLI, the pipeline)
+TEMPLATE_NAMES = tuple(TEMPLATES)  # the bundled ones (the pipeline schema's choices, fixed at import)
 
 
 def template(name: str) -> Template:

@@ -127,6 +127,14 @@ def test_a_template_from_one_entry_goes_from_prompts_to_a_dataset_training_reads
     assert len(records) == 8 and [r["label"] for r in records[:3]] == [True, True, False]
     assert records[0]["completion"] == [{"role": "assistant", "content": "0"}]
 
+    # And through the command itself: `hilt export` takes the registered template's name.
+    from hilt.cli import main
+
+    rc = main(["export", "--from-file", str(export_file), "--template", "judge", "--label-config", str(judge.config),
+               "--validation-fraction", "0", "--out", str(tmp_path / "by-command")])
+    assert rc == 0
+    assert (tmp_path / "by-command" / "train" / "data.jsonl").read_bytes() == (out / "train" / "data.jsonl").read_bytes()
+
 
 def test_without_the_entry_the_template_is_unknown():
     with pytest.raises(UserError, match="unknown template 'judge'"):

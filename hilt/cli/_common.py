@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hilt.core.errors import UserError
 from hilt.labeling.export import RANK_POLICIES, SFT_POLICIES, ExportOptions  # light: no Label Studio or torch
-from hilt.labeling.templates import TEMPLATE_NAMES
+from hilt.labeling.templates import TEMPLATES
 
 
 def positive_int(text: str) -> int:
@@ -41,7 +41,7 @@ def add_export_source_flags(p: argparse.ArgumentParser) -> None:
     defaults = ExportOptions()  # one source: the same defaults as the pipeline's export section
     p.add_argument("--project", type=int, help="Label Studio project id (live server)")
     p.add_argument("--from-file", help="a Label Studio JSON export file instead of a live project")
-    p.add_argument("--template", choices=list(TEMPLATE_NAMES),
+    p.add_argument("--template", choices=list(TEMPLATES),
                    help="the project's template (required with --from-file; checked with --project)")
     p.add_argument("--label-config", help="with --from-file: the project's labeling config XML, to "
                    "check every result's control against it")

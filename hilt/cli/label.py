@@ -9,7 +9,7 @@ from pathlib import Path
 from hilt.cli._common import positive_int as _positive_int
 from hilt.core.errors import UserError
 from hilt.core.layout import require_model_dir
-from hilt.labeling.templates import TEMPLATE_NAMES, parse_label_config, template, template_xml
+from hilt.labeling.templates import TEMPLATES, parse_label_config, template, template_xml
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
@@ -88,7 +88,7 @@ def _add_create(label_sub) -> None:
         "repeat --drafts/--drafts-from, one answer each). Prints the project id last. The server is "
         "$LABEL_STUDIO_URL/$LABEL_STUDIO_API_KEY, else the one `hilt studio start` runs.",
     )
-    p.add_argument("--template", choices=list(TEMPLATE_NAMES), required=True)
+    p.add_argument("--template", choices=list(TEMPLATES), required=True)
     p.add_argument("--prompts", required=True, help="JSONL / CSV / saved HF dataset: a prompt column (chat: "
                    "messages or ShareGPT conversations; rank: an answers list or answer1, answer2... columns)")
     p.add_argument("--title", help="project title")
