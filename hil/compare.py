@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hilt.core.errors import UserError
-from hilt.core.layout import MANIFEST_FILE
-from hilt.core.layout import upsert_section
+from hilt.core.layout import MANIFEST_FILE, upsert_section
 
 MAPPING_VERSION = 1
 SECTION = "human-side-by-side"

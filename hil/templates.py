@@ -296,14 +296,14 @@ def parse_label_config(xml: str, where: str = "label config") -> LabelingSpec:
     controls = [el for el in root.iter() if el.get("toName") and el.get("name")]
     common: dict = dict(controls=frozenset(el.get("name") for el in controls),
                         control_tags=tuple((el.get("name"), el.tag.lower(), el.get("toName")) for el in controls))
-    rating = next((el for el in controls if el.tag == "Rating"), None)
-    if rating is not None:
-        stars = str(rating.get("maxRating") or "5").strip()
-        common["max_rating"] = int(stars) if stars.isdigit() and int(stars) >= 1 else 5
     prompt_object = "prompt" if objects.get("prompt") == "prompt" else next(
         (name for name, key in objects.items() if key == "prompt"), None
     )
     view = ConfigView(elements, objects, controls, common, prompt_object, where)
+    rating = view.first("Rating")
+    if rating is not None:  # every kind's spec carries the scale (rate and review read it)
+        stars = str(rating.get("maxRating") or "5").strip()
+        common["max_rating"] = int(stars) if stars.isdigit() and int(stars) >= 1 else 5
     for candidate in sorted(TEMPLATES.values(), key=lambda t: -t.precedence):
         spec = candidate.match(view)
         if spec is not None:

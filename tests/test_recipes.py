@@ -129,8 +129,7 @@ def test_methods_and_templates_are_looked_up_in_one_table_each():
     from hilt.core.refs import load_ref
     from hilt.labeling.templates import TEMPLATE_NAMES, TEMPLATES, template_xml
     from hilt.training.data.records import RECORD_CHECKS, check_record
-    from hilt.training.base.methods import METHODS
-    from hilt.training.base.methods import method_of
+    from hilt.training.base.methods import METHODS, method_of
     from hilt.training.base.recipe import recipe_model
 
     assert set(typing.get_args(recipe_model().model_fields["method"].annotation)) == set(METHODS)

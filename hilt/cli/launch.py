@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from hilt.cli._common import add_recipe_flags, positive_int as _positive_int
+from hilt.training.launch import TUNING_STRATEGIES, LaunchSpec, TuneSpec, launch
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from hilt.training.launch import LaunchSpec, TuneSpec, launch
     from hilt.training.base.recipe import hyperparameter_strings, parse_set_option
 
     spec = LaunchSpec(
@@ -60,7 +60,7 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
                    "rate, warm-up, and LoRA r/dropout or DPO beta as the recipe uses them)")
     p.add_argument("--max-jobs", type=_positive_int, default=8, help="with --tune: training jobs in all (8)")
     p.add_argument("--max-parallel", type=_positive_int, default=2, help="with --tune: jobs at once (2)")
-    p.add_argument("--strategy", default="Bayesian", choices=["Bayesian", "Random", "Hyperband", "Grid"],
+    p.add_argument("--strategy", default="Bayesian", choices=list(TUNING_STRATEGIES),
                    help="with --tune: search strategy (Bayesian)")
 
 

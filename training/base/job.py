@@ -19,8 +19,7 @@ from typing import Any
 from hilt.core.errors import UserError
 from hilt.core.layout import require_model_dir
 from hilt.core.opt_ml import OptML
-from hilt.training.base.methods import Method
-from hilt.training.base.methods import method_of
+from hilt.training.base.methods import Method, method_of
 from hilt.training.base.recipe import Recipe, load_recipe
 
 KNOWN_CHANNELS = ("train", "validation", "model")

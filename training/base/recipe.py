@@ -24,8 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model, model_vali
 from hilt.training.base.tracking import REPORT_TO
 from hilt.core.config import StrictSection, describe_error, read_yaml_mapping
 from hilt.core.errors import UserError
-from hilt.training.base.methods import METHODS
-from hilt.training.base.methods import Method
+from hilt.training.base.methods import METHODS, Method
 
 TASK_METRICS = ("exact_match", "rougeL")  # scored on held-out answers (hilt.training.evaluation.evaluate)
 

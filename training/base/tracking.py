@@ -128,8 +128,7 @@ def log_finished_model(job, manifest: dict) -> str | None:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from hilt.core.layout import MANIFEST_FILE
-    from hilt.core.layout import CARD_FILE, LOSS_PLOT_FILE
+    from hilt.core.layout import MANIFEST_FILE, CARD_FILE, LOSS_PLOT_FILE
 
     run_id = json.loads(run_file.read_text())["run_id"]
     client = MlflowClient()

@@ -23,8 +23,7 @@ import os
 from pathlib import Path
 
 from hilt.core.errors import UserError
-from hilt.training.base.methods import METHODS
-from hilt.training.base.methods import methods_reading
+from hilt.training.base.methods import METHODS, methods_reading
 
 ROLES = ("system", "user", "assistant")
 

@@ -385,8 +385,7 @@ def evaluate(model_dir: Path, data: Path, out: Path, baseline_dir: Path | None =
 
 def _write_general_to_model(model_dir: Path, general: dict) -> None:
     """The general scores into the candidate's hilt.json and model card (where hilt trained it)."""
-    from hilt.core.layout import read_manifest
-    from hilt.core.layout import CARD_FILE, upsert_section, write_manifest
+    from hilt.core.layout import read_manifest, CARD_FILE, upsert_section, write_manifest
 
     manifest = read_manifest(model_dir)
     if not manifest:

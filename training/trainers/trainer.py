@@ -42,9 +42,7 @@ def make_trainer(job: Job, trainer_class, args, train_ds, eval_ds, tokenizer, **
     trainer = trainer_class(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                             processing_class=tokenizer, peft_config=build.lora_config(job),
                             callbacks=[MetricsLogger(), stopper, *tracking_callbacks(job)], **extra)
-    from hilt.training.kernels import fast_lora
-    from hilt.training.kernels import fast_norm
-    from hilt.training.kernels import fast_rope
+    from hilt.training.kernels import fast_lora, fast_norm, fast_rope
 
     fused = fast_lora.install(trainer.model)  # PEFT LoRA linears as one autograd function each
     norms = fast_norm.install(trainer.model)  # RMSNorms likewise
